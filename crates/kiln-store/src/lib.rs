@@ -1,1 +1,8 @@
+//! What kiln keeps: jobs with their event logs, and uploaded datasets under the
+//! data directory. Jobs live in memory for now; datasets are files.
 
+pub mod datasets;
+pub mod jobs;
+
+pub use datasets::{DatasetError, DatasetMeta, DatasetStore};
+pub use jobs::{CancelFlag, EventCursor, JobError, JobStore};
