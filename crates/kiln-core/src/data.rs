@@ -32,7 +32,8 @@ impl Table {
         let mut cells = Vec::new();
         for (i, record) in reader.records().enumerate() {
             let row = i + 1;
-            let record = record.map_err(|e| FieldError::new(format!("row {row}"), e.to_string()))?;
+            let record =
+                record.map_err(|e| FieldError::new(format!("row {row}"), e.to_string()))?;
             if record.len() == 1 && record.get(0) == Some("") && columns.len() > 1 {
                 continue; // a blank line
             }
@@ -53,13 +54,19 @@ impl Table {
 
     /// A table from inline numeric rows (`spec.data.inline`).
     pub fn from_inline(columns: &[String], rows: &[Vec<f64>]) -> Result<Table> {
-        check_columns(columns).map_err(|e| FieldError::new("spec.data.inline.columns", e.message))?;
+        check_columns(columns)
+            .map_err(|e| FieldError::new("spec.data.inline.columns", e.message))?;
         let mut cells = Vec::with_capacity(rows.len() * columns.len());
         for (i, row) in rows.iter().enumerate() {
             if row.len() != columns.len() {
                 return Err(FieldError::new(
                     format!("spec.data.inline.rows[{i}]"),
-                    format!("row {} has {} values, there are {} columns", i + 1, row.len(), columns.len()),
+                    format!(
+                        "row {} has {} values, there are {} columns",
+                        i + 1,
+                        row.len(),
+                        columns.len()
+                    ),
                 ));
             }
             // `{}` on f64 round-trips exactly; NaN/inf print as text that the
@@ -104,7 +111,10 @@ impl Table {
         }
         match text.parse::<f64>() {
             Ok(v) if v.is_finite() => Ok(v),
-            Ok(_) => Err(FieldError::new(at(), format!("\"{text}\" is not finite (NaN and Inf are not allowed)"))),
+            Ok(_) => Err(FieldError::new(
+                at(),
+                format!("\"{text}\" is not finite (NaN and Inf are not allowed)"),
+            )),
             Err(_) => Err(FieldError::new(at(), format!("\"{text}\" is not a number"))),
         }
     }
@@ -116,10 +126,16 @@ fn check_columns(columns: &[String]) -> Result<()> {
     }
     for (i, c) in columns.iter().enumerate() {
         if c.is_empty() {
-            return Err(FieldError::new("csv header", format!("column {} has no name", i + 1)));
+            return Err(FieldError::new(
+                "csv header",
+                format!("column {} has no name", i + 1),
+            ));
         }
         if columns[..i].contains(c) {
-            return Err(FieldError::new("csv header", format!("column \"{c}\" appears twice")));
+            return Err(FieldError::new(
+                "csv header",
+                format!("column \"{c}\" appears twice"),
+            ));
         }
     }
     Ok(())
@@ -140,7 +156,10 @@ pub enum Targets {
     /// Regression: row-major, one value per target column.
     Values(Vec<f32>),
     /// Classification: each row's class index into `labels`.
-    Classes { index: Vec<i64>, labels: Vec<String> },
+    Classes {
+        index: Vec<i64>,
+        labels: Vec<String>,
+    },
 }
 
 impl Dataset {
@@ -165,7 +184,9 @@ impl Dataset {
             .map(|(i, c)| table.column_index(&format!("spec.data.target_columns[{i}]"), c))
             .collect::<Result<_>>()?;
         let features: Vec<usize> = if spec.feature_columns.is_empty() {
-            (0..table.columns.len()).filter(|j| !targets.contains(j)).collect()
+            (0..table.columns.len())
+                .filter(|j| !targets.contains(j))
+                .collect()
         } else {
             spec.feature_columns
                 .iter()
@@ -174,7 +195,10 @@ impl Dataset {
                 .collect::<Result<_>>()?
         };
         if features.is_empty() {
-            return Err(FieldError::new("spec.data.feature_columns", "no feature columns left"));
+            return Err(FieldError::new(
+                "spec.data.feature_columns",
+                "no feature columns left",
+            ));
         }
         let rows = table.rows();
         if rows < 2 {
@@ -235,7 +259,11 @@ fn class_targets(table: &Table, col: usize, task: Task, name: &str) -> Result<Ta
     };
     let mut labels: Vec<String> = keys.clone();
     match &numeric {
-        Some(_) => labels.sort_by(|a, b| a.parse::<f64>().unwrap().total_cmp(&b.parse::<f64>().unwrap())),
+        Some(_) => labels.sort_by(|a, b| {
+            a.parse::<f64>()
+                .unwrap()
+                .total_cmp(&b.parse::<f64>().unwrap())
+        }),
         None => labels.sort(),
     }
     labels.dedup();
@@ -244,15 +272,26 @@ fn class_targets(table: &Table, col: usize, task: Task, name: &str) -> Result<Ta
         _ => labels.len() >= 2,
     };
     if !expected {
-        let want = if task == Task::Binary { "exactly 2" } else { "at least 2" };
+        let want = if task == Task::Binary {
+            "exactly 2"
+        } else {
+            "at least 2"
+        };
         let shown: Vec<_> = labels.iter().take(10).map(|l| format!("\"{l}\"")).collect();
         return Err(FieldError::new(
             format!("column \"{name}\""),
-            format!("{task:?} classification needs {want} classes, found {} ({})", labels.len(), shown.join(", ")),
+            format!(
+                "{task:?} classification needs {want} classes, found {} ({})",
+                labels.len(),
+                shown.join(", ")
+            ),
         ));
     }
-    let position: std::collections::HashMap<&str, i64> =
-        labels.iter().enumerate().map(|(i, l)| (l.as_str(), i as i64)).collect();
+    let position: std::collections::HashMap<&str, i64> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.as_str(), i as i64))
+        .collect();
     let index = keys.iter().map(|k| position[k.as_str()]).collect();
     Ok(Targets::Classes { index, labels })
 }
@@ -314,15 +353,22 @@ mod tests {
         assert_eq!(e.to_string(), "row 2: has 1 fields, the header has 2");
         let t = Table::from_csv(b"a,y\n1,2\nfoo,3\n").unwrap();
         let e = Dataset::from_table(&t, &spec(&["y"], &[]), Task::Regression).unwrap_err();
-        assert_eq!(e.to_string(), "row 2, column \"a\": \"foo\" is not a number");
+        assert_eq!(
+            e.to_string(),
+            "row 2, column \"a\": \"foo\" is not a number"
+        );
         let t = Table::from_csv(b"a,y\n1,2\nNaN,3\n").unwrap();
         let e = Dataset::from_table(&t, &spec(&["y"], &[]), Task::Regression).unwrap_err();
-        assert!(e.to_string().starts_with("row 2, column \"a\": \"NaN\" is not finite"));
+        assert!(e
+            .to_string()
+            .starts_with("row 2, column \"a\": \"NaN\" is not finite"));
         let t = Table::from_csv(b"a,y\n1,inf\n2,3\n").unwrap();
         let e = Dataset::from_table(&t, &spec(&["y"], &[]), Task::Regression).unwrap_err();
         assert!(e.to_string().starts_with("row 1, column \"y\""));
         let e = Dataset::from_table(&t, &spec(&["z"], &[]), Task::Regression).unwrap_err();
-        assert!(e.to_string().starts_with("spec.data.target_columns[0]: no column \"z\""));
+        assert!(e
+            .to_string()
+            .starts_with("spec.data.target_columns[0]: no column \"z\""));
         let t = Table::from_csv(b"a,y\n1,a\n2,b\n3,c\n").unwrap();
         let e = Dataset::from_table(&t, &spec(&["y"], &[]), Task::Binary).unwrap_err();
         assert!(e.to_string().contains("needs exactly 2 classes, found 3"));

@@ -148,7 +148,9 @@ mod tests {
         all.sort_by(f32::total_cmp);
         assert_eq!(all, (0..100).map(|i| i as f32).collect::<Vec<_>>());
         // Targets travel with their rows.
-        let SplitTargets::Values(y) = &p.train.y else { panic!() };
+        let SplitTargets::Values(y) = &p.train.y else {
+            panic!()
+        };
         assert!(p.train.x.iter().zip(y).all(|(x, y)| *y == 10.0 * x));
         assert_eq!(prepare(&dataset(100), &spec(7)), p);
         assert_ne!(prepare(&dataset(100), &spec(8)).train.x, p.train.x);

@@ -379,7 +379,10 @@ fn validate_data(data: &pb::DataSpec, task: Task) -> Result<DataSpec> {
 fn check_unique(field: &str, names: &[String]) -> Result<()> {
     for (i, name) in names.iter().enumerate() {
         if name.is_empty() {
-            return Err(FieldError::new(format!("{field}[{i}]"), "must not be empty"));
+            return Err(FieldError::new(
+                format!("{field}[{i}]"),
+                "must not be empty",
+            ));
         }
         if names[..i].contains(name) {
             return Err(FieldError::new(
@@ -463,9 +466,16 @@ fn validate_layer(path: &str, layer: &pb::HiddenLayer) -> Result<LayerSpec> {
         Ok(pb::Activation::Gelu) => Activation::Gelu,
         Ok(pb::Activation::Softplus) => Activation::Softplus,
         Ok(pb::Activation::Silu) => Activation::Silu,
-        Err(_) => return Err(unknown_enum(&format!("{path}.activation"), layer.activation)),
+        Err(_) => {
+            return Err(unknown_enum(
+                &format!("{path}.activation"),
+                layer.activation,
+            ))
+        }
     };
-    let slope_ok = params.negative_slope.is_none_or(|s| s.is_finite() && s >= 0.0);
+    let slope_ok = params
+        .negative_slope
+        .is_none_or(|s| s.is_finite() && s >= 0.0);
     if !slope_ok {
         return Err(FieldError::new(
             format!("{path}.activation_params.negative_slope"),
@@ -810,8 +820,14 @@ mod tests {
         let spec = JobSpec::from_proto(&spec).unwrap();
         let kinds: Vec<_> = spec.model.hidden.iter().map(|l| l.init.kind).collect();
         assert_eq!(kinds, [InitKind::He, InitKind::Lecun, InitKind::Glorot]);
-        assert_eq!(spec.model.hidden[0].init.distribution, InitDistribution::Normal);
-        assert_eq!(spec.model.hidden[2].init.distribution, InitDistribution::Uniform);
+        assert_eq!(
+            spec.model.hidden[0].init.distribution,
+            InitDistribution::Normal
+        );
+        assert_eq!(
+            spec.model.hidden[2].init.distribution,
+            InitDistribution::Uniform
+        );
     }
 
     #[test]

@@ -51,7 +51,9 @@ impl DatasetStore {
                     Ok(Ok(meta)) if dir.join(format!("{}.csv", meta.id)).exists() => {
                         metas.insert(meta.id.clone(), meta);
                     }
-                    _ => tracing::warn!(path = %path.display(), "skipping unreadable dataset metadata"),
+                    _ => {
+                        tracing::warn!(path = %path.display(), "skipping unreadable dataset metadata")
+                    }
                 }
             }
         }
@@ -66,7 +68,11 @@ impl DatasetStore {
         let table = Table::from_csv(csv)?;
         let meta = DatasetMeta {
             id: format!("ds-{}", uuid::Uuid::new_v4().simple()),
-            name: if name.is_empty() { "dataset".into() } else { name.into() },
+            name: if name.is_empty() {
+                "dataset".into()
+            } else {
+                name.into()
+            },
             columns: table.columns.clone(),
             rows: table.rows() as u64,
             size_bytes: csv.len() as u64,
@@ -77,7 +83,10 @@ impl DatasetStore {
         write_atomically(&self.dir.join(format!("{}.csv", meta.id)), csv)?;
         let json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
         write_atomically(&self.dir.join(format!("{}.json", meta.id)), &json)?;
-        self.metas.write().unwrap().insert(meta.id.clone(), meta.clone());
+        self.metas
+            .write()
+            .unwrap()
+            .insert(meta.id.clone(), meta.clone());
         Ok(meta)
     }
 

@@ -255,9 +255,15 @@ fn apply(job: &mut pb::Job, event: &pb::JobEvent) {
             job.finished_at = event.time;
             job.message = match f.reason() {
                 pb::StopReason::EarlyStopped => {
-                    format!("early stopped at epoch {}; best epoch {}", f.epochs_completed, f.best_epoch)
+                    format!(
+                        "early stopped at epoch {}; best epoch {}",
+                        f.epochs_completed, f.best_epoch
+                    )
                 }
-                _ => format!("completed {} epochs; best epoch {}", f.epochs_completed, f.best_epoch),
+                _ => format!(
+                    "completed {} epochs; best epoch {}",
+                    f.epochs_completed, f.best_epoch
+                ),
             };
         }
         Some(Kind::Failed(f)) => {
@@ -324,7 +330,11 @@ mod tests {
             )
             .unwrap();
         let seen = follower.await.unwrap();
-        assert_eq!(seen, (0..52).collect::<Vec<u64>>(), "every event once, in order");
+        assert_eq!(
+            seen,
+            (0..52).collect::<Vec<u64>>(),
+            "every event once, in order"
+        );
 
         let mut rest = Vec::new();
         while let Some(batch) = early.next_batch().await {

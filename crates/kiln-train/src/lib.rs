@@ -1,1 +1,15 @@
+//! kiln's training engine, on burn with the libtorch backend: the network a
+//! spec describes, its loss and optimizer, the training loop with early
+//! stopping, and the artifact and predictor of the model it produces.
 
+pub mod artifact;
+pub mod device;
+pub mod early_stop;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod train;
+
+pub use artifact::{ModelArtifact, ModelMeta, Output, Predictor};
+pub use burn::tensor::Device;
+pub use train::{train, EpochReport, StopReason, TrainError, TrainEvent, Trained};

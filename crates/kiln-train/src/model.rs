@@ -1,0 +1,204 @@
+//! The network a spec describes: blocks of Linear -> [BatchNorm] -> activation
+//! -> [dropout], then a linear output layer.
+//!
+//! Training behaviour (batch statistics, dropout) follows the device: a module
+//! on an autodiff device trains, the same module after `valid()` evaluates.
+
+use burn::module::{Module, Param, RunningState};
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear};
+use burn::tensor::{activation, Device, Tensor};
+use kiln_core::spec::{
+    Activation, FanMode, Init, InitDistribution, InitKind, LayerSpec, OutputActivation, Task,
+};
+use serde::{Deserialize, Serialize};
+
+/// Everything needed to rebuild the network's shape (weights are stored apart).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelArch {
+    pub task: Task,
+    pub inputs: usize,
+    pub hidden: Vec<LayerSpec>,
+    /// Output units: targets for regression, 1 for binary, classes for multi-class.
+    pub outputs: usize,
+    pub output_activation: OutputActivation,
+}
+
+impl ModelArch {
+    /// Output units for a task with `outputs` targets or classes.
+    pub fn output_units(task: Task, outputs: usize) -> usize {
+        match task {
+            Task::Binary => 1,
+            Task::Regression | Task::Multiclass => outputs,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp {
+    blocks: Vec<Block>,
+    output: Linear,
+    #[module(skip)]
+    output_activation: OutputActivation,
+}
+
+#[derive(Module, Debug)]
+struct Block {
+    linear: Linear,
+    norm: Option<BatchNorm1d>,
+    dropout: Option<Dropout>,
+    #[module(skip)]
+    activation: Activation,
+}
+
+impl Mlp {
+    /// A freshly initialized network on `device` (seed the device first for
+    /// reproducible weights).
+    pub fn new(arch: &ModelArch, device: &Device) -> Self {
+        let mut width = arch.inputs;
+        let blocks = arch
+            .hidden
+            .iter()
+            .map(|layer| {
+                let block = Block {
+                    linear: linear(width, layer.units, &initializer(layer.init), device),
+                    norm: layer
+                        .batch_norm
+                        .map(|bn| BatchNorm1d::new(layer.units, bn.momentum, bn.eps, device)),
+                    dropout: (layer.dropout > 0.0)
+                        .then(|| DropoutConfig::new(layer.dropout).init()),
+                    activation: layer.activation,
+                };
+                width = layer.units;
+                block
+            })
+            .collect();
+        // The output layer uses Glorot uniform (Keras' default for Dense).
+        let glorot = Init {
+            kind: InitKind::Glorot,
+            distribution: InitDistribution::Uniform,
+            fan: FanMode::In,
+        };
+        Self {
+            blocks,
+            output: linear(width, arch.outputs, &initializer(glorot), device),
+            output_activation: arch.output_activation,
+        }
+    }
+
+    /// Logits for classification; for regression, the values (in scaled
+    /// target units) after the output activation, since the loss is taken on them.
+    pub fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
+        for block in &self.blocks {
+            x = block.linear.forward(x);
+            if let Some(norm) = &block.norm {
+                x = norm.forward(x);
+            }
+            x = activate(block.activation, x);
+            if let Some(dropout) = &block.dropout {
+                x = dropout.forward(x);
+            }
+        }
+        let out = self.output.forward(x);
+        match self.output_activation {
+            OutputActivation::Identity => out,
+            OutputActivation::Tanh => activation::tanh(out),
+            OutputActivation::Sigmoid => activation::sigmoid(out),
+            OutputActivation::Softplus => activation::softplus(out, 1.0),
+        }
+    }
+}
+
+pub fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
+    match act {
+        Activation::Relu => activation::relu(x),
+        Activation::Tanh => activation::tanh(x),
+        Activation::Sigmoid => activation::sigmoid(x),
+        Activation::LeakyRelu { negative_slope } => activation::leaky_relu(x, negative_slope),
+        Activation::Elu { alpha } => activation::elu(x, alpha),
+        Activation::Selu => activation::selu(x),
+        Activation::Gelu => activation::gelu(x),
+        Activation::Softplus => activation::softplus(x, 1.0),
+        Activation::Silu => activation::silu(x),
+    }
+}
+
+/// torch.nn.init semantics: He = Kaiming with gain sqrt(2), LeCun = Kaiming
+/// with gain 1, Glorot = Xavier with gain 1. burn's formulas match torch's
+/// (bound = gain * sqrt(3 / fan), std = gain / sqrt(fan)).
+pub fn initializer(init: Init) -> Initializer {
+    let fan_out_only = init.fan == FanMode::Out;
+    let gain = match init.kind {
+        InitKind::He => 2f64.sqrt(),
+        InitKind::Lecun | InitKind::Glorot => 1.0,
+    };
+    match (init.kind, init.distribution) {
+        (InitKind::Glorot, InitDistribution::Uniform) => Initializer::XavierUniform { gain },
+        (InitKind::Glorot, InitDistribution::Normal) => Initializer::XavierNormal { gain },
+        (_, InitDistribution::Uniform) => Initializer::KaimingUniform { gain, fan_out_only },
+        (_, InitDistribution::Normal) => Initializer::KaimingNormal { gain, fan_out_only },
+    }
+}
+
+/// A Linear layer with the given weight initializer and a zero bias (burn's
+/// LinearConfig would draw the bias from the weight initializer).
+fn linear(d_in: usize, d_out: usize, init: &Initializer, device: &Device) -> Linear {
+    Linear {
+        // burn stores the weight as [d_in, d_out]: fan_in is d_in.
+        weight: init.init_with([d_in, d_out], Some(d_in), Some(d_out), device),
+        bias: Some(Initializer::Zeros.init([d_out], device)),
+    }
+}
+
+/// BatchNorm over `[batch, features]` with torch.nn.BatchNorm1d's semantics:
+/// batch statistics (biased variance) normalize in training, and the running
+/// variance is updated with the unbiased batch variance, as torch does (burn's
+/// own BatchNorm updates it with the biased one).
+#[derive(Module, Debug)]
+pub struct BatchNorm1d {
+    gamma: Param<Tensor<1>>,
+    beta: Param<Tensor<1>>,
+    running_mean: RunningState<Tensor<1>>,
+    running_var: RunningState<Tensor<1>>,
+    momentum: f64,
+    eps: f64,
+}
+
+impl BatchNorm1d {
+    pub fn new(features: usize, momentum: f64, eps: f64, device: &Device) -> Self {
+        Self {
+            gamma: Initializer::Ones.init([features], device),
+            beta: Initializer::Zeros.init([features], device),
+            running_mean: RunningState::new(Tensor::zeros([features], device)),
+            running_var: RunningState::new(Tensor::ones([features], device)),
+            momentum,
+            eps,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let device = x.device();
+        if !device.is_autodiff() {
+            return burn::tensor::module::batch_norm(
+                x,
+                self.gamma.val(),
+                self.beta.val(),
+                self.running_mean.value().to_device(&device),
+                self.running_var.value().to_device(&device),
+                self.eps,
+            );
+        }
+        let n = x.dims()[0] as f64;
+        let out =
+            burn::tensor::module::batch_norm_train(x, self.gamma.val(), self.beta.val(), self.eps);
+        let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+        let m = self.momentum;
+        let mean = self.running_mean.value_sync().to_device(&device);
+        let var = self.running_var.value_sync().to_device(&device);
+        self.running_mean
+            .update((mean.mul_scalar(1.0 - m) + out.mean.detach().mul_scalar(m)).detach());
+        self.running_var.update(
+            (var.mul_scalar(1.0 - m) + out.variance.detach().mul_scalar(m * unbiased)).detach(),
+        );
+        out.output
+    }
+}

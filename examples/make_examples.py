@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Writes the example jobs and datasets in examples/ (deterministic; rerun to refresh).
+
+- rings.json: binary classification of two concentric rings, inline data, for grpcurl.
+- spirals.csv: three interleaved spirals (multi-class), for UploadDataset.
+- regression.csv: y = sin(x1) * x2 + 0.5 * x3^2 + noise.
+"""
+import json
+import math
+import random
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def rings(n, seed):
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        radius = (1.0 if label == 0 else 2.2) + rng.gauss(0, 0.15)
+        angle = rng.uniform(0, 2 * math.pi)
+        rows.append([round(radius * math.cos(angle), 4), round(radius * math.sin(angle), 4), label])
+    return rows
+
+
+def spirals(n_per_class, classes, seed):
+    rng = random.Random(seed)
+    rows = []
+    for c in range(classes):
+        for i in range(n_per_class):
+            r = i / n_per_class * 3.0 + 0.2
+            t = 1.75 * i / n_per_class * 2 * math.pi + 2 * math.pi * c / classes
+            rows.append([round(r * math.cos(t) + rng.gauss(0, 0.05), 5),
+                         round(r * math.sin(t) + rng.gauss(0, 0.05), 5), f"arm{c}"])
+    rng.shuffle(rows)
+    return rows
+
+
+def regression(n, seed):
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        x = [rng.uniform(-3, 3) for _ in range(3)]
+        y = math.sin(x[0]) * x[1] + 0.5 * x[2] ** 2 + rng.gauss(0, 0.1)
+        rows.append([round(v, 5) for v in x] + [round(y, 5)])
+    return rows
+
+
+def main():
+    job = {
+        "spec": {
+            "modelName": "rings",
+            "task": "TASK_BINARY_CLASSIFICATION",
+            "data": {
+                "inline": {"columns": ["x", "y", "label"],
+                           "rows": [{"values": r} for r in rings(400, 1)]},
+                "targetColumns": ["label"],
+                "validationFraction": 0.25,
+                "splitSeed": 7,
+            },
+            "model": {"hiddenLayers": [
+                {"units": 32, "activation": "ACTIVATION_RELU"},
+                {"units": 32, "activation": "ACTIVATION_RELU"},
+            ]},
+            "training": {
+                "optimizer": {"learningRate": 0.01, "adam": {}},
+                "epochs": 60,
+                "batchSize": 32,
+                "earlyStopping": {"monitor": "val_loss", "patience": 10},
+                "seed": 1,
+            },
+            "device": "DEVICE_AUTO",
+        }
+    }
+    # One row per line keeps the file readable.
+    rows = job["spec"]["data"]["inline"].pop("rows")
+    text = json.dumps(job, indent=1).replace(
+        '"columns"', '"rows": [\n' + ",\n".join(json.dumps(r) for r in rows) + '\n    ],\n    "columns"')
+    (HERE / "rings.json").write_text(text + "\n")
+    with open(HERE / "spirals.csv", "w") as f:
+        f.write("x,y,arm\n")
+        for r in spirals(300, 3, 2):
+            f.write(f"{r[0]},{r[1]},{r[2]}\n")
+    with open(HERE / "regression.csv", "w") as f:
+        f.write("x1,x2,x3,y\n")
+        for r in regression(2000, 3):
+            f.write(",".join(str(v) for v in r) + "\n")
+
+
+if __name__ == "__main__":
+    main()

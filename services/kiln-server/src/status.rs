@@ -1,0 +1,33 @@
+//! How engine errors become gRPC statuses.
+
+use kiln_core::FieldError;
+use kiln_serve::ServeError;
+use kiln_store::{DatasetError, JobError};
+use tonic::Status;
+
+pub fn invalid(e: FieldError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+pub fn job(e: JobError) -> Status {
+    match e {
+        JobError::NotFound(_) => Status::not_found(e.to_string()),
+    }
+}
+
+pub fn dataset(e: DatasetError) -> Status {
+    match e {
+        DatasetError::NotFound(_) => Status::not_found(e.to_string()),
+        DatasetError::Invalid(f) => invalid(f),
+        DatasetError::Io(_) => Status::internal(e.to_string()),
+    }
+}
+
+pub fn serve(e: ServeError) -> Status {
+    match e {
+        ServeError::WrongWidth { .. } => Status::invalid_argument(format!("rows: {e}")),
+        ServeError::QueueFull => Status::resource_exhausted(e.to_string()),
+        ServeError::Stopped => Status::unavailable(e.to_string()),
+        ServeError::Load(_) => Status::internal(e.to_string()),
+    }
+}
