@@ -1,0 +1,219 @@
+//! Starts the real kiln-server binary on a free port with its own data
+//! directory, and gives the tests generated gRPC clients for it.
+#![allow(dead_code)] // each test binary uses a different part of this
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kiln::v1 as pb;
+use pb::dataset_service_client::DatasetServiceClient;
+use pb::inference_service_client::InferenceServiceClient;
+use pb::job_service_client::JobServiceClient;
+use tonic::transport::Channel;
+
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("KILN_SERVER_BIN") {
+        return path.into();
+    }
+    // Integration tests run from target/<profile>/deps; the server sits in target/<profile>.
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .join("kiln-server");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first with `cargo build -p kiln-server` (make test does)",
+        path.display()
+    );
+    path
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `KILN_*` environment settings.
+    pub fn start_with(env: &[(&str, &str)]) -> Server {
+        let data_dir =
+            std::env::temp_dir().join(format!("kiln-test-{}-{}", std::process::id(), uuid_like()));
+        let mut child = Command::new(server_binary())
+            .env("KILN_LISTEN", "127.0.0.1:0")
+            .env("KILN_DATA_DIR", &data_dir)
+            .env("KILN_TORCH_THREADS", "1")
+            .env("KILN_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start kiln-server");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read server banner");
+        let addr = line
+            .trim()
+            .strip_prefix("kiln-server listening on ")
+            .unwrap_or_else(|| panic!("unexpected server banner {line:?}"))
+            .to_string();
+        Server {
+            child,
+            addr,
+            data_dir,
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to kiln-server")
+    }
+
+    pub async fn jobs(&self) -> JobServiceClient<Channel> {
+        JobServiceClient::new(self.channel().await)
+    }
+
+    pub async fn datasets(&self) -> DatasetServiceClient<Channel> {
+        DatasetServiceClient::new(self.channel().await)
+    }
+
+    pub async fn inference(&self) -> InferenceServiceClient<Channel> {
+        InferenceServiceClient::new(self.channel().await)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+fn uuid_like() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Uploads `csv` in chunks of `chunk` bytes.
+pub async fn upload(
+    server: &Server,
+    name: &str,
+    csv: &[u8],
+    chunk: usize,
+) -> Result<pb::Dataset, tonic::Status> {
+    let messages: Vec<pb::UploadDatasetRequest> = csv
+        .chunks(chunk)
+        .enumerate()
+        .map(|(i, c)| pb::UploadDatasetRequest {
+            name: if i == 0 {
+                name.to_string()
+            } else {
+                String::new()
+            },
+            chunk: c.to_vec(),
+        })
+        .collect();
+    server
+        .datasets()
+        .await
+        .upload_dataset(tokio_stream::iter(messages))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Every event of a job until it ends.
+pub async fn watch_all(server: &Server, job_id: &str) -> Vec<pb::JobEvent> {
+    let mut stream = server
+        .jobs()
+        .await
+        .watch_job(pb::WatchJobRequest {
+            job_id: job_id.to_string(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(600), stream.message())
+        .await
+        .expect("a job event within 10 minutes")
+        .expect("stream ok")
+    {
+        events.push(event);
+    }
+    events
+}
+
+pub fn epochs(events: &[pb::JobEvent]) -> Vec<pb::EpochMetrics> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::Epoch(m)) => Some(*m),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn finished(events: &[pb::JobEvent]) -> pb::Finished {
+    match events.last().and_then(|e| e.kind.clone()) {
+        Some(pb::job_event::Kind::Finished(f)) => f,
+        other => panic!("the job did not succeed: last event {other:?}"),
+    }
+}
+
+pub async fn submit(server: &Server, spec: pb::JobSpec) -> Result<pb::Job, tonic::Status> {
+    server
+        .jobs()
+        .await
+        .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
+        .await
+        .map(|r| r.into_inner())
+}
+
+pub fn layer(units: u32) -> pb::HiddenLayer {
+    pb::HiddenLayer {
+        units,
+        activation: pb::Activation::Relu as i32,
+        ..Default::default()
+    }
+}
+
+pub fn dataset_source(id: &str, targets: &[&str]) -> pb::DataSpec {
+    pb::DataSpec {
+        source: Some(pb::data_spec::Source::DatasetId(id.to_string())),
+        target_columns: targets.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+pub fn read_example(name: &str) -> Vec<u8> {
+    std::fs::read(repo_root().join("examples").join(name)).expect("example file")
+}
+
+/// Parses a numeric CSV (header skipped) into rows of strings.
+pub fn csv_rows(bytes: &[u8]) -> Vec<Vec<String>> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .skip(1)
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
+}
