@@ -108,6 +108,23 @@ impl Mlp {
     }
 }
 
+impl Mlp {
+    /// Each linear layer's weight (`[in, out]`, row-major) and bias, input
+    /// side first, the output layer last.
+    pub fn linear_parameters(&self) -> Vec<(Vec<f32>, Vec<f32>)> {
+        let read = |t: Tensor<2>| t.into_data().try_into_vec::<f32>().expect("f32 weights");
+        self.blocks
+            .iter()
+            .map(|b| &b.linear)
+            .chain([&self.output])
+            .map(|l| {
+                let bias = l.bias.as_ref().map(|b| b.val().unsqueeze::<2>()).map(read);
+                (read(l.weight.val()), bias.unwrap_or_default())
+            })
+            .collect()
+    }
+}
+
 pub fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
     match act {
         Activation::Relu => activation::relu(x),

@@ -1,0 +1,416 @@
+//! The job lifecycle through the real server: cancellation, replay for late
+//! watchers, concurrent watchers, and the statuses of bad requests.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use kiln::v1 as pb;
+use tonic::Code;
+
+/// A job that would run for hours: many rows, tiny batches, a huge budget.
+fn long_job(rows: usize) -> pb::JobSpec {
+    pb::JobSpec {
+        task: pb::Task::Regression as i32,
+        data: Some(pb::DataSpec {
+            source: Some(pb::data_spec::Source::Inline(pb::InlineData {
+                columns: vec!["x".into(), "y".into()],
+                rows: (0..rows)
+                    .map(|i| pb::Row {
+                        values: vec![i as f64, (i % 7) as f64],
+                    })
+                    .collect(),
+            })),
+            target_columns: vec!["y".into()],
+            ..Default::default()
+        }),
+        model: Some(pb::ModelSpec {
+            hidden_layers: vec![layer(16)],
+            ..Default::default()
+        }),
+        training: Some(pb::TrainingSpec {
+            epochs: 100_000,
+            batch_size: 4,
+            ..Default::default()
+        }),
+        device: pb::Device::Cpu as i32,
+        ..Default::default()
+    }
+}
+
+async fn get(server: &Server, id: &str) -> pb::Job {
+    server
+        .jobs()
+        .await
+        .get_job(pb::GetJobRequest { job_id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn wait_for_epoch(server: &Server, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(server, id).await.epochs_completed == 0 {
+        assert!(Instant::now() < deadline, "no epoch within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn last_failed(events: &[pb::JobEvent]) -> pb::Failed {
+    match events.last().and_then(|e| e.kind.clone()) {
+        Some(pb::job_event::Kind::Failed(f)) => f,
+        other => panic!("expected a failed/cancelled end, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn cancel_stops_running_and_queued_jobs() {
+    let server = Server::start();
+    let running = submit(&server, long_job(2000)).await.unwrap();
+    // Same device: the second job waits its turn.
+    let queued = submit(&server, long_job(100)).await.unwrap();
+    wait_for_epoch(&server, &running.id).await;
+    assert_eq!(
+        get(&server, &running.id).await.state(),
+        pb::JobState::Running
+    );
+    assert_eq!(get(&server, &queued.id).await.state(), pb::JobState::Queued);
+
+    // A queued job is cancelled at once.
+    let mut jobs = server.jobs().await;
+    let cancelled = jobs
+        .cancel_job(pb::CancelJobRequest {
+            job_id: queued.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelled.state(), pb::JobState::Cancelled);
+    assert_eq!(cancelled.stop_reason(), pb::StopReason::Cancelled);
+
+    // A running one within a batch: its watch stream ends with the cancel.
+    let started = Instant::now();
+    jobs.cancel_job(pb::CancelJobRequest {
+        job_id: running.id.clone(),
+    })
+    .await
+    .unwrap();
+    let events = watch_all(&server, &running.id).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cancel took {:?}",
+        started.elapsed()
+    );
+    let end = last_failed(&events);
+    assert_eq!(end.state(), pb::JobState::Cancelled);
+    assert_eq!(end.reason(), pb::StopReason::Cancelled);
+    let job = get(&server, &running.id).await;
+    assert_eq!(job.state(), pb::JobState::Cancelled);
+    assert!(job.epochs_completed >= 1);
+
+    // No model is served for a cancelled job.
+    let status = server
+        .inference()
+        .await
+        .predict(pb::PredictRequest {
+            model: running.id.clone(),
+            rows: vec![pb::Row { values: vec![1.0] }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    // Cancelling a finished job changes nothing.
+    let again = jobs
+        .cancel_job(pb::CancelJobRequest {
+            job_id: running.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.state(), pb::JobState::Cancelled);
+}
+
+fn quick_job() -> pb::JobSpec {
+    let mut spec = long_job(200);
+    let training = spec.training.as_mut().unwrap();
+    training.epochs = 15;
+    training.batch_size = 32;
+    spec
+}
+
+#[tokio::test]
+async fn watchers_replay_from_the_start_and_see_the_same_events() {
+    let server = Server::start();
+    let job = submit(&server, quick_job()).await.unwrap();
+    // Two watchers from the start, concurrently.
+    let (a, b) = tokio::join!(watch_all(&server, &job.id), watch_all(&server, &job.id));
+    assert_eq!(a, b);
+    // A late watcher, after the end, replays everything.
+    let late = watch_all(&server, &job.id).await;
+    assert_eq!(late, a);
+
+    let sequences: Vec<u64> = late.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (0..late.len() as u64).collect::<Vec<_>>());
+    let states: Vec<pb::JobState> = late
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::StateChanged(s)) => Some(s.state()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(states, [pb::JobState::Queued, pb::JobState::Running]);
+    let epochs = epochs(&late);
+    assert_eq!(
+        epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(),
+        (1..=15).collect::<Vec<_>>()
+    );
+    for e in &epochs {
+        assert!(e.train_loss.is_finite() && e.val_loss.is_finite());
+        assert!(e.val_mae.is_some() && e.val_accuracy.is_none());
+        assert!(e.epoch_seconds > 0.0 && e.samples_per_second > 0.0);
+        assert_eq!(e.learning_rate, 1e-3);
+    }
+    let done = finished(&late);
+    assert_eq!(done.reason(), pb::StopReason::Completed);
+    assert_eq!(done.epochs_completed, 15);
+    let best_epoch = epochs
+        .iter()
+        .min_by(|x, y| x.val_loss.total_cmp(&y.val_loss))
+        .unwrap();
+    assert_eq!(done.best_epoch, best_epoch.epoch);
+
+    let listed = server
+        .jobs()
+        .await
+        .list_jobs(pb::ListJobsRequest {
+            state: pb::JobState::Succeeded as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.jobs.len(), 1);
+    assert_eq!(listed.jobs[0].best.unwrap().epoch, best_epoch.epoch);
+}
+
+async fn submit_err(server: &Server, spec: pb::JobSpec) -> tonic::Status {
+    submit(server, spec)
+        .await
+        .expect_err("the spec must be refused")
+}
+
+#[tokio::test]
+async fn bad_requests_get_statuses_that_name_the_field() {
+    let server = Server::start();
+    let base = quick_job;
+
+    let mut s = base();
+    s.task = 0;
+    let st = submit_err(&server, s).await;
+    assert_eq!(st.code(), Code::InvalidArgument);
+    assert!(st.message().starts_with("spec.task:"), "{}", st.message());
+
+    let mut s = base();
+    s.model.as_mut().unwrap().hidden_layers[0].units = 0;
+    let st = submit_err(&server, s).await;
+    assert_eq!(st.code(), Code::InvalidArgument);
+    assert!(
+        st.message()
+            .starts_with("spec.model.hidden_layers[0].units:"),
+        "{}",
+        st.message()
+    );
+
+    let mut s = base();
+    s.model.as_mut().unwrap().hidden_layers[0].dropout = 1.5;
+    let st = submit_err(&server, s).await;
+    assert!(
+        st.message()
+            .starts_with("spec.model.hidden_layers[0].dropout:"),
+        "{}",
+        st.message()
+    );
+
+    let mut s = base();
+    s.training.as_mut().unwrap().optimizer = Some(pb::Optimizer {
+        learning_rate: Some(-1.0),
+        ..Default::default()
+    });
+    let st = submit_err(&server, s).await;
+    assert_eq!(
+        st.message(),
+        "spec.training.optimizer.learning_rate: must be > 0"
+    );
+
+    let mut s = base();
+    s.data.as_mut().unwrap().target_columns = vec!["nope".into()];
+    let st = submit_err(&server, s).await;
+    assert_eq!(st.code(), Code::InvalidArgument);
+    assert!(
+        st.message()
+            .starts_with("spec.data.target_columns[0]: no column \"nope\""),
+        "{}",
+        st.message()
+    );
+
+    // Non-finite inline data names row and column.
+    let mut s = base();
+    if let Some(pb::data_spec::Source::Inline(inline)) = &mut s.data.as_mut().unwrap().source {
+        inline.rows[2].values[0] = f64::NAN;
+    }
+    let st = submit_err(&server, s).await;
+    assert_eq!(st.code(), Code::InvalidArgument);
+    assert!(
+        st.message().starts_with("row 3, column \"x\""),
+        "{}",
+        st.message()
+    );
+
+    // Ragged inline rows.
+    let mut s = base();
+    if let Some(pb::data_spec::Source::Inline(inline)) = &mut s.data.as_mut().unwrap().source {
+        inline.rows[4].values.push(1.0);
+    }
+    let st = submit_err(&server, s).await;
+    assert!(
+        st.message().starts_with("spec.data.inline.rows[4]:"),
+        "{}",
+        st.message()
+    );
+
+    // Unknown dataset.
+    let mut s = base();
+    s.data.as_mut().unwrap().source = Some(pb::data_spec::Source::DatasetId("ds-missing".into()));
+    let st = submit_err(&server, s).await;
+    assert_eq!(st.code(), Code::NotFound);
+    assert!(
+        st.message().starts_with("spec.data.dataset_id:"),
+        "{}",
+        st.message()
+    );
+
+    // A CUDA device this server does not have.
+    let mut s = base();
+    s.device = pb::Device::Cuda as i32;
+    s.cuda_device_index = 7;
+    let st = submit_err(&server, s).await;
+    assert_eq!(st.code(), Code::InvalidArgument);
+    assert!(st.message().starts_with("spec.device:"), "{}", st.message());
+
+    // CSV problems: ragged at upload, non-numeric at submit.
+    let st = upload(&server, "ragged", b"a,b,y\n1,2,3\n4,5\n", 1024)
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument);
+    assert_eq!(st.message(), "row 2: has 2 fields, the header has 3");
+    let ds = upload(&server, "words", b"a,b,y\n1,2,3\n4,five,6\n7,8,9\n", 1024)
+        .await
+        .unwrap();
+    let mut s = base();
+    s.data = Some(dataset_source(&ds.id, &["y"]));
+    let st = submit_err(&server, s).await;
+    assert_eq!(st.code(), Code::InvalidArgument);
+    assert_eq!(
+        st.message(),
+        "row 2, column \"b\": \"five\" is not a number"
+    );
+
+    let st = server
+        .jobs()
+        .await
+        .get_job(pb::GetJobRequest {
+            job_id: "job-nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::NotFound);
+    // Nothing above created a job.
+    let all = server
+        .jobs()
+        .await
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap();
+    assert!(all.into_inner().jobs.is_empty());
+}
+
+#[tokio::test]
+async fn predict_statuses() {
+    let server = Server::start();
+    let mut inference = server.inference().await;
+    let row = |v: Vec<f64>| pb::Row { values: v };
+
+    let st = inference
+        .predict(pb::PredictRequest {
+            model: "nope".into(),
+            rows: vec![row(vec![1.0])],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::NotFound);
+
+    // While its job runs, a model is not servable yet.
+    let mut spec = long_job(500);
+    spec.model_name = "slow".into();
+    let slow = submit(&server, spec).await.unwrap();
+    let st = inference
+        .predict(pb::PredictRequest {
+            model: "slow".into(),
+            rows: vec![row(vec![1.0])],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+    server
+        .jobs()
+        .await
+        .cancel_job(pb::CancelJobRequest { job_id: slow.id })
+        .await
+        .unwrap();
+
+    let mut spec = quick_job();
+    spec.model_name = "quick".into();
+    let job = submit(&server, spec).await.unwrap();
+    finished(&watch_all(&server, &job.id).await);
+
+    let st = inference
+        .predict(pb::PredictRequest {
+            model: "quick".into(),
+            rows: vec![row(vec![1.0]), row(vec![1.0, 2.0])],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument);
+    assert!(
+        st.message().starts_with("rows[1]: has 2 values"),
+        "{}",
+        st.message()
+    );
+    let st = inference
+        .predict(pb::PredictRequest {
+            model: "quick".into(),
+            rows: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument);
+
+    let ok = inference
+        .predict(pb::PredictRequest {
+            model: "quick".into(),
+            rows: vec![row(vec![1.0]), row(vec![150.0])],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.predictions.len(), 2);
+    assert!(ok.compute_seconds > 0.0);
+    let models = inference
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(models.models.len(), 1);
+    assert_eq!(models.models[0].name, "quick");
+    assert_eq!(models.models[0].feature_columns, ["x"]);
+}
