@@ -23,7 +23,7 @@ impl Scaler {
     /// Fits on `values`, row-major with `width` columns. A constant column gets
     /// scale 1, so it is centred (standard) or shifted to 0 (min-max), never divided by 0.
     pub fn fit(kind: Scaling, values: &[f32], width: usize) -> Self {
-        let rows = if width == 0 { 0 } else { values.len() / width };
+        let rows = values.len().checked_div(width).unwrap_or(0);
         if kind == Scaling::None || rows == 0 {
             return Self::identity(width);
         }

@@ -451,7 +451,7 @@ fn validate_layer(path: &str, layer: &pb::HiddenLayer) -> Result<LayerSpec> {
             format!("must be in [1, {MAX_UNITS}]"),
         ));
     }
-    let params = layer.activation_params.clone().unwrap_or_default();
+    let params = layer.activation_params.unwrap_or_default();
     let activation = match pb::Activation::try_from(layer.activation) {
         Ok(pb::Activation::Default | pb::Activation::Relu) => Activation::Relu,
         Ok(pb::Activation::Tanh) => Activation::Tanh,
@@ -495,7 +495,7 @@ fn validate_layer(path: &str, layer: &pb::HiddenLayer) -> Result<LayerSpec> {
         ));
     }
     let batch_norm = if layer.batch_norm {
-        let p = layer.batch_norm_params.clone().unwrap_or_default();
+        let p = layer.batch_norm_params.unwrap_or_default();
         let momentum = p.momentum.unwrap_or(0.1);
         let eps = p.eps.unwrap_or(1e-5);
         if !(momentum > 0.0 && momentum <= 1.0) {

@@ -87,7 +87,7 @@ impl BatcherHandle {
 
     /// Queues `rows` (row-major, `width` per row) and waits for the answer.
     pub async fn predict(&self, rows: Vec<f32>) -> Result<Answer, ServeError> {
-        if rows.is_empty() || rows.len() % self.width != 0 {
+        if rows.is_empty() || !rows.len().is_multiple_of(self.width) {
             return Err(ServeError::WrongWidth {
                 expected: self.width,
                 values: rows.len(),

