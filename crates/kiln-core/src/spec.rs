@@ -172,18 +172,115 @@ pub struct OptimizerSpec {
     pub kind: OptimizerKind,
 }
 
+/// torch.optim's optimizers, each hyper-parameter with torch's name and default.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum OptimizerKind {
+    /// torch.optim.SGD.
     Sgd {
         momentum: f64,
         dampening: f64,
         nesterov: bool,
     },
+    /// torch.optim.Adam; `weight_decay` is coupled L2.
     Adam {
         beta1: f64,
         beta2: f64,
         eps: f64,
+        amsgrad: bool,
     },
+    /// torch.optim.AdamW; `weight_decay` is decoupled (`w -= lr * wd * w`).
+    AdamW {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        amsgrad: bool,
+    },
+    /// torch.optim.NAdam (not the decoupled variant).
+    Nadam {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        momentum_decay: f64,
+    },
+    /// torch.optim.RMSprop.
+    RmsProp {
+        alpha: f64,
+        eps: f64,
+        momentum: f64,
+        centered: bool,
+    },
+    /// torch.optim.Adamax.
+    Adamax { beta1: f64, beta2: f64, eps: f64 },
+    /// torch.optim.Adagrad.
+    Adagrad {
+        lr_decay: f64,
+        initial_accumulator_value: f64,
+        eps: f64,
+    },
+}
+
+/// How the learning rate moves during training (torch.optim.lr_scheduler).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LrScheduleSpec {
+    pub kind: LrScheduleKind,
+    /// Linear warmup (torch's LinearLR, stepped per epoch): the LR is scaled
+    /// from `start_factor` up to 1 over `epochs` epochs, multiplying the main
+    /// schedule (as ChainedScheduler does). None: no warmup.
+    pub warmup: Option<Warmup>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Warmup {
+    pub epochs: u32,
+    pub start_factor: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LrScheduleKind {
+    Constant,
+    /// StepLR, per epoch: lr * gamma^(epoch / step_size).
+    Step { step_size: u32, gamma: f64 },
+    /// ExponentialLR, per epoch.
+    Exponential { gamma: f64 },
+    /// CosineAnnealingLR, per epoch.
+    Cosine { t_max: u32, eta_min: f64 },
+    /// ReduceLROnPlateau, per epoch, on a logged metric.
+    ReduceOnPlateau {
+        monitor: Metric,
+        /// true: "max" mode (the metric should rise); false: "min".
+        mode_max: bool,
+        factor: f64,
+        patience: u32,
+        threshold: f64,
+        /// true: "rel" threshold mode; false: "abs".
+        threshold_rel: bool,
+        cooldown: u32,
+        min_lr: f64,
+        eps: f64,
+    },
+    /// OneCycleLR, per batch. `total_steps` is epochs x batches per epoch.
+    OneCycle {
+        max_lr: f64,
+        pct_start: f64,
+        /// true: "cos" annealing; false: "linear".
+        anneal_cos: bool,
+        div_factor: f64,
+        final_div_factor: f64,
+        three_phase: bool,
+        /// Cycle SGD momentum or Adam/NAdam beta1 inversely to the LR.
+        cycle_momentum: bool,
+        base_momentum: f64,
+        max_momentum: f64,
+    },
+}
+
+/// Gradient clipping between backward and the optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GradClip {
+    /// torch.nn.utils.clip_grad_norm_ over all parameters (one global norm).
+    Norm { max_norm: f64, norm_type: f64 },
+    /// torch.nn.utils.clip_grad_value_.
+    Value { clip_value: f64 },
 }
 
 /// A metric an epoch reports, by the name users write in `monitor`.
@@ -652,6 +749,7 @@ fn validate_optimizer(opt: Option<&pb::Optimizer>) -> Result<OptimizerSpec> {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+            amsgrad: false,
         },
         Some(pb::optimizer::Kind::Adam(a)) => {
             let beta1 = a.beta1.unwrap_or(0.9);
@@ -671,7 +769,12 @@ fn validate_optimizer(opt: Option<&pb::Optimizer>) -> Result<OptimizerSpec> {
                     "must be > 0",
                 ));
             }
-            OptimizerKind::Adam { beta1, beta2, eps }
+            OptimizerKind::Adam {
+                beta1,
+                beta2,
+                eps,
+                amsgrad: a.amsgrad,
+            }
         }
         Some(pb::optimizer::Kind::Sgd(s)) => {
             if !(s.momentum >= 0.0 && s.momentum.is_finite()) {
@@ -701,7 +804,7 @@ fn validate_optimizer(opt: Option<&pb::Optimizer>) -> Result<OptimizerSpec> {
     };
     let default_lr = match kind {
         OptimizerKind::Sgd { .. } => 1e-2,
-        OptimizerKind::Adam { .. } => 1e-3,
+        _ => 1e-3,
     };
     let learning_rate = opt.learning_rate.unwrap_or(default_lr);
     if !(learning_rate > 0.0 && learning_rate.is_finite()) {
@@ -792,7 +895,8 @@ mod tests {
             OptimizerKind::Adam {
                 beta1: 0.9,
                 beta2: 0.999,
-                eps: 1e-8
+                eps: 1e-8,
+                amsgrad: false
             }
         );
         assert_eq!(spec.data.validation_fraction, 0.2);

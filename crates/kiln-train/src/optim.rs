@@ -26,11 +26,18 @@ pub fn build(spec: &OptimizerSpec) -> ModuleOptimizer {
                 nesterov,
             }))
             .init(),
-        OptimizerKind::Adam { beta1, beta2, eps } => AdamConfig::new()
+        OptimizerKind::Adam {
+            beta1,
+            beta2,
+            eps,
+            amsgrad,
+        } => AdamConfig::new()
+            .with_amsgrad(amsgrad)
             .with_beta_1(beta1 as f32)
             .with_beta_2(beta2 as f32)
             .with_epsilon(eps as f32)
             .with_weight_decay(decay)
             .init(),
+        other => unimplemented!("optimizer {other:?}"),
     }
 }

@@ -121,7 +121,7 @@ fn run(case: Case) {
             nesterov,
         } => json!({"kind": "sgd", "lr": case.optimizer.learning_rate, "momentum": momentum,
                     "dampening": dampening, "nesterov": nesterov, "weight_decay": case.optimizer.weight_decay}),
-        OptimizerKind::Adam { beta1, beta2, eps } => {
+        OptimizerKind::Adam { beta1, beta2, eps, .. } => {
             json!({"kind": "adam", "lr": case.optimizer.learning_rate,
                     "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": case.optimizer.weight_decay})
         }
@@ -231,6 +231,7 @@ fn adam_cross_entropy_matches_torch() {
                 beta1: 0.9,
                 beta2: 0.999,
                 eps: 1e-8,
+                amsgrad: false,
             },
         },
         // Not with BatchNorm: the bias before a BatchNorm has a zero gradient
@@ -253,6 +254,7 @@ fn adam_binary_cross_entropy_matches_torch() {
                 beta1: 0.8,
                 beta2: 0.99,
                 eps: 1e-8,
+                amsgrad: false,
             },
         },
         batch_norm: false,
