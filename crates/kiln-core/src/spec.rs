@@ -239,11 +239,19 @@ pub struct Warmup {
 pub enum LrScheduleKind {
     Constant,
     /// StepLR, per epoch: lr * gamma^(epoch / step_size).
-    Step { step_size: u32, gamma: f64 },
+    Step {
+        step_size: u32,
+        gamma: f64,
+    },
     /// ExponentialLR, per epoch.
-    Exponential { gamma: f64 },
+    Exponential {
+        gamma: f64,
+    },
     /// CosineAnnealingLR, per epoch.
-    Cosine { t_max: u32, eta_min: f64 },
+    Cosine {
+        t_max: u32,
+        eta_min: f64,
+    },
     /// ReduceLROnPlateau, per epoch, on a logged metric.
     ReduceOnPlateau {
         monitor: Metric,

@@ -121,10 +121,13 @@ fn run(case: Case) {
             nesterov,
         } => json!({"kind": "sgd", "lr": case.optimizer.learning_rate, "momentum": momentum,
                     "dampening": dampening, "nesterov": nesterov, "weight_decay": case.optimizer.weight_decay}),
-        OptimizerKind::Adam { beta1, beta2, eps, .. } => {
+        OptimizerKind::Adam {
+            beta1, beta2, eps, ..
+        } => {
             json!({"kind": "adam", "lr": case.optimizer.learning_rate,
                     "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": case.optimizer.weight_decay})
         }
+        other => panic!("no reference for {other:?}"),
     };
     let activation = match case.activation {
         Activation::Tanh => "tanh",
