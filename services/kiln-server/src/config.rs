@@ -24,6 +24,8 @@ pub struct Config {
     pub predict_queue_capacity: usize,
     /// Log filter in `tracing` syntax, e.g. "info" or "kiln=debug".
     pub log: String,
+    /// Seconds open calls get to finish after SIGTERM/SIGINT before exit.
+    pub shutdown_grace_seconds: f64,
 }
 
 impl Default for Config {
@@ -37,6 +39,7 @@ impl Default for Config {
             max_batch_rows: 1024,
             predict_queue_capacity: 1024,
             log: "info".into(),
+            shutdown_grace_seconds: 10.0,
         }
     }
 }
@@ -51,9 +54,43 @@ impl Config {
             Some(path) => builder.add_source(config::File::from(path).required(true)),
             None => builder.add_source(config::File::with_name("kiln.toml").required(false)),
         };
-        let merged = builder
-            .add_source(config::Environment::with_prefix("KILN").try_parsing(true))
-            .build()?;
+        let environment = config::Environment::with_prefix("KILN")
+            .try_parsing(true)
+            .source(Some(Self::environment(std::env::vars())));
+        let merged = builder.add_source(environment).build()?;
         Ok(merged.try_deserialize()?)
+    }
+
+    /// The `KILN_*` variables that name a configuration key. Other `KILN_*`
+    /// variables (tooling such as KILN_CACHE) are not the server's business,
+    /// while a misspelt key in kiln.toml is still an error.
+    fn environment(vars: impl Iterator<Item = (String, String)>) -> config::Map<String, String> {
+        let defaults = serde_json::to_value(Config::default()).expect("config serializes");
+        let keys = defaults.as_object().expect("config is a struct");
+        vars.filter(|(name, _)| {
+            name.strip_prefix("KILN_")
+                .is_some_and(|key| keys.contains_key(&key.to_lowercase()))
+        })
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_known_keys_are_taken_from_the_environment() {
+        let vars = [
+            ("KILN_LISTEN", "0.0.0.0:1"),
+            ("KILN_CACHE", "/somewhere"),
+            ("KILN_MAX_BATCH_ROWS", "8"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let env = Config::environment(vars.into_iter());
+        let mut names: Vec<_> = env.keys().cloned().collect();
+        names.sort();
+        assert_eq!(names, ["KILN_LISTEN", "KILN_MAX_BATCH_ROWS"]);
     }
 }

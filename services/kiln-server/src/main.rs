@@ -123,7 +123,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Tests and scripts read this line to learn the port when listening on :0.
     println!("kiln-server listening on {local}");
 
-    Server::builder()
+    // On SIGTERM/SIGINT stop accepting and let calls finish, but never wait
+    // longer than the grace period (an open WatchJob stream would hold a
+    // graceful shutdown forever).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let grace = std::time::Duration::from_secs_f64(kiln.config.shutdown_grace_seconds);
+    let server = Server::builder()
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -144,9 +156,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown_signal(),
-        )
-        .await?;
+            stopped(stop_rx.clone()),
+        );
+    tokio::select! {
+        result = server => result?,
+        _ = async { stopped(stop_rx).await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "grace period over with calls still open; exiting");
+        }
+    }
     tracing::info!("kiln-server stopped");
     Ok(())
 }
