@@ -92,6 +92,8 @@ pub struct LayerSpec {
     pub activation: Activation,
     pub init: Init,
     pub dropout: f64,
+    /// AlphaDropout (for SELU) instead of standard dropout.
+    pub alpha_dropout: bool,
     pub batch_norm: Option<BatchNormSpec>,
 }
 
@@ -100,12 +102,25 @@ pub enum Activation {
     Relu,
     Tanh,
     Sigmoid,
-    LeakyRelu { negative_slope: f64 },
-    Elu { alpha: f64 },
+    LeakyRelu {
+        negative_slope: f64,
+    },
+    Elu {
+        alpha: f64,
+    },
     Selu,
     Gelu,
     Softplus,
     Silu,
+    /// torch.nn.RReLU: slope ~ U(lower, upper) in training, their mean in evaluation.
+    RRelu {
+        lower: f64,
+        upper: f64,
+    },
+    /// torch.nn.PReLU with one learned slope per layer.
+    PRelu {
+        init: f64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -150,17 +165,47 @@ pub enum FanMode {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainingSpec {
-    pub loss: LossKind,
+    pub loss: LossSpec,
     pub optimizer: OptimizerSpec,
+    pub lr_schedule: LrScheduleSpec,
+    pub grad_clip: Option<GradClip>,
     pub epochs: u32,
     pub batch_size: u32,
     pub early_stopping: Option<EarlyStoppingSpec>,
     pub seed: u64,
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossSpec {
+    pub kind: LossKind,
+    /// Huber's delta.
+    pub huber_delta: f64,
+    /// Cross-entropy label smoothing in [0, 1).
+    pub label_smoothing: f64,
+    /// Cross-entropy class weights; empty means all 1.
+    pub class_weights: Vec<f64>,
+    /// BCE weight of the positive class.
+    pub pos_weight: f64,
+}
+
+impl LossSpec {
+    /// A loss with torch's defaults for every parameter.
+    pub fn plain(kind: LossKind) -> Self {
+        Self {
+            kind,
+            huber_delta: 1.0,
+            label_smoothing: 0.0,
+            class_weights: Vec::new(),
+            pos_weight: 1.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LossKind {
     Mse,
+    Mae,
+    Huber,
     CrossEntropy,
     BinaryCrossEntropy,
 }
@@ -340,8 +385,14 @@ impl Metric {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EarlyStoppingSpec {
     pub monitor: Metric,
+    /// true: the metric should rise ("max"); false: fall ("min").
+    pub mode_max: bool,
     pub patience: u32,
     pub min_delta: f64,
+    pub baseline: Option<f64>,
+    /// Epochs (counted from 0, as Keras) ignored before watching starts.
+    pub start_from_epoch: u32,
+    pub restore_best_weights: bool,
 }
 
 impl JobSpec {
@@ -390,6 +441,22 @@ impl JobSpec {
             training,
             device,
         })
+    }
+}
+
+impl JobSpec {
+    /// Checks what the spec says against the data it turned out to have:
+    /// `outputs` is the number of classes (classification) or targets.
+    pub fn check_against_data(&self, outputs: usize) -> Result<()> {
+        let weights = &self.training.loss.class_weights;
+        ensure(
+            weights.is_empty() || weights.len() == outputs,
+            "spec.training.loss.class_weights",
+            &format!(
+                "has {} weights; the data has {outputs} classes",
+                weights.len()
+            ),
+        )
     }
 }
 
@@ -550,77 +617,91 @@ fn validate_model(model: Option<&pb::ModelSpec>, task: Task) -> Result<ModelSpec
 }
 
 fn validate_layer(path: &str, layer: &pb::HiddenLayer) -> Result<LayerSpec> {
-    if layer.units == 0 || layer.units > MAX_UNITS {
-        return Err(FieldError::new(
-            format!("{path}.units"),
-            format!("must be in [1, {MAX_UNITS}]"),
-        ));
+    let field = |name: &str| format!("{path}.{name}");
+    ensure(
+        (1..=MAX_UNITS).contains(&layer.units),
+        &field("units"),
+        &format!("must be in [1, {MAX_UNITS}]"),
+    )?;
+    let p = layer.activation_params.unwrap_or_default();
+    let param = |name: &str| field(&format!("activation_params.{name}"));
+    if let Some(v) = p.negative_slope {
+        ensure(
+            v.is_finite() && v >= 0.0,
+            &param("negative_slope"),
+            "must be finite and >= 0",
+        )?;
     }
-    let params = layer.activation_params.unwrap_or_default();
+    if let Some(v) = p.alpha {
+        ensure(
+            v.is_finite() && v > 0.0,
+            &param("alpha"),
+            "must be finite and > 0",
+        )?;
+    }
     let activation = match pb::Activation::try_from(layer.activation) {
         Ok(pb::Activation::Default | pb::Activation::Relu) => Activation::Relu,
         Ok(pb::Activation::Tanh) => Activation::Tanh,
         Ok(pb::Activation::Sigmoid) => Activation::Sigmoid,
         Ok(pb::Activation::LeakyRelu) => Activation::LeakyRelu {
-            negative_slope: params.negative_slope.unwrap_or(0.01),
+            negative_slope: p.negative_slope.unwrap_or(0.01),
         },
         Ok(pb::Activation::Elu) => Activation::Elu {
-            alpha: params.alpha.unwrap_or(1.0),
+            alpha: p.alpha.unwrap_or(1.0),
         },
         Ok(pb::Activation::Selu) => Activation::Selu,
         Ok(pb::Activation::Gelu) => Activation::Gelu,
         Ok(pb::Activation::Softplus) => Activation::Softplus,
         Ok(pb::Activation::Silu) => Activation::Silu,
-        Err(_) => {
-            return Err(unknown_enum(
-                &format!("{path}.activation"),
-                layer.activation,
-            ))
+        Ok(pb::Activation::Rrelu) => {
+            let (lower, upper) = (
+                p.rrelu_lower.unwrap_or(1.0 / 8.0),
+                p.rrelu_upper.unwrap_or(1.0 / 3.0),
+            );
+            ensure(
+                lower.is_finite() && upper.is_finite() && 0.0 <= lower && lower <= upper,
+                &param("rrelu_upper"),
+                "needs 0 <= rrelu_lower <= rrelu_upper",
+            )?;
+            Activation::RRelu { lower, upper }
         }
+        Ok(pb::Activation::Prelu) => {
+            let init = p.prelu_init.unwrap_or(0.25);
+            ensure(init.is_finite(), &param("prelu_init"), "must be finite")?;
+            Activation::PRelu { init }
+        }
+        Err(_) => return Err(unknown_enum(&field("activation"), layer.activation)),
     };
-    let slope_ok = params
-        .negative_slope
-        .is_none_or(|s| s.is_finite() && s >= 0.0);
-    if !slope_ok {
-        return Err(FieldError::new(
-            format!("{path}.activation_params.negative_slope"),
-            "must be finite and >= 0",
-        ));
-    }
-    if !params.alpha.is_none_or(|a| a.is_finite() && a > 0.0) {
-        return Err(FieldError::new(
-            format!("{path}.activation_params.alpha"),
-            "must be finite and > 0",
-        ));
-    }
-    if !(0.0..1.0).contains(&layer.dropout) {
-        return Err(FieldError::new(
-            format!("{path}.dropout"),
-            "must be in [0, 1)",
-        ));
-    }
+    ensure(
+        (0.0..1.0).contains(&layer.dropout),
+        &field("dropout"),
+        "must be in [0, 1)",
+    )?;
+    let alpha_dropout = match pb::DropoutKind::try_from(layer.dropout_kind) {
+        Ok(pb::DropoutKind::DropoutDefault | pb::DropoutKind::DropoutStandard) => false,
+        Ok(pb::DropoutKind::DropoutAlpha) => true,
+        Err(_) => return Err(unknown_enum(&field("dropout_kind"), layer.dropout_kind)),
+    };
     let batch_norm = if layer.batch_norm {
-        let p = layer.batch_norm_params.unwrap_or_default();
-        let momentum = p.momentum.unwrap_or(0.1);
-        let eps = p.eps.unwrap_or(1e-5);
-        if !(momentum > 0.0 && momentum <= 1.0) {
-            return Err(FieldError::new(
-                format!("{path}.batch_norm_params.momentum"),
-                "must be in (0, 1]",
-            ));
-        }
-        if !(eps > 0.0 && eps.is_finite()) {
-            return Err(FieldError::new(
-                format!("{path}.batch_norm_params.eps"),
-                "must be > 0",
-            ));
-        }
+        let bn = layer.batch_norm_params.unwrap_or_default();
+        let momentum = bn.momentum.unwrap_or(0.1);
+        let eps = bn.eps.unwrap_or(1e-5);
+        ensure(
+            momentum > 0.0 && momentum <= 1.0,
+            &field("batch_norm_params.momentum"),
+            "must be in (0, 1]",
+        )?;
+        ensure(
+            eps > 0.0 && eps.is_finite(),
+            &field("batch_norm_params.eps"),
+            "must be > 0",
+        )?;
         Some(BatchNormSpec { momentum, eps })
     } else {
         None
     };
     let init = validate_init(
-        &format!("{path}.initializer"),
+        &field("initializer"),
         layer.initializer.as_ref(),
         activation,
     )?;
@@ -629,14 +710,27 @@ fn validate_layer(path: &str, layer: &pb::HiddenLayer) -> Result<LayerSpec> {
         activation,
         init,
         dropout: layer.dropout,
+        alpha_dropout,
         batch_norm,
     })
+}
+
+/// `Err(field: message)` unless `ok`.
+fn ensure(ok: bool, field: &str, message: &str) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::new(field, message))
+    }
 }
 
 /// The guide's default initializer for an activation (DESIGN.md).
 pub fn default_init_kind(activation: Activation) -> InitKind {
     match activation {
-        Activation::Relu | Activation::LeakyRelu { .. } => InitKind::He,
+        Activation::Relu
+        | Activation::LeakyRelu { .. }
+        | Activation::RRelu { .. }
+        | Activation::PRelu { .. } => InitKind::He,
         Activation::Selu | Activation::Elu { .. } => InitKind::Lecun,
         Activation::Tanh
         | Activation::Sigmoid
@@ -690,23 +784,41 @@ fn validate_init(path: &str, init: Option<&pb::Initializer>, act: Activation) ->
 
 fn validate_training(t: pb::TrainingSpec, task: Task) -> Result<TrainingSpec> {
     let epochs = if t.epochs == 0 { 100 } else { t.epochs };
-    if epochs > MAX_EPOCHS {
-        return Err(FieldError::new(
-            "spec.training.epochs",
-            format!("at most {MAX_EPOCHS}"),
-        ));
-    }
+    ensure(
+        epochs <= MAX_EPOCHS,
+        "spec.training.epochs",
+        &format!("at most {MAX_EPOCHS}"),
+    )?;
     let batch_size = if t.batch_size == 0 { 32 } else { t.batch_size };
-    if batch_size > MAX_BATCH_SIZE {
-        return Err(FieldError::new(
-            "spec.training.batch_size",
-            format!("at most {MAX_BATCH_SIZE}"),
-        ));
-    }
+    ensure(
+        batch_size <= MAX_BATCH_SIZE,
+        "spec.training.batch_size",
+        &format!("at most {MAX_BATCH_SIZE}"),
+    )?;
     let loss = validate_loss(t.loss.as_ref(), task)?;
     let optimizer = validate_optimizer(t.optimizer.as_ref())?;
-    // The only schedule so far is the constant one: an unset or empty
-    // lr_schedule, or `constant`, all mean the optimizer's learning rate.
+    let lr_schedule = validate_schedule(t.lr_schedule.as_ref(), task, epochs)?;
+    if let LrScheduleKind::OneCycle {
+        cycle_momentum: true,
+        ..
+    } = lr_schedule.kind
+    {
+        let cycles = matches!(
+            optimizer.kind,
+            OptimizerKind::Sgd { .. }
+                | OptimizerKind::Adam { .. }
+                | OptimizerKind::AdamW { .. }
+                | OptimizerKind::Nadam { .. }
+        );
+        let sgd_without_momentum =
+            matches!(optimizer.kind, OptimizerKind::Sgd { momentum, .. } if momentum == 0.0);
+        ensure(
+            cycles && !sgd_without_momentum,
+            "spec.training.lr_schedule.one_cycle.cycle_momentum",
+            "needs SGD with momentum, Adam, AdamW or NAdam (as torch's OneCycleLR); set it to false",
+        )?;
+    }
+    let grad_clip = t.grad_clip.as_ref().map(validate_clip).transpose()?;
     let early_stopping = t
         .early_stopping
         .as_ref()
@@ -715,6 +827,8 @@ fn validate_training(t: pb::TrainingSpec, task: Task) -> Result<TrainingSpec> {
     Ok(TrainingSpec {
         loss,
         optimizer,
+        lr_schedule,
+        grad_clip,
         epochs,
         batch_size,
         early_stopping,
@@ -722,152 +836,441 @@ fn validate_training(t: pb::TrainingSpec, task: Task) -> Result<TrainingSpec> {
     })
 }
 
-fn validate_loss(loss: Option<&pb::Loss>, task: Task) -> Result<LossKind> {
-    let kind = loss.map_or(0, |l| l.kind);
-    let chosen = match pb::LossKind::try_from(kind) {
+fn validate_loss(loss: Option<&pb::Loss>, task: Task) -> Result<LossSpec> {
+    let default = pb::Loss::default();
+    let loss = loss.unwrap_or(&default);
+    let kind = match pb::LossKind::try_from(loss.kind) {
         Ok(pb::LossKind::LossDefault) => match task {
             Task::Regression => LossKind::Mse,
             Task::Binary => LossKind::BinaryCrossEntropy,
             Task::Multiclass => LossKind::CrossEntropy,
         },
         Ok(pb::LossKind::LossMse) => LossKind::Mse,
+        Ok(pb::LossKind::LossMae) => LossKind::Mae,
+        Ok(pb::LossKind::LossHuber) => LossKind::Huber,
         Ok(pb::LossKind::LossCrossEntropy) => LossKind::CrossEntropy,
         Ok(pb::LossKind::LossBinaryCrossEntropy) => LossKind::BinaryCrossEntropy,
-        Err(_) => return Err(unknown_enum("spec.training.loss.kind", kind)),
+        Err(_) => return Err(unknown_enum("spec.training.loss.kind", loss.kind)),
     };
-    let fits = match chosen {
-        LossKind::Mse => task == Task::Regression,
+    let fits = match kind {
+        LossKind::Mse | LossKind::Mae | LossKind::Huber => task == Task::Regression,
         LossKind::CrossEntropy => task == Task::Multiclass,
         LossKind::BinaryCrossEntropy => task == Task::Binary,
     };
-    if !fits {
-        return Err(FieldError::new(
-            "spec.training.loss.kind",
-            format!("{chosen:?} does not fit task {task:?}"),
-        ));
+    ensure(
+        fits,
+        "spec.training.loss.kind",
+        &format!("{kind:?} does not fit task {task:?}"),
+    )?;
+    let huber_delta = loss.huber_delta.unwrap_or(1.0);
+    ensure(
+        huber_delta > 0.0 && huber_delta.is_finite(),
+        "spec.training.loss.huber_delta",
+        "must be > 0",
+    )?;
+    ensure(
+        loss.huber_delta.is_none() || kind == LossKind::Huber,
+        "spec.training.loss.huber_delta",
+        "only applies to LOSS_HUBER",
+    )?;
+    ensure(
+        (0.0..1.0).contains(&loss.label_smoothing),
+        "spec.training.loss.label_smoothing",
+        "must be in [0, 1)",
+    )?;
+    ensure(
+        loss.label_smoothing == 0.0 || kind == LossKind::CrossEntropy,
+        "spec.training.loss.label_smoothing",
+        "only applies to LOSS_CROSS_ENTROPY",
+    )?;
+    ensure(
+        loss.class_weights.is_empty() || kind == LossKind::CrossEntropy,
+        "spec.training.loss.class_weights",
+        "only applies to LOSS_CROSS_ENTROPY",
+    )?;
+    for (i, w) in loss.class_weights.iter().enumerate() {
+        ensure(
+            w.is_finite() && *w >= 0.0,
+            &format!("spec.training.loss.class_weights[{i}]"),
+            "must be finite and >= 0",
+        )?;
     }
-    Ok(chosen)
+    let pos_weight = loss.pos_weight.unwrap_or(1.0);
+    ensure(
+        pos_weight.is_finite() && pos_weight > 0.0,
+        "spec.training.loss.pos_weight",
+        "must be > 0",
+    )?;
+    ensure(
+        loss.pos_weight.is_none() || kind == LossKind::BinaryCrossEntropy,
+        "spec.training.loss.pos_weight",
+        "only applies to LOSS_BINARY_CROSS_ENTROPY",
+    )?;
+    Ok(LossSpec {
+        kind,
+        huber_delta,
+        label_smoothing: loss.label_smoothing,
+        class_weights: loss.class_weights.clone(),
+        pos_weight,
+    })
+}
+
+fn beta(field: &str, value: Option<f64>, default: f64) -> Result<f64> {
+    let v = value.unwrap_or(default);
+    ensure((0.0..1.0).contains(&v), field, "must be in [0, 1)")?;
+    Ok(v)
+}
+
+fn positive(field: &str, value: Option<f64>, default: f64) -> Result<f64> {
+    let v = value.unwrap_or(default);
+    ensure(v > 0.0 && v.is_finite(), field, "must be > 0")?;
+    Ok(v)
+}
+
+fn non_negative(field: &str, v: f64) -> Result<f64> {
+    ensure(v >= 0.0 && v.is_finite(), field, "must be >= 0")?;
+    Ok(v)
 }
 
 fn validate_optimizer(opt: Option<&pb::Optimizer>) -> Result<OptimizerSpec> {
+    use pb::optimizer::Kind;
     let default = pb::Optimizer::default();
     let opt = opt.unwrap_or(&default);
-    let kind = match &opt.kind {
-        None => OptimizerKind::Adam {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            amsgrad: false,
-        },
-        Some(pb::optimizer::Kind::Adam(a)) => {
-            let beta1 = a.beta1.unwrap_or(0.9);
-            let beta2 = a.beta2.unwrap_or(0.999);
-            let eps = a.eps.unwrap_or(1e-8);
-            for (name, beta) in [("beta1", beta1), ("beta2", beta2)] {
-                if !(0.0..1.0).contains(&beta) {
-                    return Err(FieldError::new(
-                        format!("spec.training.optimizer.adam.{name}"),
-                        "must be in [0, 1)",
-                    ));
-                }
-            }
-            if !(eps > 0.0 && eps.is_finite()) {
-                return Err(FieldError::new(
-                    "spec.training.optimizer.adam.eps",
-                    "must be > 0",
-                ));
-            }
+    let f = |name: &str| format!("spec.training.optimizer.{name}");
+    let adam = |name: &str, a: &pb::Adam| -> Result<(f64, f64, f64)> {
+        Ok((
+            beta(&f(&format!("{name}.beta1")), a.beta1, 0.9)?,
+            beta(&f(&format!("{name}.beta2")), a.beta2, 0.999)?,
+            positive(&f(&format!("{name}.eps")), a.eps, 1e-8)?,
+        ))
+    };
+    // (kind, torch's default learning rate, torch's default weight decay)
+    let (kind, default_lr, default_wd) = match &opt.kind {
+        None => (
             OptimizerKind::Adam {
-                beta1,
-                beta2,
-                eps,
-                amsgrad: a.amsgrad,
-            }
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                amsgrad: false,
+            },
+            1e-3,
+            0.0,
+        ),
+        Some(Kind::Adam(a)) => {
+            let (beta1, beta2, eps) = adam("adam", a)?;
+            (
+                OptimizerKind::Adam {
+                    beta1,
+                    beta2,
+                    eps,
+                    amsgrad: a.amsgrad,
+                },
+                1e-3,
+                0.0,
+            )
         }
-        Some(pb::optimizer::Kind::Sgd(s)) => {
-            if !(s.momentum >= 0.0 && s.momentum.is_finite()) {
-                return Err(FieldError::new(
-                    "spec.training.optimizer.sgd.momentum",
-                    "must be >= 0",
-                ));
-            }
-            if !(0.0..=1.0).contains(&s.dampening) {
-                return Err(FieldError::new(
-                    "spec.training.optimizer.sgd.dampening",
-                    "must be in [0, 1]",
-                ));
-            }
-            if s.nesterov && (s.momentum <= 0.0 || s.dampening != 0.0) {
-                return Err(FieldError::new(
-                    "spec.training.optimizer.sgd.nesterov",
-                    "needs momentum > 0 and dampening 0 (as torch.optim.SGD)",
-                ));
-            }
-            OptimizerKind::Sgd {
-                momentum: s.momentum,
+        Some(Kind::Adamw(a)) => {
+            let (beta1, beta2, eps) = adam("adamw", a)?;
+            (
+                OptimizerKind::AdamW {
+                    beta1,
+                    beta2,
+                    eps,
+                    amsgrad: a.amsgrad,
+                },
+                1e-3,
+                1e-2,
+            )
+        }
+        Some(Kind::Sgd(s)) => {
+            let momentum = non_negative(&f("sgd.momentum"), s.momentum)?;
+            ensure(
+                (0.0..=1.0).contains(&s.dampening),
+                &f("sgd.dampening"),
+                "must be in [0, 1]",
+            )?;
+            ensure(
+                !s.nesterov || (momentum > 0.0 && s.dampening == 0.0),
+                &f("sgd.nesterov"),
+                "needs momentum > 0 and dampening 0 (as torch.optim.SGD)",
+            )?;
+            let kind = OptimizerKind::Sgd {
+                momentum,
                 dampening: s.dampening,
                 nesterov: s.nesterov,
-            }
+            };
+            (kind, 1e-3, 0.0)
         }
+        Some(Kind::Nadam(n)) => (
+            OptimizerKind::Nadam {
+                beta1: beta(&f("nadam.beta1"), n.beta1, 0.9)?,
+                beta2: beta(&f("nadam.beta2"), n.beta2, 0.999)?,
+                eps: positive(&f("nadam.eps"), n.eps, 1e-8)?,
+                momentum_decay: non_negative(
+                    &f("nadam.momentum_decay"),
+                    n.momentum_decay.unwrap_or(4e-3),
+                )?,
+            },
+            2e-3,
+            0.0,
+        ),
+        Some(Kind::Rmsprop(r)) => (
+            OptimizerKind::RmsProp {
+                alpha: beta(&f("rmsprop.alpha"), r.alpha, 0.99)?,
+                eps: positive(&f("rmsprop.eps"), r.eps, 1e-8)?,
+                momentum: non_negative(&f("rmsprop.momentum"), r.momentum)?,
+                centered: r.centered,
+            },
+            1e-2,
+            0.0,
+        ),
+        Some(Kind::Adamax(a)) => (
+            OptimizerKind::Adamax {
+                beta1: beta(&f("adamax.beta1"), a.beta1, 0.9)?,
+                beta2: beta(&f("adamax.beta2"), a.beta2, 0.999)?,
+                eps: positive(&f("adamax.eps"), a.eps, 1e-8)?,
+            },
+            2e-3,
+            0.0,
+        ),
+        Some(Kind::Adagrad(a)) => (
+            OptimizerKind::Adagrad {
+                lr_decay: non_negative(&f("adagrad.lr_decay"), a.lr_decay)?,
+                initial_accumulator_value: non_negative(
+                    &f("adagrad.initial_accumulator_value"),
+                    a.initial_accumulator_value,
+                )?,
+                eps: positive(&f("adagrad.eps"), a.eps, 1e-10)?,
+            },
+            1e-2,
+            0.0,
+        ),
     };
-    let default_lr = match kind {
-        OptimizerKind::Sgd { .. } => 1e-2,
-        _ => 1e-3,
-    };
-    let learning_rate = opt.learning_rate.unwrap_or(default_lr);
-    if !(learning_rate > 0.0 && learning_rate.is_finite()) {
-        return Err(FieldError::new(
-            "spec.training.optimizer.learning_rate",
-            "must be > 0",
-        ));
-    }
-    if !(opt.weight_decay >= 0.0 && opt.weight_decay.is_finite()) {
-        return Err(FieldError::new(
-            "spec.training.optimizer.weight_decay",
-            "must be >= 0",
-        ));
-    }
     Ok(OptimizerSpec {
-        learning_rate,
-        weight_decay: opt.weight_decay,
+        learning_rate: positive(&f("learning_rate"), opt.learning_rate, default_lr)?,
+        weight_decay: non_negative(&f("weight_decay"), opt.weight_decay.unwrap_or(default_wd))?,
         kind,
     })
 }
 
-fn validate_early_stopping(es: &pb::EarlyStopping, task: Task) -> Result<EarlyStoppingSpec> {
-    let monitor = if es.monitor.is_empty() {
-        Metric::ValLoss
-    } else {
-        let known = Metric::ALL.iter().copied().find(|m| m.name() == es.monitor);
-        match known {
-            Some(m) if m.applies_to(task) => m,
-            _ => {
-                let names: Vec<_> = Metric::ALL
-                    .iter()
-                    .filter(|m| m.applies_to(task))
-                    .map(|m| m.name())
-                    .collect();
-                return Err(FieldError::new(
-                    "spec.training.early_stopping.monitor",
-                    format!(
-                        "\"{}\" is not a metric of this task; one of {}",
-                        es.monitor,
-                        names.join(", ")
-                    ),
-                ));
+/// A metric by name that applies to `task`, or an error listing the ones that do.
+fn metric(field: &str, name: &str, task: Task) -> Result<Metric> {
+    if name.is_empty() {
+        return Ok(Metric::ValLoss);
+    }
+    match Metric::ALL.iter().copied().find(|m| m.name() == name) {
+        Some(m) if m.applies_to(task) => Ok(m),
+        _ => {
+            let names: Vec<_> = Metric::ALL
+                .iter()
+                .filter(|m| m.applies_to(task))
+                .map(|m| m.name())
+                .collect();
+            Err(FieldError::new(
+                field,
+                format!(
+                    "\"{name}\" is not a metric of this task; one of {}",
+                    names.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+/// Keras' and torch's "auto": accuracy and R² go up, the rest go down.
+fn mode_max(field: &str, mode: i32, monitor: Metric) -> Result<bool> {
+    match pb::Mode::try_from(mode) {
+        Ok(pb::Mode::Auto) => Ok(monitor.higher_is_better()),
+        Ok(pb::Mode::Min) => Ok(false),
+        Ok(pb::Mode::Max) => Ok(true),
+        Err(_) => Err(unknown_enum(field, mode)),
+    }
+}
+
+fn validate_schedule(
+    schedule: Option<&pb::LrSchedule>,
+    task: Task,
+    epochs: u32,
+) -> Result<LrScheduleSpec> {
+    use pb::lr_schedule::Kind;
+    let default = pb::LrSchedule::default();
+    let schedule = schedule.unwrap_or(&default);
+    let f = |name: &str| format!("spec.training.lr_schedule.{name}");
+    let kind = match &schedule.kind {
+        None | Some(Kind::Constant(_)) => LrScheduleKind::Constant,
+        Some(Kind::Step(st)) => {
+            ensure(
+                st.step_size >= 1,
+                &f("step.step_size"),
+                "required, at least 1",
+            )?;
+            LrScheduleKind::Step {
+                step_size: st.step_size,
+                gamma: positive(&f("step.gamma"), st.gamma, 0.1)?,
+            }
+        }
+        Some(Kind::Exponential(e)) => {
+            ensure(
+                e.gamma > 0.0 && e.gamma <= 1.0,
+                &f("exponential.gamma"),
+                "required, in (0, 1]",
+            )?;
+            LrScheduleKind::Exponential { gamma: e.gamma }
+        }
+        Some(Kind::Cosine(c)) => LrScheduleKind::Cosine {
+            t_max: if c.t_max == 0 { epochs } else { c.t_max },
+            eta_min: non_negative(&f("cosine.eta_min"), c.eta_min)?,
+        },
+        Some(Kind::ReduceOnPlateau(p)) => {
+            let monitor = metric(&f("reduce_on_plateau.monitor"), &p.monitor, task)?;
+            let factor = p.factor.unwrap_or(0.1);
+            ensure(
+                factor > 0.0 && factor < 1.0,
+                &f("reduce_on_plateau.factor"),
+                "must be in (0, 1)",
+            )?;
+            LrScheduleKind::ReduceOnPlateau {
+                monitor,
+                mode_max: mode_max(&f("reduce_on_plateau.mode"), p.mode, monitor)?,
+                factor,
+                patience: p.patience.unwrap_or(10),
+                threshold: non_negative(
+                    &f("reduce_on_plateau.threshold"),
+                    p.threshold.unwrap_or(1e-4),
+                )?,
+                threshold_rel: match pb::ThresholdMode::try_from(p.threshold_mode) {
+                    Ok(pb::ThresholdMode::ThresholdDefault | pb::ThresholdMode::ThresholdRel) => {
+                        true
+                    }
+                    Ok(pb::ThresholdMode::ThresholdAbs) => false,
+                    Err(_) => {
+                        return Err(unknown_enum(
+                            &f("reduce_on_plateau.threshold_mode"),
+                            p.threshold_mode,
+                        ))
+                    }
+                },
+                cooldown: p.cooldown,
+                min_lr: non_negative(&f("reduce_on_plateau.min_lr"), p.min_lr)?,
+                eps: non_negative(&f("reduce_on_plateau.eps"), p.eps.unwrap_or(1e-8))?,
+            }
+        }
+        Some(Kind::OneCycle(o)) => {
+            let pct_start = o.pct_start.unwrap_or(0.3);
+            ensure(
+                pct_start > 0.0 && pct_start < 1.0,
+                &f("one_cycle.pct_start"),
+                "must be in (0, 1)",
+            )?;
+            ensure(
+                !o.three_phase || pct_start <= 0.5,
+                &f("one_cycle.pct_start"),
+                "must be at most 0.5 with three_phase (the phases would overlap)",
+            )?;
+            let base_momentum = beta(&f("one_cycle.base_momentum"), o.base_momentum, 0.85)?;
+            let max_momentum = beta(&f("one_cycle.max_momentum"), o.max_momentum, 0.95)?;
+            ensure(
+                base_momentum <= max_momentum,
+                &f("one_cycle.base_momentum"),
+                "must not exceed max_momentum",
+            )?;
+            LrScheduleKind::OneCycle {
+                max_lr: positive(&f("one_cycle.max_lr"), Some(o.max_lr), 0.0)?,
+                pct_start,
+                anneal_cos: match pb::Anneal::try_from(o.anneal_strategy) {
+                    Ok(pb::Anneal::Default | pb::Anneal::Cos) => true,
+                    Ok(pb::Anneal::Linear) => false,
+                    Err(_) => {
+                        return Err(unknown_enum(
+                            &f("one_cycle.anneal_strategy"),
+                            o.anneal_strategy,
+                        ))
+                    }
+                },
+                div_factor: positive(&f("one_cycle.div_factor"), o.div_factor, 25.0)?,
+                final_div_factor: positive(
+                    &f("one_cycle.final_div_factor"),
+                    o.final_div_factor,
+                    1e4,
+                )?,
+                three_phase: o.three_phase,
+                cycle_momentum: o.cycle_momentum.unwrap_or(true),
+                base_momentum,
+                max_momentum,
             }
         }
     };
-    if !(es.min_delta >= 0.0 && es.min_delta.is_finite()) {
-        return Err(FieldError::new(
-            "spec.training.early_stopping.min_delta",
-            "must be >= 0",
-        ));
+    let warmup = match &schedule.warmup {
+        None => None,
+        Some(w) => {
+            ensure(
+                !matches!(kind, LrScheduleKind::OneCycle { .. }),
+                &f("warmup"),
+                "one_cycle has its own warm-up phase (pct_start)",
+            )?;
+            ensure(w.epochs >= 1, &f("warmup.epochs"), "required, at least 1")?;
+            let start_factor = w.start_factor.unwrap_or(1.0 / 3.0);
+            ensure(
+                start_factor > 0.0 && start_factor <= 1.0,
+                &f("warmup.start_factor"),
+                "must be in (0, 1]",
+            )?;
+            Some(Warmup {
+                epochs: w.epochs,
+                start_factor,
+            })
+        }
+    };
+    Ok(LrScheduleSpec { kind, warmup })
+}
+
+fn validate_clip(clip: &pb::GradClip) -> Result<GradClip> {
+    use pb::grad_clip::Kind;
+    match &clip.kind {
+        None => Err(FieldError::new(
+            "spec.training.grad_clip",
+            "set norm or value",
+        )),
+        Some(Kind::Norm(n)) => {
+            let norm_type = n.norm_type.unwrap_or(2.0);
+            ensure(
+                norm_type >= 1.0,
+                "spec.training.grad_clip.norm.norm_type",
+                "must be >= 1 (or inf)",
+            )?;
+            Ok(GradClip::Norm {
+                max_norm: positive(
+                    "spec.training.grad_clip.norm.max_norm",
+                    Some(n.max_norm),
+                    0.0,
+                )?,
+                norm_type,
+            })
+        }
+        Some(Kind::Value(v)) => Ok(GradClip::Value {
+            clip_value: positive(
+                "spec.training.grad_clip.value.clip_value",
+                Some(v.clip_value),
+                0.0,
+            )?,
+        }),
+    }
+}
+
+fn validate_early_stopping(es: &pb::EarlyStopping, task: Task) -> Result<EarlyStoppingSpec> {
+    let f = |name: &str| format!("spec.training.early_stopping.{name}");
+    let monitor = metric(&f("monitor"), &es.monitor, task)?;
+    if let Some(b) = es.baseline {
+        ensure(b.is_finite(), &f("baseline"), "must be finite")?;
     }
     Ok(EarlyStoppingSpec {
         monitor,
+        mode_max: mode_max(&f("mode"), es.mode, monitor)?,
         patience: es.patience.unwrap_or(10),
-        min_delta: es.min_delta,
+        min_delta: non_negative(&f("min_delta"), es.min_delta)?,
+        baseline: es.baseline,
+        start_from_epoch: es.start_from_epoch,
+        restore_best_weights: es.restore_best_weights.unwrap_or(true),
     })
 }
 
@@ -896,7 +1299,7 @@ mod tests {
         let spec = JobSpec::from_proto(&minimal()).unwrap();
         assert_eq!(spec.training.epochs, 100);
         assert_eq!(spec.training.batch_size, 32);
-        assert_eq!(spec.training.loss, LossKind::CrossEntropy);
+        assert_eq!(spec.training.loss.kind, LossKind::CrossEntropy);
         assert_eq!(spec.training.optimizer.learning_rate, 1e-3);
         assert_eq!(
             spec.training.optimizer.kind,
@@ -1016,9 +1419,155 @@ mod tests {
         s.training = Some(pb::TrainingSpec {
             loss: Some(pb::Loss {
                 kind: pb::LossKind::LossMse as i32,
+                ..Default::default()
             }),
             ..Default::default()
         });
         assert!(err(&s).starts_with("spec.training.loss.kind:"));
+    }
+
+    /// One bad value per field of the training stack, each refused with its path.
+    #[test]
+    fn training_stack_errors_name_the_field() {
+        use pb::{lr_schedule, optimizer};
+        let training = |t: pb::TrainingSpec| {
+            let mut s = minimal();
+            s.training = Some(t);
+            err(&s)
+        };
+        let opt = |kind: optimizer::Kind| pb::TrainingSpec {
+            optimizer: Some(pb::Optimizer {
+                kind: Some(kind),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let sched = |kind: lr_schedule::Kind| pb::TrainingSpec {
+            lr_schedule: Some(pb::LrSchedule {
+                kind: Some(kind),
+                warmup: None,
+            }),
+            ..Default::default()
+        };
+        let cases: Vec<(pb::TrainingSpec, &str)> = vec![
+            (
+                opt(optimizer::Kind::Adamw(pb::Adam {
+                    beta1: Some(-0.1),
+                    ..Default::default()
+                })),
+                "spec.training.optimizer.adamw.beta1: must be in [0, 1)",
+            ),
+            (
+                opt(optimizer::Kind::Nadam(pb::Nadam {
+                    momentum_decay: Some(-1.0),
+                    ..Default::default()
+                })),
+                "spec.training.optimizer.nadam.momentum_decay: must be >= 0",
+            ),
+            (
+                opt(optimizer::Kind::Rmsprop(pb::RmsProp {
+                    alpha: Some(1.0),
+                    ..Default::default()
+                })),
+                "spec.training.optimizer.rmsprop.alpha: must be in [0, 1)",
+            ),
+            (
+                opt(optimizer::Kind::Adagrad(pb::Adagrad {
+                    eps: Some(0.0),
+                    ..Default::default()
+                })),
+                "spec.training.optimizer.adagrad.eps: must be > 0",
+            ),
+            (
+                sched(lr_schedule::Kind::Step(pb::StepLr::default())),
+                "spec.training.lr_schedule.step.step_size: required, at least 1",
+            ),
+            (
+                sched(lr_schedule::Kind::Exponential(pb::ExponentialLr {
+                    gamma: 1.5,
+                })),
+                "spec.training.lr_schedule.exponential.gamma: required, in (0, 1]",
+            ),
+            (
+                sched(lr_schedule::Kind::ReduceOnPlateau(pb::ReduceLrOnPlateau {
+                    monitor: "val_r2".into(),
+                    ..Default::default()
+                })),
+                "spec.training.lr_schedule.reduce_on_plateau.monitor:",
+            ),
+            (
+                sched(lr_schedule::Kind::OneCycle(pb::OneCycleLr::default())),
+                "spec.training.lr_schedule.one_cycle.max_lr: must be > 0",
+            ),
+            (
+                pb::TrainingSpec {
+                    grad_clip: Some(pb::GradClip {
+                        kind: Some(pb::grad_clip::Kind::Norm(pb::ClipByNorm {
+                            max_norm: -1.0,
+                            norm_type: None,
+                        })),
+                    }),
+                    ..Default::default()
+                },
+                "spec.training.grad_clip.norm.max_norm: must be > 0",
+            ),
+            (
+                pb::TrainingSpec {
+                    loss: Some(pb::Loss {
+                        label_smoothing: 1.0,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                "spec.training.loss.label_smoothing: must be in [0, 1)",
+            ),
+            (
+                pb::TrainingSpec {
+                    loss: Some(pb::Loss {
+                        pos_weight: Some(2.0),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                "spec.training.loss.pos_weight: only applies to LOSS_BINARY_CROSS_ENTROPY",
+            ),
+            (
+                pb::TrainingSpec {
+                    early_stopping: Some(pb::EarlyStopping {
+                        min_delta: -0.1,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                "spec.training.early_stopping.min_delta: must be >= 0",
+            ),
+        ];
+        for (t, expected) in cases {
+            let e = training(t);
+            assert!(e.starts_with(expected), "{e} (expected {expected})");
+        }
+    }
+
+    #[test]
+    fn optimizer_defaults_are_torchs() {
+        let lr_of = |kind: pb::optimizer::Kind| {
+            let mut s = minimal();
+            s.training = Some(pb::TrainingSpec {
+                optimizer: Some(pb::Optimizer {
+                    kind: Some(kind),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            let o = JobSpec::from_proto(&s).unwrap().training.optimizer;
+            (o.learning_rate, o.weight_decay)
+        };
+        use pb::optimizer::Kind;
+        assert_eq!(lr_of(Kind::Sgd(Default::default())), (1e-3, 0.0));
+        assert_eq!(lr_of(Kind::Adamw(Default::default())), (1e-3, 1e-2));
+        assert_eq!(lr_of(Kind::Nadam(Default::default())), (2e-3, 0.0));
+        assert_eq!(lr_of(Kind::Rmsprop(Default::default())), (1e-2, 0.0));
+        assert_eq!(lr_of(Kind::Adamax(Default::default())), (2e-3, 0.0));
+        assert_eq!(lr_of(Kind::Adagrad(Default::default())), (1e-2, 0.0));
     }
 }

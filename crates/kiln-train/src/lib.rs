@@ -8,6 +8,7 @@ pub mod early_stop;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod schedule;
 pub mod train;
 
 pub use artifact::{ModelArtifact, ModelMeta, Output, Predictor};

@@ -6,7 +6,7 @@
 
 use burn::module::{Module, Param, RunningState};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear};
-use burn::tensor::{activation, Device, Tensor};
+use burn::tensor::{activation, Device, Distribution, Tensor};
 use kiln_core::spec::{
     Activation, FanMode, Init, InitDistribution, InitKind, LayerSpec, OutputActivation, Task,
 };
@@ -46,6 +46,9 @@ struct Block {
     linear: Linear,
     norm: Option<BatchNorm1d>,
     dropout: Option<Dropout>,
+    alpha_dropout: Option<AlphaDropout>,
+    /// PReLU's learned slope.
+    prelu: Option<Param<Tensor<1>>>,
     #[module(skip)]
     activation: Activation,
 }
@@ -64,8 +67,16 @@ impl Mlp {
                     norm: layer
                         .batch_norm
                         .map(|bn| BatchNorm1d::new(layer.units, bn.momentum, bn.eps, device)),
-                    dropout: (layer.dropout > 0.0)
+                    dropout: (layer.dropout > 0.0 && !layer.alpha_dropout)
                         .then(|| DropoutConfig::new(layer.dropout).init()),
+                    alpha_dropout: (layer.dropout > 0.0 && layer.alpha_dropout)
+                        .then(|| AlphaDropout::new(layer.dropout)),
+                    prelu: match layer.activation {
+                        Activation::PRelu { init } => {
+                            Some(Param::from_tensor(Tensor::full([1], init, device)))
+                        }
+                        _ => None,
+                    },
                     activation: layer.activation,
                 };
                 width = layer.units;
@@ -93,8 +104,14 @@ impl Mlp {
             if let Some(norm) = &block.norm {
                 x = norm.forward(x);
             }
-            x = activate(block.activation, x);
+            x = match &block.prelu {
+                Some(slope) => activation::prelu(x, slope.val()),
+                None => activate(block.activation, x),
+            };
             if let Some(dropout) = &block.dropout {
+                x = dropout.forward(x);
+            }
+            if let Some(dropout) = &block.alpha_dropout {
                 x = dropout.forward(x);
             }
         }
@@ -136,6 +153,50 @@ pub fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
         Activation::Gelu => activation::gelu(x),
         Activation::Softplus => activation::softplus(x, 1.0),
         Activation::Silu => activation::silu(x),
+        Activation::RRelu { lower, upper } => rrelu(x, lower, upper),
+        // A fixed slope; the Mlp applies its learned one.
+        Activation::PRelu { init } => activation::leaky_relu(x, init),
+    }
+}
+
+/// torch.nn.RReLU: in training each negative element gets its own slope drawn
+/// from U(lower, upper); in evaluation the slope is their mean.
+fn rrelu<const D: usize>(x: Tensor<D>, lower: f64, upper: f64) -> Tensor<D> {
+    if !x.device().is_autodiff() {
+        return activation::leaky_relu(x, (lower + upper) / 2.0);
+    }
+    let slope = x.random_like(Distribution::Uniform(lower, upper));
+    let negative = x.clone().lower_elem(0.0);
+    x.clone().mask_where(negative, x * slope)
+}
+
+/// torch.nn.AlphaDropout: dropped units are set to SELU's negative saturation
+/// and an affine map restores zero mean and unit variance (ATen's
+/// `_dropout_impl` with alpha_dropout). Active only in training.
+#[derive(Module, Debug)]
+pub struct AlphaDropout {
+    prob: f64,
+}
+
+impl AlphaDropout {
+    pub fn new(prob: f64) -> Self {
+        Self { prob }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if !x.device().is_autodiff() || self.prob == 0.0 {
+            return x;
+        }
+        const ALPHA: f64 = 1.758_099_340_847_376_6;
+        let p = self.prob;
+        let a = 1.0 / ((ALPHA * ALPHA * p + 1.0) * (1.0 - p)).sqrt();
+        let keep = x.random_like(Distribution::Bernoulli(1.0 - p));
+        let b = keep
+            .clone()
+            .sub_scalar(1.0)
+            .mul_scalar(ALPHA * a)
+            .add_scalar(ALPHA * a * p);
+        x * keep.mul_scalar(a) + b
     }
 }
 

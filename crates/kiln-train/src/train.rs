@@ -8,13 +8,14 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_core::prepare::{Prepared, Split, SplitTargets};
-use kiln_core::spec::{JobSpec, LossKind, Metric, Task};
+use kiln_core::spec::{JobSpec, Metric, Task};
 use rand::{seq::SliceRandom, SeedableRng};
 
 use crate::early_stop::EarlyStopping;
-use crate::loss::{loss, TargetTensor};
+use crate::loss::{Loss, TargetTensor};
 use crate::model::{Mlp, ModelArch};
 use crate::optim;
+use crate::schedule::LrScheduler;
 
 /// Rows per forward pass when evaluating; bounds memory on large validation sets.
 const EVAL_CHUNK: usize = 16_384;
@@ -30,6 +31,8 @@ pub struct EpochReport {
     pub val_rmse: Option<f64>,
     pub val_r2: Option<f64>,
     pub learning_rate: f64,
+    /// Momentum or beta1 when a 1cycle schedule cycles it.
+    pub momentum: Option<f64>,
     pub epoch_seconds: f64,
     pub samples_per_second: f64,
     /// The best epoch so far by the monitor: its weights are kept.
@@ -107,17 +110,34 @@ pub fn train(
     let ad = device.clone().autodiff();
     let mut model = Mlp::new(&arch, &ad);
     let mut optimizer = optim::build(&training.optimizer);
-    let lr = training.optimizer.learning_rate;
 
     let train_x = features(&data.train, data.width, &ad);
     let train_y = targets(&data.train, data.outputs, &ad);
     let val_x = features(&data.validation, data.width, device);
     let val_y = targets(&data.validation, data.outputs, device);
+    let train_loss_fn = Loss::new(&training.loss, &ad);
+    let val_loss_fn = Loss::new(&training.loss, device);
     let has_batch_norm = arch.hidden.iter().any(|l| l.batch_norm.is_some());
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(training.seed);
     let mut order: Vec<i64> = (0..data.train.rows as i64).collect();
     let batch = training.batch_size as usize;
+    let rows = data.train.rows;
+    // Optimizer steps per epoch: a last batch of one row is skipped with BatchNorm.
+    let skips_last = has_batch_norm && rows % batch == 1;
+    let steps_per_epoch = rows.div_ceil(batch) - usize::from(skips_last);
+    let mut schedule = LrScheduler::new(
+        &training.lr_schedule,
+        training.optimizer.learning_rate,
+        steps_per_epoch.max(1),
+        training.epochs,
+    );
+    let (mut lr, mut momentum) = (schedule.lr(), schedule.momentum());
+    let restore_best = training
+        .early_stopping
+        .as_ref()
+        .is_none_or(|e| e.restore_best_weights);
+    let mut last: Option<EpochReport> = None;
     let mut stopper = EarlyStopping::new(training.early_stopping.as_ref());
     let mut best: Option<(EpochReport, Mlp)> = None;
     let mut reason = StopReason::Completed;
@@ -143,10 +163,15 @@ pub fn train(
             let idx = order_t.clone().slice(start..end);
             let x = train_x.clone().select(0, idx.clone());
             let y = train_y.select(idx);
-            let batch_loss = loss(training.loss, model.forward(x), &y);
+            let batch_loss = train_loss_fn.forward(model.forward(x), &y);
             loss_sum = loss_sum + batch_loss.clone().detach().mul_scalar((end - start) as f64);
-            let grads = GradientsParams::from_grads(batch_loss.backward(), &model);
-            model = optimizer.step(lr, model, grads);
+            let mut grads = GradientsParams::from_grads(batch_loss.backward(), &model);
+            if let Some(clip) = &training.grad_clip {
+                optim::clip_gradients(&model, &mut grads, clip);
+            }
+            (lr, momentum) = (schedule.lr(), schedule.momentum());
+            model = optimizer.step(lr, momentum, model, grads);
+            schedule.after_batch();
             rows_seen += end - start;
         }
         let train_loss = loss_sum.into_scalar::<f64>() / rows_seen.max(1) as f64;
@@ -157,19 +182,22 @@ pub fn train(
             });
         }
         let eval_model = model.valid();
-        let mut report = evaluate(&eval_model, training.loss, spec.task, &val_x, &val_y, data);
+        let mut report = evaluate(&eval_model, &val_loss_fn, spec.task, &val_x, &val_y, data);
         report.epoch = epoch;
         report.train_loss = train_loss;
         report.learning_rate = lr;
+        report.momentum = momentum;
         report.epoch_seconds = epoch_start.elapsed().as_secs_f64();
         report.samples_per_second = rows_seen as f64 / report.epoch_seconds.max(1e-9);
         let monitored = report.metric(stopper.monitor).unwrap_or(f64::NAN);
         let verdict = stopper.update(epoch, monitored);
         report.improved = verdict.improved;
-        if verdict.improved {
+        if verdict.improved && restore_best {
             best = Some((report, eval_model));
         }
+        schedule.after_epoch(&|m| report.metric(m));
         epochs_completed = epoch;
+        last = Some(report);
         emit(TrainEvent::Epoch(report));
         if verdict.stop {
             emit(TrainEvent::EarlyStopped {
@@ -182,10 +210,13 @@ pub fn train(
             break;
         }
     }
-    let (best, model) = best.ok_or(TrainError::Diverged {
-        epoch: epochs_completed,
-        loss: f64::NAN,
-    })?;
+    // Serve the best epoch's weights; the last epoch's when restore_best_weights
+    // is off or no epoch was watched (start_from_epoch beyond the run).
+    let (best, model) = match (best, last) {
+        (Some(best), _) => best,
+        (None, Some(last)) => (last, model.valid()),
+        (None, None) => unreachable!("epochs >= 1 always runs an epoch"),
+    };
     Ok(Trained {
         reason,
         model,
@@ -220,7 +251,7 @@ fn targets(split: &Split, outputs: usize, device: &Device) -> TargetTensor {
 /// are reported in the target's original units.
 fn evaluate(
     model: &Mlp,
-    loss_kind: LossKind,
+    loss: &Loss,
     task: Task,
     x: &Tensor<2>,
     y: &TargetTensor,
@@ -232,7 +263,9 @@ fn evaluate(
     for start in (0..rows).step_by(EVAL_CHUNK) {
         let end = (start + EVAL_CHUNK).min(rows);
         let out = model.forward(x.clone().slice(start..end));
-        loss_sum += loss(loss_kind, out.clone(), &y.slice_rows(start, end)).into_scalar::<f64>()
+        loss_sum += loss
+            .forward(out.clone(), &y.slice_rows(start, end))
+            .into_scalar::<f64>()
             * (end - start) as f64;
         outputs.extend(out.into_data().try_into_vec::<f32>().expect("f32 outputs"));
     }

@@ -12,9 +12,9 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Int, Tensor, TensorData};
 use kiln_core::spec::{
     Activation, BatchNormSpec, FanMode, Init, InitDistribution, InitKind, LayerSpec, LossKind,
-    OptimizerKind, OptimizerSpec, OutputActivation, Task,
+    LossSpec, OptimizerKind, OptimizerSpec, OutputActivation, Task,
 };
-use kiln_train::loss::{loss, TargetTensor};
+use kiln_train::loss::{Loss, TargetTensor};
 use kiln_train::model::{Mlp, ModelArch};
 use serde_json::{json, Value};
 
@@ -88,6 +88,7 @@ fn run(case: Case) {
                 fan: FanMode::In,
             },
             dropout: 0.0,
+            alpha_dropout: false,
             batch_norm: case.batch_norm.then_some(BatchNormSpec {
                 momentum: 0.1,
                 eps: 1e-5,
@@ -148,7 +149,7 @@ fn run(case: Case) {
         "activation": activation,
         "x": x,
         "y": y_json,
-        "loss": match case.loss { LossKind::Mse => "mse", LossKind::CrossEntropy => "cross_entropy", LossKind::BinaryCrossEntropy => "bce" },
+        "loss": match case.loss { LossKind::Mse => "mse", LossKind::CrossEntropy => "cross_entropy", LossKind::BinaryCrossEntropy => "bce", other => panic!("no reference for {other:?}") },
         "optimizer": optimizer_json,
         "steps": steps,
     }));
@@ -157,10 +158,11 @@ fn run(case: Case) {
     let mut optimizer = kiln_train::optim::build(&case.optimizer);
     let mut losses = Vec::new();
     for _ in 0..steps {
-        let l = loss(case.loss, model.forward(x_t.clone()), &target);
+        let l = Loss::new(&LossSpec::plain(case.loss), &ad)
+            .forward(model.forward(x_t.clone()), &target);
         losses.push(l.clone().into_scalar::<f64>());
         let grads = GradientsParams::from_grads(l.backward(), &model);
-        model = optimizer.step(case.optimizer.learning_rate, model, grads);
+        model = optimizer.step(case.optimizer.learning_rate, None, model, grads);
     }
     let eval = model.valid();
     let out = eval
@@ -279,6 +281,7 @@ fn initializers_have_torch_spreads() {
             fan: FanMode::In,
         },
         dropout: 0.0,
+        alpha_dropout: false,
         batch_norm: None,
     };
     let device = kiln_train::device::cpu();

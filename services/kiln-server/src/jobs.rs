@@ -46,7 +46,11 @@ impl JobService for Jobs {
             };
             let dataset = Dataset::from_table(&table, &spec_for_data.data, spec_for_data.task)
                 .map_err(status::invalid)?;
-            Ok::<_, Status>(prepare(&dataset, &spec_for_data.data))
+            let prepared = prepare(&dataset, &spec_for_data.data);
+            spec_for_data
+                .check_against_data(prepared.outputs)
+                .map_err(status::invalid)?;
+            Ok::<_, Status>(prepared)
         })
         .await
         .map_err(|e| Status::internal(format!("data preparation panicked: {e}")))??;

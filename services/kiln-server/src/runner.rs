@@ -203,5 +203,6 @@ pub fn epoch_metrics(r: &EpochReport) -> pb::EpochMetrics {
         epoch_seconds: r.epoch_seconds,
         samples_per_second: r.samples_per_second,
         improved: r.improved,
+        momentum: r.momentum,
     }
 }
