@@ -47,6 +47,18 @@ def regression(n, seed):
     return rows
 
 
+def write_job(name, job):
+    """Writes a job file with one inline row per line, so it stays readable."""
+    inline = job["spec"]["data"].get("inline")
+    rows = inline.pop("rows") if inline else None
+    text = json.dumps(job, indent=1)
+    if rows is not None:
+        inline["rows"] = rows  # the dict is shared between jobs: put the rows back
+        text = text.replace('"columns"', '"rows": [\n' + ",\n".join(json.dumps(r) for r in rows)
+                            + '\n    ],\n    "columns"', 1)
+    (HERE / name).write_text(text + "\n")
+
+
 def main():
     job = {
         "spec": {
@@ -73,11 +85,65 @@ def main():
             "device": "DEVICE_AUTO",
         }
     }
-    # One row per line keeps the file readable.
-    rows = job["spec"]["data"]["inline"].pop("rows")
-    text = json.dumps(job, indent=1).replace(
-        '"columns"', '"rows": [\n' + ",\n".join(json.dumps(r) for r in rows) + '\n    ],\n    "columns"')
-    (HERE / "rings.json").write_text(text + "\n")
+    write_job("rings.json", job)
+
+    ring_data = job["spec"]["data"]
+    write_job("selu_alpha_dropout.json", {"spec": {
+        "modelName": "rings-selu",
+        "task": "TASK_BINARY_CLASSIFICATION",
+        "data": ring_data,
+        "model": {"hiddenLayers": [
+            # SELU with LeCun normal init (the default for SELU) and AlphaDropout.
+            {"units": 32, "activation": "ACTIVATION_SELU", "dropout": 0.05, "dropoutKind": "DROPOUT_ALPHA"},
+            {"units": 32, "activation": "ACTIVATION_SELU", "dropout": 0.05, "dropoutKind": "DROPOUT_ALPHA"},
+        ]},
+        "training": {
+            "optimizer": {"nadam": {}},
+            "epochs": 40,
+            "earlyStopping": {"patience": 10},
+            "seed": 2,
+        },
+    }})
+    write_job("sgd_nesterov_onecycle.json", {"spec": {
+        "modelName": "rings-onecycle",
+        "task": "TASK_BINARY_CLASSIFICATION",
+        "data": ring_data,
+        "model": {"hiddenLayers": [
+            {"units": 32, "activation": "ACTIVATION_RELU", "batchNorm": True},
+            {"units": 32, "activation": "ACTIVATION_RELU", "batchNorm": True},
+        ]},
+        "training": {
+            "optimizer": {"sgd": {"momentum": 0.9, "nesterov": True}},
+            # 1cycle: LR rises to max_lr then anneals; momentum cycles 0.95 -> 0.85 -> 0.95.
+            "lrSchedule": {"oneCycle": {"maxLr": 0.1}},
+            "gradClip": {"norm": {"maxNorm": 1.0}},
+            "epochs": 30,
+            "seed": 3,
+        },
+    }})
+    reg_rows = regression(300, 4)
+    write_job("huber_plateau.json", {"spec": {
+        "modelName": "wave",
+        "task": "TASK_REGRESSION",
+        "data": {
+            "inline": {"columns": ["x1", "x2", "x3", "y"], "rows": [{"values": r} for r in reg_rows]},
+            "targetColumns": ["y"],
+        },
+        "model": {"hiddenLayers": [
+            {"units": 64, "activation": "ACTIVATION_ELU"},
+            {"units": 64, "activation": "ACTIVATION_ELU"},
+        ]},
+        "training": {
+            "loss": {"kind": "LOSS_HUBER", "huberDelta": 1.0},
+            "optimizer": {"learningRate": 0.01, "adam": {}},
+            # Halve the LR when val_loss stalls for 3 epochs.
+            "lrSchedule": {"reduceOnPlateau": {"factor": 0.5, "patience": 3}},
+            "epochs": 60,
+            "batchSize": 16,
+            "earlyStopping": {"monitor": "val_mae", "patience": 12},
+            "seed": 4,
+        },
+    }})
     with open(HERE / "spirals.csv", "w") as f:
         f.write("x,y,arm\n")
         for r in spirals(300, 3, 2):

@@ -125,6 +125,93 @@ fn readme_walkthrough_with_grpcurl() {
     assert_eq!(health["status"], "SERVING");
 }
 
+/// Every job file in examples/ trains to success through grpcurl, and each
+/// shows the lever it demonstrates in its events.
+#[test]
+fn every_example_job_trains() {
+    let server = Server::start();
+    let dir = repo_root().join("examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    for file in files {
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        let job: Value = serde_json::from_str(&grpcurl(
+            &server,
+            &["-d", "@", "kiln.v1.JobService/SubmitJob"],
+            Some(&std::fs::read(&file).unwrap()),
+        ))
+        .unwrap();
+        let id = job["id"].as_str().unwrap();
+        let events = json_stream(&grpcurl(
+            &server,
+            &[
+                "-d",
+                &format!(r#"{{"job_id":"{id}"}}"#),
+                "kiln.v1.JobService/WatchJob",
+            ],
+            None,
+        ));
+        let best = &events.last().unwrap()["finished"]["best"];
+        assert!(
+            best.is_object(),
+            "{name} did not finish: {:?}",
+            events.last()
+        );
+        let epochs: Vec<&Value> = events.iter().filter_map(|e| e.get("epoch")).collect();
+        let lrs: Vec<f64> = epochs
+            .iter()
+            .map(|e| e["learningRate"].as_f64().unwrap())
+            .collect();
+        match name.as_str() {
+            "rings.json" | "selu_alpha_dropout.json" => {
+                assert!(
+                    best["valAccuracy"].as_f64().unwrap() >= 0.9,
+                    "{name}: {best}"
+                );
+            }
+            "sgd_nesterov_onecycle.json" => {
+                assert!(
+                    best["valAccuracy"].as_f64().unwrap() >= 0.9,
+                    "{name}: {best}"
+                );
+                // The LR rises towards max_lr then anneals far below it;
+                // momentum moves the other way, within [0.85, 0.95].
+                let peak = lrs.iter().cloned().fold(0.0, f64::max);
+                assert!(peak > 0.05 && peak <= 0.1, "{name}: peak LR {peak}");
+                assert!(
+                    lrs[0] < peak && *lrs.last().unwrap() < 1e-3,
+                    "{name}: {lrs:?}"
+                );
+                let momenta: Vec<f64> = epochs
+                    .iter()
+                    .map(|e| e["momentum"].as_f64().unwrap())
+                    .collect();
+                assert!(
+                    momenta.iter().all(|m| (0.85..=0.95).contains(m)),
+                    "{name}: {momenta:?}"
+                );
+            }
+            "huber_plateau.json" => {
+                assert!(best["valR2"].as_f64().unwrap() >= 0.8, "{name}: {best}");
+                // ReduceLROnPlateau only ever halves the LR.
+                for lr in &lrs {
+                    let halvings = (0.01 / lr).log2();
+                    assert!(
+                        (halvings - halvings.round()).abs() < 1e-6,
+                        "{name}: {lrs:?}"
+                    );
+                }
+            }
+            other => panic!("no expectations for example {other}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn reflection_v1_lists_the_services() {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
