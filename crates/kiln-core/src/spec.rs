@@ -173,6 +173,20 @@ pub struct TrainingSpec {
     pub batch_size: u32,
     pub early_stopping: Option<EarlyStoppingSpec>,
     pub seed: u64,
+    pub swa: Option<SwaSpec>,
+}
+
+/// Stochastic Weight Averaging (torch.optim.swa_utils: AveragedModel, SWALR,
+/// update_bn).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SwaSpec {
+    /// 1-based: weights are averaged after every epoch `e > start_epoch`;
+    /// always < epochs.
+    pub start_epoch: u32,
+    pub swa_lr: f64,
+    pub anneal_epochs: u32,
+    /// Cosine annealing (true) or linear (false).
+    pub anneal_cos: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -824,6 +838,11 @@ fn validate_training(t: pb::TrainingSpec, task: Task) -> Result<TrainingSpec> {
         .as_ref()
         .map(|es| validate_early_stopping(es, task))
         .transpose()?;
+    let swa = t
+        .swa
+        .as_ref()
+        .map(|swa| validate_swa(swa, epochs, &lr_schedule))
+        .transpose()?;
     Ok(TrainingSpec {
         loss,
         optimizer,
@@ -833,6 +852,42 @@ fn validate_training(t: pb::TrainingSpec, task: Task) -> Result<TrainingSpec> {
         batch_size,
         early_stopping,
         seed: t.seed,
+        swa,
+    })
+}
+
+fn validate_swa(swa: &pb::Swa, epochs: u32, schedule: &LrScheduleSpec) -> Result<SwaSpec> {
+    let f = |name: &str| format!("spec.training.swa.{name}");
+    ensure(
+        !matches!(schedule.kind, LrScheduleKind::OneCycle { .. }),
+        "spec.training.swa",
+        "cannot be combined with lr_schedule.one_cycle: both set the learning rate",
+    )?;
+    ensure(
+        swa.start_epoch >= 1,
+        &f("start_epoch"),
+        "required, at least 1",
+    )?;
+    ensure(
+        swa.start_epoch < epochs,
+        &f("start_epoch"),
+        &format!("must be less than spec.training.epochs ({epochs})"),
+    )?;
+    let swa_lr = positive(&f("swa_lr"), Some(swa.swa_lr), 0.0)?;
+    let anneal_cos = match pb::Anneal::try_from(swa.anneal_strategy) {
+        Ok(pb::Anneal::Default | pb::Anneal::Cos) => true,
+        Ok(pb::Anneal::Linear) => false,
+        Err(_) => return Err(unknown_enum(&f("anneal_strategy"), swa.anneal_strategy)),
+    };
+    Ok(SwaSpec {
+        start_epoch: swa.start_epoch,
+        swa_lr,
+        anneal_epochs: if swa.anneal_epochs == 0 {
+            10
+        } else {
+            swa.anneal_epochs
+        },
+        anneal_cos,
     })
 }
 
@@ -1546,6 +1601,73 @@ mod tests {
             let e = training(t);
             assert!(e.starts_with(expected), "{e} (expected {expected})");
         }
+    }
+
+    #[test]
+    fn swa_is_validated_with_field_paths() {
+        let swa = |swa: pb::Swa, lr_schedule: Option<pb::LrSchedule>| {
+            let mut s = minimal();
+            s.training = Some(pb::TrainingSpec {
+                epochs: 20,
+                swa: Some(swa),
+                lr_schedule,
+                ..Default::default()
+            });
+            s
+        };
+        let ok = pb::Swa {
+            start_epoch: 5,
+            swa_lr: 0.05,
+            ..Default::default()
+        };
+        let spec = JobSpec::from_proto(&swa(ok, None)).unwrap();
+        assert_eq!(
+            spec.training.swa,
+            Some(SwaSpec {
+                start_epoch: 5,
+                swa_lr: 0.05,
+                anneal_epochs: 10,
+                anneal_cos: true,
+            })
+        );
+        let cases = [
+            (
+                pb::Swa {
+                    start_epoch: 0,
+                    ..ok
+                },
+                "spec.training.swa.start_epoch: required, at least 1",
+            ),
+            (
+                pb::Swa {
+                    start_epoch: 20,
+                    ..ok
+                },
+                "spec.training.swa.start_epoch: must be less than spec.training.epochs (20)",
+            ),
+            (
+                pb::Swa { swa_lr: 0.0, ..ok },
+                "spec.training.swa.swa_lr: must be > 0",
+            ),
+            (
+                pb::Swa {
+                    anneal_strategy: 7,
+                    ..ok
+                },
+                "spec.training.swa.anneal_strategy: unknown value 7",
+            ),
+        ];
+        for (bad, expected) in cases {
+            assert_eq!(err(&swa(bad, None)), expected);
+        }
+        let one_cycle = pb::LrSchedule {
+            kind: Some(pb::lr_schedule::Kind::OneCycle(pb::OneCycleLr {
+                max_lr: 0.1,
+                ..Default::default()
+            })),
+            warmup: None,
+        };
+        assert!(err(&swa(ok, Some(one_cycle))).starts_with("spec.training.swa: cannot be combined"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod schedule;
+pub mod swa;
 pub mod train;
 
 pub use artifact::{ModelArtifact, ModelMeta, Output, Predictor};

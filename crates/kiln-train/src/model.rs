@@ -142,6 +142,99 @@ impl Mlp {
     }
 }
 
+/// Helpers for SWA (crate::swa): the trainable parameters in a fixed order,
+/// and BatchNorm's running statistics and momentum.
+impl Mlp {
+    /// Every trainable parameter (not BatchNorm's running statistics),
+    /// flattened, in a fixed order: per block the linear weight and bias,
+    /// BatchNorm's gamma and beta, PReLU's slope; then the output layer.
+    pub fn trainable_parameters(&self) -> Vec<Tensor<1>> {
+        let mut out = Vec::new();
+        let _ = self.clone().map_trainable(&mut |_, t| {
+            out.push(t.clone());
+            t
+        });
+        out
+    }
+
+    /// Replaces trainable parameter `i` (flattened, in the order of
+    /// [`Mlp::trainable_parameters`]) with `f(i, value)`. Parameter ids stay.
+    pub(crate) fn map_trainable(
+        mut self,
+        f: &mut dyn FnMut(usize, Tensor<1>) -> Tensor<1>,
+    ) -> Self {
+        let mut i = 0;
+        for block in self.blocks.iter_mut() {
+            map_linear(&mut block.linear, &mut i, f);
+            if let Some(norm) = block.norm.as_mut() {
+                norm.gamma = map_param(norm.gamma.clone(), &mut i, f);
+                norm.beta = map_param(norm.beta.clone(), &mut i, f);
+            }
+            if let Some(slope) = block.prelu.take() {
+                block.prelu = Some(map_param(slope, &mut i, f));
+            }
+        }
+        map_linear(&mut self.output, &mut i, f);
+        self
+    }
+
+    pub(crate) fn has_batch_norm(&self) -> bool {
+        self.blocks.iter().any(|b| b.norm.is_some())
+    }
+
+    /// torch's `reset_running_stats`: running mean 0, running variance 1.
+    pub(crate) fn reset_bn_stats(&self) {
+        for norm in self.blocks.iter().filter_map(|b| b.norm.as_ref()) {
+            let mean = norm.running_mean.value();
+            norm.running_mean.update(mean.zeros_like());
+            let var = norm.running_var.value();
+            norm.running_var.update(var.ones_like());
+        }
+    }
+
+    /// Each BatchNorm's momentum, input side first.
+    pub(crate) fn bn_momenta(&self) -> Vec<f64> {
+        self.blocks
+            .iter()
+            .filter_map(|b| b.norm.as_ref().map(|n| n.momentum))
+            .collect()
+    }
+
+    /// Sets the BatchNorms' momenta: one value for all, or one per BatchNorm.
+    pub(crate) fn with_bn_momentum(mut self, momenta: &[f64]) -> Self {
+        let norms = self.blocks.iter_mut().filter_map(|b| b.norm.as_mut());
+        for (i, norm) in norms.enumerate() {
+            norm.momentum = if momenta.len() == 1 {
+                momenta[0]
+            } else {
+                momenta[i]
+            };
+        }
+        self
+    }
+}
+
+fn map_param<const D: usize>(
+    p: Param<Tensor<D>>,
+    i: &mut usize,
+    f: &mut dyn FnMut(usize, Tensor<1>) -> Tensor<1>,
+) -> Param<Tensor<D>> {
+    let index = *i;
+    *i += 1;
+    p.map(|t| {
+        let dims = t.dims();
+        let n = t.shape().num_elements();
+        f(index, t.reshape([n])).reshape(dims)
+    })
+}
+
+fn map_linear(l: &mut Linear, i: &mut usize, f: &mut dyn FnMut(usize, Tensor<1>) -> Tensor<1>) {
+    l.weight = map_param(l.weight.clone(), i, f);
+    if let Some(bias) = l.bias.take() {
+        l.bias = Some(map_param(bias, i, f));
+    }
+}
+
 pub fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
     match act {
         Activation::Relu => activation::relu(x),

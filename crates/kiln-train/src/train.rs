@@ -16,6 +16,7 @@ use crate::loss::{Loss, TargetTensor};
 use crate::model::{Mlp, ModelArch};
 use crate::optim;
 use crate::schedule::LrScheduler;
+use crate::swa::{self, Swalr, WeightAverage};
 
 /// Rows per forward pass when evaluating; bounds memory on large validation sets.
 const EVAL_CHUNK: usize = 16_384;
@@ -78,6 +79,12 @@ pub struct Trained {
     pub best: EpochReport,
     pub epochs_completed: u32,
     pub train_seconds: f64,
+    /// With SWA (and at least one epoch averaged): the averaged model's
+    /// validation metrics after update_bn; `epoch` is the last epoch,
+    /// `train_loss` and `learning_rate` the last epoch's.
+    pub swa: Option<EpochReport>,
+    /// `model` is the SWA model: it beat the best epoch's by the monitor.
+    pub served_swa: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -133,6 +140,9 @@ pub fn train(
         training.epochs,
     );
     let (mut lr, mut momentum) = (schedule.lr(), schedule.momentum());
+    // SWA: past swa.start_epoch, SWALR sets the LR and the weights are averaged.
+    let mut swalr: Option<Swalr> = None;
+    let mut average = WeightAverage::new();
     let restore_best = training
         .early_stopping
         .as_ref()
@@ -169,7 +179,10 @@ pub fn train(
             if let Some(clip) = &training.grad_clip {
                 optim::clip_gradients(&model, &mut grads, clip);
             }
-            (lr, momentum) = (schedule.lr(), schedule.momentum());
+            (lr, momentum) = match &swalr {
+                Some(s) => (s.lr(), None),
+                None => (schedule.lr(), schedule.momentum()),
+            };
             model = optimizer.step(lr, momentum, model, grads);
             schedule.after_batch();
             rows_seen += end - start;
@@ -195,7 +208,17 @@ pub fn train(
         if verdict.improved && restore_best {
             best = Some((report, eval_model));
         }
-        schedule.after_epoch(&|m| report.metric(m));
+        match &training.swa {
+            // torch: `if epoch > swa_start: swa_model.update_parameters(model);
+            // swa_scheduler.step() else: scheduler.step()`.
+            Some(swa_spec) if epoch > swa_spec.start_epoch => {
+                average.update(&model);
+                swalr
+                    .get_or_insert_with(|| Swalr::new(schedule.lr(), swa_spec))
+                    .step();
+            }
+            _ => schedule.after_epoch(&|m| report.metric(m)),
+        }
         epochs_completed = epoch;
         last = Some(report);
         emit(TrainEvent::Epoch(report));
@@ -212,11 +235,49 @@ pub fn train(
     }
     // Serve the best epoch's weights; the last epoch's when restore_best_weights
     // is off or no epoch was watched (start_from_epoch beyond the run).
-    let (best, model) = match (best, last) {
+    let (best, mut model) = match (best, last) {
         (Some(best), _) => best,
         (None, Some(last)) => (last, model.valid()),
         (None, None) => unreachable!("epochs >= 1 always runs an epoch"),
     };
+    // SWA: recompute BatchNorm statistics for the averaged weights, evaluate,
+    // and serve the better of the two by the monitor.
+    let mut swa_report = None;
+    let mut served_swa = false;
+    if let (Some(averaged), Some(last)) = (average.model(), last) {
+        let swa_start = Instant::now();
+        // update_bn over the training split in order, training batch size; a
+        // last batch of one row is skipped (BatchNorm refuses it in training).
+        let batches = (0..rows)
+            .step_by(batch)
+            .filter(|&start| !(has_batch_norm && (start + batch).min(rows) - start == 1))
+            .map(|start| train_x.clone().slice(start..(start + batch).min(rows)));
+        let swa_model = swa::update_bn(averaged, batches, device);
+        let mut report = evaluate(&swa_model, &val_loss_fn, spec.task, &val_x, &val_y, data);
+        report.epoch = last.epoch;
+        report.train_loss = last.train_loss;
+        report.learning_rate = last.learning_rate;
+        report.epoch_seconds = swa_start.elapsed().as_secs_f64();
+        report.samples_per_second = rows as f64 / report.epoch_seconds.max(1e-9);
+        let mode_max = training.early_stopping.as_ref().is_some_and(|e| e.mode_max);
+        // The training loss is not measured for the SWA model: with the
+        // train_loss monitor the best epoch's model is kept.
+        let better = match (
+            stopper.monitor != Metric::TrainLoss,
+            report.metric(stopper.monitor),
+            best.metric(stopper.monitor),
+        ) {
+            (true, Some(s), Some(b)) if mode_max => s > b,
+            (true, Some(s), Some(b)) => s < b,
+            _ => false,
+        };
+        report.improved = better;
+        if better {
+            model = swa_model;
+            served_swa = true;
+        }
+        swa_report = Some(report);
+    }
     Ok(Trained {
         reason,
         model,
@@ -224,6 +285,8 @@ pub fn train(
         best,
         epochs_completed,
         train_seconds: started.elapsed().as_secs_f64(),
+        swa: swa_report,
+        served_swa,
     })
 }
 

@@ -116,6 +116,8 @@ impl Context {
                     epochs_completed: trained.epochs_completed,
                     model_name: job.model_name.clone(),
                     train_seconds: trained.train_seconds,
+                    swa: trained.swa.as_ref().map(epoch_metrics),
+                    served_swa: trained.served_swa,
                 }),
                 Err(message) => failed(pb::StopReason::Error, message),
             },
