@@ -1,43 +1,14 @@
 //! kiln's early stopping decides exactly as keras.callbacks.EarlyStopping on
 //! scripted metric curves: the epoch it stops at and the epoch it keeps.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+mod common;
 
 use kiln_core::spec::{EarlyStoppingSpec, Metric};
 use kiln_train::early_stop::EarlyStopping;
 use serde_json::{json, Value};
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_PYTHON") {
-        return p.into();
-    }
-    let torch = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.libtorch");
-    let torch = torch
-        .canonicalize()
-        .expect(".libtorch: run scripts/setup.sh first");
-    torch.ancestors().nth(4).unwrap().join("bin/python")
-}
-
 fn keras(cases: &Value) -> Vec<(u32, u32)> {
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/keras_early_stopping.py");
-    let mut child = Command::new(python())
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run the Keras reference");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(cases.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "Keras reference failed");
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::run_reference("keras_early_stopping.py", cases)
 }
 
 /// A noisy, mostly falling curve with plateaus, from a fixed seed.

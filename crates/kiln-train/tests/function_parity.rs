@@ -1,9 +1,7 @@
 //! Each activation and loss against torch: value and gradient on fixed
 //! pseudo-random inputs (tests/reference/torch_functions.py).
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+mod common;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use kiln_core::spec::{Activation, LossKind, LossSpec};
@@ -11,35 +9,8 @@ use kiln_train::loss::{Loss, TargetTensor};
 use kiln_train::model::activate;
 use serde_json::{json, Value};
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_PYTHON") {
-        return p.into();
-    }
-    let torch = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.libtorch");
-    let torch = torch
-        .canonicalize()
-        .expect(".libtorch: run scripts/setup.sh first");
-    torch.ancestors().nth(4).unwrap().join("bin/python")
-}
-
 fn reference(request: &Value) -> Value {
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/torch_functions.py");
-    let mut child = Command::new(python())
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run the torch reference");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "torch reference failed");
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::run_reference("torch_functions.py", request)
 }
 
 fn values(v: &Value) -> Vec<f64> {

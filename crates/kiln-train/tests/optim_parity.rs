@@ -15,9 +15,10 @@
 //! misses by orders of magnitude more. Run with `--nocapture` to see the
 //! largest error each case reached.
 
-use std::io::Write;
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+
 use std::sync::Mutex;
 
 use burn::optim::GradientsParams;
@@ -35,18 +36,6 @@ const INPUTS: usize = 4;
 const HIDDEN: usize = 16;
 const OUTPUTS: usize = 2;
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_PYTHON") {
-        return p.into();
-    }
-    // .libtorch -> <venv>/lib/python3.X/site-packages/torch
-    let torch = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.libtorch");
-    let torch = torch
-        .canonicalize()
-        .expect(".libtorch: run scripts/setup.sh first");
-    torch.ancestors().nth(4).unwrap().join("bin/python")
-}
-
 /// Runs the torch reference on a list of cases (one Python start for all).
 fn torch_reference(cases: &[Value]) -> Vec<Value> {
     // KILN_OPTIM_DUMP=<dir>: keep each case's JSON there, to replay it
@@ -61,22 +50,7 @@ fn torch_reference(cases: &[Value]) -> Vec<Value> {
             .unwrap();
         }
     }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/torch_optim.py");
-    let mut child = Command::new(python())
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run the torch reference");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(Value::from(cases.to_vec()).to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "torch reference failed");
-    let results: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let results: Vec<Value> = common::run_reference("torch_optim.py", &Value::from(cases.to_vec()));
     assert_eq!(results.len(), cases.len());
     results
 }

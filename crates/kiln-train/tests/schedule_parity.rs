@@ -2,26 +2,13 @@
 //! (tests/reference/torch_schedules.py, run at test time): every learning
 //! rate (and 1cycle momentum) over long runs must agree to 1e-12 relative.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+mod common;
+
 use std::sync::OnceLock;
 
 use kiln_core::spec::{LrScheduleKind, LrScheduleSpec, Metric, Warmup};
 use kiln_train::schedule::LrScheduler;
 use serde_json::{json, Value};
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_PYTHON") {
-        return p.into();
-    }
-    // .libtorch -> <venv>/lib/python3.X/site-packages/torch
-    let torch = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.libtorch");
-    let torch = torch
-        .canonicalize()
-        .expect(".libtorch: run scripts/setup.sh first");
-    torch.ancestors().nth(4).unwrap().join("bin/python")
-}
 
 struct Case {
     name: String,
@@ -408,23 +395,7 @@ fn reference() -> &'static Reference {
     REF.get_or_init(|| {
         let cases = cases();
         let input = Value::Array(cases.iter().map(case_json).collect());
-        let script =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/torch_schedules.py");
-        let mut child = Command::new(python())
-            .arg(script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("run the torch reference");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.to_string().as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "torch reference failed");
-        let torch: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let torch: Vec<Value> = common::run_reference("torch_schedules.py", &input);
         assert_eq!(torch.len(), cases.len());
         Reference { cases, torch }
     })

@@ -2,9 +2,7 @@
 //! learning rates, AveragedModel's averaged weights and update_bn's
 //! BatchNorm statistics; and `train()` with SWA set, end to end.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+mod common;
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
@@ -23,35 +21,8 @@ use kiln_train::schedule::LrScheduler;
 use kiln_train::swa::{update_bn, Swalr, WeightAverage};
 use serde_json::{json, Value};
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_PYTHON") {
-        return p.into();
-    }
-    // .libtorch -> <venv>/lib/python3.X/site-packages/torch
-    let torch = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.libtorch");
-    let torch = torch
-        .canonicalize()
-        .expect(".libtorch: run scripts/setup.sh first");
-    torch.ancestors().nth(4).unwrap().join("bin/python")
-}
-
 fn torch_reference(case: &Value) -> Value {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/torch_swa.py");
-    let mut child = Command::new(python())
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run the torch reference");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(case.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "torch reference failed");
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::run_reference("torch_swa.py", case)
 }
 
 fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {

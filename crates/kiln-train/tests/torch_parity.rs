@@ -3,9 +3,7 @@
 //! hyper-parameters; the losses along the way and the final evaluation-mode
 //! outputs (which go through BatchNorm's running statistics) must agree.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+mod common;
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
@@ -18,35 +16,8 @@ use kiln_train::loss::{Loss, TargetTensor};
 use kiln_train::model::{Mlp, ModelArch};
 use serde_json::{json, Value};
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_PYTHON") {
-        return p.into();
-    }
-    // .libtorch -> <venv>/lib/python3.X/site-packages/torch
-    let torch = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.libtorch");
-    let torch = torch
-        .canonicalize()
-        .expect(".libtorch: run scripts/setup.sh first");
-    torch.ancestors().nth(4).unwrap().join("bin/python")
-}
-
 fn torch_reference(case: &Value) -> Value {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/torch_steps.py");
-    let mut child = Command::new(python())
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run the torch reference");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(case.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "torch reference failed");
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::run_reference("torch_steps.py", case)
 }
 
 struct Case {

@@ -1,0 +1,46 @@
+//! What the parity tests share: the Python that has torch (and Keras), and
+//! running a reference script from tests/reference on a JSON request.
+#![allow(dead_code)] // each test binary uses part of this
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// `$KILN_PYTHON`, else the venv behind `.libtorch`
+/// (`<venv>/lib/python3.X/site-packages/torch`, linked by scripts/setup.sh).
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("KILN_PYTHON") {
+        return p.into();
+    }
+    let torch = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.libtorch");
+    let torch = torch
+        .canonicalize()
+        .expect(".libtorch: run scripts/setup.sh first");
+    torch.ancestors().nth(4).unwrap().join("bin/python")
+}
+
+/// Runs `tests/reference/<script>` with `request` on stdin and parses its
+/// stdout as JSON.
+pub fn run_reference<T: serde::de::DeserializeOwned>(
+    script: &str,
+    request: &serde_json::Value,
+) -> T {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/reference")
+        .join(script);
+    let mut child = Command::new(python())
+        .arg(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{script} failed");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{script} printed bad JSON: {e}"))
+}
