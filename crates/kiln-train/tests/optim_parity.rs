@@ -17,6 +17,8 @@
 
 mod common;
 
+use common::pseudo_random;
+
 use std::path::PathBuf;
 
 use std::sync::Mutex;
@@ -53,18 +55,6 @@ fn torch_reference(cases: &[Value]) -> Vec<Value> {
     let results: Vec<Value> = common::run_reference("torch_optim.py", &Value::from(cases.to_vec()));
     assert_eq!(results.len(), cases.len());
     results
-}
-
-fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 /// Inputs in [-1, 1] and two smooth targets of them.

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::pseudo_random;
+
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
@@ -23,18 +25,6 @@ use serde_json::{json, Value};
 
 fn torch_reference(case: &Value) -> Value {
     common::run_reference("torch_swa.py", case)
-}
-
-fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 fn layer(units: usize) -> LayerSpec {

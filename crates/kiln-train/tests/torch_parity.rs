@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::pseudo_random;
+
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -26,18 +28,6 @@ struct Case {
     optimizer: OptimizerSpec,
     batch_norm: bool,
     activation: Activation,
-}
-
-fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 fn run(case: Case) {

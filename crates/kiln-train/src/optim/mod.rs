@@ -67,16 +67,8 @@ pub fn build(spec: &OptimizerSpec) -> KilnOptimizer {
             beta2,
             eps,
             amsgrad,
-        } => ModuleOptimizer::from(Adam {
-            beta1,
-            beta2,
-            eps,
-            amsgrad,
-            weight_decay: wd,
-            decoupled: false,
-            overrides: shared,
-        }),
-        OptimizerKind::AdamW {
+        }
+        | OptimizerKind::AdamW {
             beta1,
             beta2,
             eps,
@@ -87,7 +79,7 @@ pub fn build(spec: &OptimizerSpec) -> KilnOptimizer {
             eps,
             amsgrad,
             weight_decay: wd,
-            decoupled: true,
+            decoupled: matches!(spec.kind, OptimizerKind::AdamW { .. }),
             overrides: shared,
         }),
         OptimizerKind::Nadam {

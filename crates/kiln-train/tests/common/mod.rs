@@ -44,3 +44,16 @@ pub fn run_reference<T: serde::de::DeserializeOwned>(
     assert!(out.status.success(), "{script} failed");
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{script} printed bad JSON: {e}"))
 }
+
+/// Deterministic values in [-1, 1) (an LCG), the same in every parity test.
+pub fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
