@@ -12,17 +12,7 @@ use common::*;
 use serde_json::Value;
 
 fn grpcurl_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("KILN_GRPCURL") {
-        return path.into();
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let cache = std::env::var("KILN_CACHE").unwrap_or(format!("{home}/.cache/kiln"));
-    let path = PathBuf::from(cache).join("venv/bin/grpcurl");
-    assert!(
-        path.exists(),
-        "grpcurl is missing: run scripts/setup.sh (make test does)"
-    );
-    path
+    venv_tool("KILN_GRPCURL", "grpcurl")
 }
 
 /// Runs grpcurl and returns its stdout, failing the test on a non-zero exit.

@@ -116,6 +116,7 @@ async fn cancel_stops_running_and_queued_jobs() {
         .predict(pb::PredictRequest {
             model: running.id.clone(),
             rows: vec![pb::Row { values: vec![1.0] }],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -312,7 +313,8 @@ async fn bad_requests_get_statuses_that_name_the_field() {
     assert_eq!(st.code(), Code::InvalidArgument);
     assert_eq!(
         st.message(),
-        "row 2, column \"b\": \"five\" is not a number"
+        "row 2, column \"b\": \"five\" is not a number \
+         (list the column in spec.data.categorical_columns to one-hot encode it)"
     );
 
     let st = server
@@ -344,6 +346,7 @@ async fn predict_statuses() {
         .predict(pb::PredictRequest {
             model: "nope".into(),
             rows: vec![row(vec![1.0])],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -357,6 +360,7 @@ async fn predict_statuses() {
         .predict(pb::PredictRequest {
             model: "slow".into(),
             rows: vec![row(vec![1.0])],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -377,6 +381,7 @@ async fn predict_statuses() {
         .predict(pb::PredictRequest {
             model: "quick".into(),
             rows: vec![row(vec![1.0]), row(vec![1.0, 2.0])],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -390,6 +395,7 @@ async fn predict_statuses() {
         .predict(pb::PredictRequest {
             model: "quick".into(),
             rows: vec![],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -399,18 +405,15 @@ async fn predict_statuses() {
         .predict(pb::PredictRequest {
             model: "quick".into(),
             rows: vec![row(vec![1.0]), row(vec![150.0])],
+            ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(ok.predictions.len(), 2);
     assert!(ok.compute_seconds > 0.0);
-    let models = inference
-        .list_models(pb::ListModelsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(models.models.len(), 1);
-    assert_eq!(models.models[0].name, "quick");
-    assert_eq!(models.models[0].feature_columns, ["x"]);
+    let models = list_models(&server).await;
+    assert_eq!(models.len(), 1);
+    assert_eq!(models[0].name, "quick");
+    assert_eq!(models[0].feature_columns, ["x"]);
 }

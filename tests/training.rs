@@ -72,6 +72,7 @@ async fn spirals_classification_reaches_95_percent() {
                 values: vec![r[0].parse().unwrap(), r[1].parse().unwrap()],
             })
             .collect(),
+        ..Default::default()
     };
     let response = server
         .inference()
@@ -171,6 +172,7 @@ async fn regression_reaches_its_r2_and_predicts_in_target_units() {
                 .iter()
                 .map(|p| pb::Row { values: p.to_vec() })
                 .collect(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -275,6 +277,7 @@ async fn early_stopping_stops_and_serves_the_best_epoch() {
                     values: r.iter().map(|&v| v as f64).collect(),
                 })
                 .collect(),
+            ..Default::default()
         })
         .await
         .unwrap()

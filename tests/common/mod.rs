@@ -130,6 +130,7 @@ pub async fn upload(
                 String::new()
             },
             chunk: c.to_vec(),
+            ..Default::default()
         })
         .collect();
     server
@@ -188,6 +189,17 @@ pub async fn submit(server: &Server, spec: pb::JobSpec) -> Result<pb::Job, tonic
         .map(|r| r.into_inner())
 }
 
+pub async fn list_models(server: &Server) -> Vec<pb::ModelInfo> {
+    server
+        .inference()
+        .await
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .expect("ListModels")
+        .into_inner()
+        .models
+}
+
 pub fn layer(units: u32) -> pb::HiddenLayer {
     pb::HiddenLayer {
         units,
@@ -216,4 +228,19 @@ pub fn csv_rows(bytes: &[u8]) -> Vec<Vec<String>> {
         .filter(|l| !l.is_empty())
         .map(|l| l.split(',').map(str::to_string).collect())
         .collect()
+}
+
+/// A program installed by scripts/setup.sh in the cache's venv, unless `env` overrides it.
+pub fn venv_tool(env: &str, name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env) {
+        return path.into();
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cache = std::env::var("KILN_CACHE").unwrap_or(format!("{home}/.cache/kiln"));
+    let path = PathBuf::from(cache).join("venv/bin").join(name);
+    assert!(
+        path.exists(),
+        "{name} is missing: run scripts/setup.sh (make test does)"
+    );
+    path
 }

@@ -1,18 +1,33 @@
-//! Tabular data: a CSV (or inline rows) read into a table of cells, then the
-//! spec's feature and target columns pulled out as numbers.
+//! Tabular data: a CSV, inline rows or NumPy arrays read into a table, then
+//! the spec's feature and target columns pulled out as numbers, categorical
+//! feature columns one-hot encoded.
 //!
 //! Rows are numbered from 1 for the first data row (the header is not a row);
 //! every error names the row and the column.
 
+use std::borrow::Cow;
+
+use crate::encoding::{
+    category_key, distinct_sorted, parse_number, InputColumn, InputEncoding, MAX_CATEGORIES,
+};
 use crate::error::{FieldError, Result};
+use crate::npy;
 use crate::spec::{DataSpec, Task};
 
-/// A rectangular table of text cells with named columns.
+/// A rectangular table with named columns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Table {
     pub columns: Vec<String>,
-    /// Row-major cells, `columns.len()` per row.
-    cells: Vec<String>,
+    cells: Cells,
+}
+
+/// Row-major cells, `columns.len()` per row.
+#[derive(Debug, Clone, PartialEq)]
+enum Cells {
+    /// From a CSV or inline rows: parsed when a job reads the column.
+    Text(Vec<String>),
+    /// From NumPy arrays: already numbers, all finite.
+    Numbers(Vec<f32>),
 }
 
 impl Table {
@@ -49,7 +64,10 @@ impl Table {
             }
             cells.extend(record.iter().map(str::to_string));
         }
-        Ok(Table { columns, cells })
+        Ok(Table {
+            columns,
+            cells: Cells::Text(cells),
+        })
     }
 
     /// A table from inline numeric rows (`spec.data.inline`).
@@ -70,52 +88,143 @@ impl Table {
                 ));
             }
             // `{}` on f64 round-trips exactly; NaN/inf print as text that the
-            // numeric check below rejects with the row and column.
+            // numeric check rejects with the row and column.
             cells.extend(row.iter().map(|v| v.to_string()));
         }
         Ok(Table {
             columns: columns.to_vec(),
-            cells,
+            cells: Cells::Text(cells),
         })
     }
 
-    pub fn rows(&self) -> usize {
-        if self.columns.is_empty() {
-            0
-        } else {
-            self.cells.len() / self.columns.len()
+    /// A table of finite numbers, row-major; as `to_numbers` returns it.
+    pub fn from_numbers(columns: Vec<String>, values: Vec<f32>) -> Result<Table> {
+        check_columns(&columns)?;
+        if !values.len().is_multiple_of(columns.len()) {
+            return Err(FieldError::new(
+                "values",
+                format!(
+                    "{} values are not rows of {} columns",
+                    values.len(),
+                    columns.len()
+                ),
+            ));
+        }
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            let (row, col) = (i / columns.len() + 1, &columns[i % columns.len()]);
+            return Err(FieldError::new(
+                format!("row {row}, column \"{col}\""),
+                format!("{} is not finite (NaN and Inf are not allowed)", values[i]),
+            ));
+        }
+        Ok(Table {
+            columns,
+            cells: Cells::Numbers(values),
+        })
+    }
+
+    /// Columns from named NumPy arrays (`.npy` files) with the same number of
+    /// rows: a 1-D array `y` is the column "y"; an array `x` of shape
+    /// (rows, d1, ...) is flattened in C order into "x[0]", "x[1]", ...
+    pub fn from_npy_arrays(arrays: &[(String, Vec<u8>)]) -> Result<Table> {
+        if arrays.is_empty() {
+            return Err(FieldError::new("arrays", "no arrays uploaded"));
+        }
+        let mut parsed = Vec::with_capacity(arrays.len());
+        for (name, bytes) in arrays {
+            let field = format!("arrays[\"{name}\"]");
+            let array = npy::read(&field, bytes)?;
+            let Some(&rows) = array.shape.first() else {
+                return Err(FieldError::new(
+                    field,
+                    "is a scalar; arrays have a row dimension",
+                ));
+            };
+            parsed.push((name, field, rows, array));
+        }
+        let rows = parsed[0].2;
+        let mut columns = Vec::new();
+        let mut widths = Vec::new();
+        for (name, field, array_rows, array) in &parsed {
+            if *array_rows != rows {
+                return Err(FieldError::new(
+                    field.as_str(),
+                    format!(
+                        "has {array_rows} rows (shape {:?}); arrays[\"{}\"] has {rows}",
+                        array.shape, parsed[0].0
+                    ),
+                ));
+            }
+            let width: usize = array.shape[1..].iter().product();
+            if array.shape.len() == 1 {
+                columns.push(name.to_string());
+            } else {
+                columns.extend((0..width).map(|j| format!("{name}[{j}]")));
+            }
+            widths.push(width);
+        }
+        let total: usize = widths.iter().sum();
+        let mut values = Vec::with_capacity(rows * total);
+        for r in 0..rows {
+            for ((_, _, _, array), &w) in parsed.iter().zip(&widths) {
+                values.extend_from_slice(&array.values[r * w..(r + 1) * w]);
+            }
+        }
+        Table::from_numbers(columns, values).map_err(|e| match &e.field[..] {
+            "csv header" => FieldError::new("arrays", e.message),
+            _ => e,
+        })
+    }
+
+    /// The values, row-major, when the table holds numbers (from arrays).
+    pub fn to_numbers(&self) -> Option<&[f32]> {
+        match &self.cells {
+            Cells::Numbers(values) => Some(values),
+            Cells::Text(_) => None,
         }
     }
 
-    fn cell(&self, row: usize, col: usize) -> &str {
-        &self.cells[row * self.columns.len() + col]
+    pub fn rows(&self) -> usize {
+        let len = match &self.cells {
+            Cells::Text(c) => c.len(),
+            Cells::Numbers(v) => v.len(),
+        };
+        len.checked_div(self.columns.len()).unwrap_or(0)
+    }
+
+    fn cell(&self, row: usize, col: usize) -> Cow<'_, str> {
+        let i = row * self.columns.len() + col;
+        match &self.cells {
+            Cells::Text(cells) => Cow::Borrowed(&cells[i]),
+            Cells::Numbers(values) => Cow::Owned(values[i].to_string()),
+        }
     }
 
     fn column_index(&self, field: &str, name: &str) -> Result<usize> {
         self.columns.iter().position(|c| c == name).ok_or_else(|| {
+            let mut shown: Vec<&str> = self.columns.iter().take(20).map(String::as_str).collect();
+            if self.columns.len() > 20 {
+                shown.push("...");
+            }
             FieldError::new(
                 field,
                 format!(
                     "no column \"{name}\" in the data (columns: {})",
-                    self.columns.join(", ")
+                    shown.join(", ")
                 ),
             )
         })
     }
 
+    fn at(&self, row: usize, col: usize) -> String {
+        format!("row {}, column \"{}\"", row + 1, self.columns[col])
+    }
+
     fn number(&self, row: usize, col: usize) -> Result<f64> {
-        let text = self.cell(row, col);
-        let at = || format!("row {}, column \"{}\"", row + 1, self.columns[col]);
-        if text.is_empty() {
-            return Err(FieldError::new(at(), "missing value"));
-        }
-        match text.parse::<f64>() {
-            Ok(v) if v.is_finite() => Ok(v),
-            Ok(_) => Err(FieldError::new(
-                at(),
-                format!("\"{text}\" is not finite (NaN and Inf are not allowed)"),
-            )),
-            Err(_) => Err(FieldError::new(at(), format!("\"{text}\" is not a number"))),
+        match &self.cells {
+            Cells::Numbers(values) => Ok(values[row * self.columns.len() + col] as f64),
+            Cells::Text(_) => parse_number(&self.cell(row, col))
+                .map_err(|e| FieldError::new(self.at(row, col), e)),
         }
     }
 }
@@ -144,6 +253,9 @@ fn check_columns(columns: &[String]) -> Result<()> {
 /// The numbers a job trains on, before the split.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
+    /// How the input columns became the features (one-hot for categorical ones).
+    pub encoding: InputEncoding,
+    /// The encoding's feature names.
     pub feature_names: Vec<String>,
     pub target_names: Vec<String>,
     /// Row-major, `feature_names.len()` per row.
@@ -207,11 +319,15 @@ impl Dataset {
                 format!("needs at least 2 rows to split into train and validation, has {rows}"),
             ));
         }
-        let mut x = Vec::with_capacity(rows * features.len());
+        let encoding = fit_encoding(table, &features, spec)?;
+        let encoder = encoding.encoder().for_training();
+        let mut x = Vec::with_capacity(rows * encoding.width());
         for r in 0..rows {
-            for &c in &features {
-                x.push(table.number(r, c)? as f32);
-            }
+            encoder.encode(
+                |j| table.cell(r, features[j]),
+                |j| table.at(r, features[j]),
+                &mut x,
+            )?;
         }
         let targets_data = if task.is_classification() {
             class_targets(table, targets[0], task, &spec.target_columns[0])?
@@ -225,7 +341,8 @@ impl Dataset {
             Targets::Values(y)
         };
         Ok(Dataset {
-            feature_names: features.iter().map(|&j| table.columns[j].clone()).collect(),
+            feature_names: encoding.feature_names(),
+            encoding,
             target_names: spec.target_columns.clone(),
             x,
             targets: targets_data,
@@ -233,40 +350,69 @@ impl Dataset {
     }
 }
 
+/// One input column per feature column: one-hot with the categories found in
+/// the data for the spec's categorical columns, numeric for the others. Also
+/// checks that `column_scaling` names feature columns.
+fn fit_encoding(table: &Table, features: &[usize], spec: &DataSpec) -> Result<InputEncoding> {
+    let is_feature = |name: &str| features.iter().any(|&j| table.columns[j] == name);
+    let categorical = spec.categorical_columns.iter().enumerate();
+    let named = categorical
+        .map(|(i, name)| (format!("spec.data.categorical_columns[{i}]"), name))
+        .chain(
+            spec.column_scaling
+                .keys()
+                .map(|name| (format!("spec.data.column_scaling[\"{name}\"]"), name)),
+        );
+    for (field, name) in named {
+        table.column_index(&field, name)?;
+        if !is_feature(name) {
+            let message = format!("\"{name}\" is not a feature column");
+            return Err(FieldError::new(field, message));
+        }
+    }
+    let mut columns = Vec::with_capacity(features.len());
+    for &j in features {
+        let name = table.columns[j].clone();
+        if !spec.categorical_columns.contains(&name) {
+            columns.push(InputColumn::Numeric(name));
+            continue;
+        }
+        let texts: Vec<Cow<str>> = (0..table.rows()).map(|r| table.cell(r, j)).collect();
+        if let Some(r) = texts.iter().position(|t| t.is_empty()) {
+            return Err(FieldError::new(table.at(r, j), "missing value"));
+        }
+        let (categories, numeric) = distinct_sorted(texts.iter().map(|t| t.as_ref()));
+        if categories.len() > MAX_CATEGORIES {
+            return Err(FieldError::new(
+                format!("column \"{name}\""),
+                format!(
+                    "has {} distinct values; a categorical column may have at most {MAX_CATEGORIES}",
+                    categories.len()
+                ),
+            ));
+        }
+        columns.push(InputColumn::OneHot {
+            name,
+            categories,
+            numeric,
+        });
+    }
+    Ok(InputEncoding { columns })
+}
+
 /// Class labels are the column's distinct values, sorted numerically when they
 /// are all numbers (so "2" < "10") and as text otherwise. Numeric labels are
 /// written canonically, so "1" and "1.0" are one class.
 fn class_targets(table: &Table, col: usize, task: Task, name: &str) -> Result<Targets> {
     let rows = table.rows();
-    let mut raw = Vec::with_capacity(rows);
-    for r in 0..rows {
-        let text = table.cell(r, col);
-        if text.is_empty() {
-            return Err(FieldError::new(
-                format!("row {}, column \"{name}\"", r + 1),
-                "missing class label",
-            ));
-        }
-        raw.push(text);
+    let raw: Vec<Cow<str>> = (0..rows).map(|r| table.cell(r, col)).collect();
+    if let Some(r) = raw.iter().position(|t| t.is_empty()) {
+        return Err(FieldError::new(
+            format!("row {}, column \"{name}\"", r + 1),
+            "missing class label",
+        ));
     }
-    let numeric: Option<Vec<f64>> = raw
-        .iter()
-        .map(|t| t.parse::<f64>().ok().filter(|v| v.is_finite()))
-        .collect();
-    let keys: Vec<String> = match &numeric {
-        Some(values) => values.iter().map(|v| v.to_string()).collect(),
-        None => raw.iter().map(|t| t.to_string()).collect(),
-    };
-    let mut labels: Vec<String> = keys.clone();
-    match &numeric {
-        Some(_) => labels.sort_by(|a, b| {
-            a.parse::<f64>()
-                .unwrap()
-                .total_cmp(&b.parse::<f64>().unwrap())
-        }),
-        None => labels.sort(),
-    }
-    labels.dedup();
+    let (labels, numeric) = distinct_sorted(raw.iter().map(|t| t.as_ref()));
     let expected = match task {
         Task::Binary => labels.len() == 2,
         _ => labels.len() >= 2,
@@ -292,13 +438,17 @@ fn class_targets(table: &Table, col: usize, task: Task, name: &str) -> Result<Ta
         .enumerate()
         .map(|(i, l)| (l.as_str(), i as i64))
         .collect();
-    let index = keys.iter().map(|k| position[k.as_str()]).collect();
+    let index = raw
+        .iter()
+        .map(|t| position[category_key(t, numeric).as_str()])
+        .collect();
     Ok(Targets::Classes { index, labels })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::npy::testing::{f32_le, npy};
     use crate::spec::{DataSource, Scaling};
 
     fn spec(targets: &[&str], features: &[&str]) -> DataSpec {
@@ -310,6 +460,8 @@ mod tests {
             split_seed: 0,
             feature_scaling: Scaling::Standard,
             target_scaling: Scaling::Standard,
+            categorical_columns: vec![],
+            column_scaling: Default::default(),
         }
     }
 
@@ -355,7 +507,8 @@ mod tests {
         let e = Dataset::from_table(&t, &spec(&["y"], &[]), Task::Regression).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "row 2, column \"a\": \"foo\" is not a number"
+            "row 2, column \"a\": \"foo\" is not a number \
+             (list the column in spec.data.categorical_columns to one-hot encode it)"
         );
         let t = Table::from_csv(b"a,y\n1,2\nNaN,3\n").unwrap();
         let e = Dataset::from_table(&t, &spec(&["y"], &[]), Task::Regression).unwrap_err();
@@ -373,6 +526,76 @@ mod tests {
         let e = Dataset::from_table(&t, &spec(&["y"], &[]), Task::Binary).unwrap_err();
         assert!(e.to_string().contains("needs exactly 2 classes, found 3"));
         assert!(Table::from_csv(b"a,a\n1,2\n").is_err());
+    }
+
+    #[test]
+    fn categorical_columns_are_one_hot_encoded() {
+        let t = Table::from_csv(b"x,color,size,y\n1,red,2,0\n2,blue,10,1\n3,red,2.0,1\n").unwrap();
+        let mut s = spec(&["y"], &[]);
+        s.categorical_columns = vec!["color".into(), "size".into()];
+        let d = Dataset::from_table(&t, &s, Task::Binary).unwrap();
+        assert_eq!(d.encoding.input_names(), ["x", "color", "size"]);
+        assert_eq!(
+            d.feature_names,
+            ["x", "color=blue", "color=red", "size=2", "size=10"]
+        );
+        #[rustfmt::skip]
+        assert_eq!(d.x, [
+            1.0, 0.0, 1.0, 1.0, 0.0,
+            2.0, 1.0, 0.0, 0.0, 1.0,
+            3.0, 0.0, 1.0, 1.0, 0.0,
+        ]);
+
+        s.categorical_columns = vec!["nope".into()];
+        let e = Dataset::from_table(&t, &s, Task::Binary).unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("spec.data.categorical_columns[0]: no column \"nope\""));
+        let mut s = spec(&["y"], &["x"]);
+        s.categorical_columns = vec!["color".into()];
+        let e = Dataset::from_table(&t, &s, Task::Binary).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "spec.data.categorical_columns[0]: \"color\" is not a feature column"
+        );
+        let t = Table::from_csv(b"x,color,y\n1,red,0\n2,,1\n").unwrap();
+        let mut s = spec(&["y"], &[]);
+        s.categorical_columns = vec!["color".into()];
+        let e = Dataset::from_table(&t, &s, Task::Binary).unwrap_err();
+        assert_eq!(e.to_string(), "row 2, column \"color\": missing value");
+    }
+
+    #[test]
+    fn npy_arrays_become_columns() {
+        let x: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        let x_npy = npy("<f4", "(3, 2, 2)", &f32_le(&x));
+        let y_npy = npy("<i8", "(3,)", &[0i64, 1, 0].map(i64::to_le_bytes).concat());
+        let t = Table::from_npy_arrays(&[("x".into(), x_npy), ("y".into(), y_npy)]).unwrap();
+        assert_eq!(t.columns, ["x[0]", "x[1]", "x[2]", "x[3]", "y"]);
+        assert_eq!(t.rows(), 3);
+        let d = Dataset::from_table(&t, &spec(&["y"], &[]), Task::Binary).unwrap();
+        assert_eq!(&d.x[4..8], [4.0, 5.0, 6.0, 7.0]);
+        assert_eq!(
+            d.targets,
+            Targets::Classes {
+                index: vec![0, 1, 0],
+                labels: vec!["0".into(), "1".into()]
+            }
+        );
+        let short = npy("<f4", "(2,)", &f32_le(&[0.0, 1.0]));
+        let x_npy = npy("<f4", "(3, 2, 2)", &f32_le(&x));
+        let e = Table::from_npy_arrays(&[("x".into(), x_npy), ("y".into(), short)]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("arrays[\"y\"]: has 2 rows"),
+            "{e}"
+        );
+        let nan = npy("<f4", "(2, 1)", &f32_le(&[0.0, f32::NAN]));
+        let e = Table::from_npy_arrays(&[("x".into(), nan)]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("row 2, column \"x[0]\": NaN is not finite"),
+            "{e}"
+        );
     }
 
     #[test]

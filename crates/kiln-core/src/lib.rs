@@ -1,10 +1,13 @@
 //! The plain-Rust side of a kiln job: the job spec validated from its proto
 //! (every default filled in, every error naming its field path), tabular data
-//! from CSV or inline rows, the train/validation split and feature scaling.
+//! from CSV, inline rows or NumPy arrays with categorical columns one-hot
+//! encoded, the train/validation split and feature scaling.
 //! No burn here, so these tests run in seconds.
 
 pub mod data;
+pub mod encoding;
 pub mod error;
+pub mod npy;
 pub mod prepare;
 pub mod scaler;
 pub mod spec;

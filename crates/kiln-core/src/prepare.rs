@@ -4,8 +4,9 @@
 use rand::{seq::SliceRandom, SeedableRng};
 
 use crate::data::{Dataset, Targets};
+use crate::encoding::InputEncoding;
 use crate::scaler::Scaler;
-use crate::spec::DataSpec;
+use crate::spec::{DataSpec, Scaling};
 
 /// One side of the split, already scaled.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +33,8 @@ pub struct Prepared {
     pub width: usize,
     /// Regression: number of targets; classification: number of classes.
     pub outputs: usize,
+    /// The input columns and how they became the features.
+    pub encoding: InputEncoding,
     pub feature_names: Vec<String>,
     pub target_names: Vec<String>,
     /// Classification: the label of each class index. Empty for regression.
@@ -62,7 +65,20 @@ pub fn prepare(data: &Dataset, spec: &DataSpec) -> Prepared {
     };
     let mut train_x = gather(&data.x, width, train_idx);
     let mut val_x = gather(&data.x, width, val_idx);
-    let feature_scaler = Scaler::fit(spec.feature_scaling, &train_x, width);
+    // One-hot features stay 0/1; the others take their column's scaling.
+    let kinds: Vec<Scaling> = data
+        .encoding
+        .feature_sources()
+        .into_iter()
+        .map(|(column, one_hot)| match one_hot {
+            true => Scaling::None,
+            false => *spec
+                .column_scaling
+                .get(column)
+                .unwrap_or(&spec.feature_scaling),
+        })
+        .collect();
+    let feature_scaler = Scaler::fit_columns(&kinds, &train_x);
     feature_scaler.transform(&mut train_x);
     feature_scaler.transform(&mut val_x);
 
@@ -106,6 +122,7 @@ pub fn prepare(data: &Dataset, spec: &DataSpec) -> Prepared {
         },
         width,
         outputs,
+        encoding: data.encoding.clone(),
         feature_names: data.feature_names.clone(),
         target_names: data.target_names.clone(),
         class_labels,
@@ -117,10 +134,12 @@ pub fn prepare(data: &Dataset, spec: &DataSpec) -> Prepared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{DataSource, Scaling};
+    use crate::encoding::InputColumn;
+    use crate::spec::DataSource;
 
     fn dataset(rows: usize) -> Dataset {
         Dataset {
+            encoding: InputEncoding::numeric(&["a"]),
             feature_names: vec!["a".into()],
             target_names: vec!["y".into()],
             x: (0..rows).map(|i| i as f32).collect(),
@@ -137,6 +156,8 @@ mod tests {
             split_seed: seed,
             feature_scaling: Scaling::None,
             target_scaling: Scaling::None,
+            categorical_columns: vec![],
+            column_scaling: Default::default(),
         }
     }
 
@@ -172,6 +193,55 @@ mod tests {
             .sum::<f64>()
             / n as f64;
         assert!((raw_train_mean - p.feature_scaler.offset[0]).abs() < 1e-4);
+    }
+
+    #[test]
+    fn one_hot_features_are_never_scaled_and_columns_override_scaling() {
+        let data = Dataset {
+            encoding: InputEncoding {
+                columns: vec![
+                    InputColumn::Numeric("a".into()),
+                    InputColumn::Numeric("b".into()),
+                    InputColumn::OneHot {
+                        name: "c".into(),
+                        categories: vec!["p".into(), "q".into()],
+                        numeric: false,
+                    },
+                ],
+            },
+            feature_names: vec!["a".into(), "b".into(), "c=p".into(), "c=q".into()],
+            target_names: vec!["y".into()],
+            x: (0..40)
+                .flat_map(|i| [i as f32, 3.0 * i as f32, (i % 2) as f32, (1 - i % 2) as f32])
+                .collect(),
+            targets: Targets::Values((0..40).map(|i| i as f32).collect()),
+        };
+        let mut s = spec(3);
+        s.feature_scaling = Scaling::Standard;
+        s.column_scaling = [("b".to_string(), Scaling::MinMax)].into();
+        let p = prepare(&data, &s);
+        let column = |j: usize| {
+            p.train
+                .x
+                .iter()
+                .skip(j)
+                .step_by(4)
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+        assert!(mean(&column(0)).abs() < 1e-5, "a is standardised");
+        let b = column(1);
+        assert_eq!(b.iter().copied().fold(f32::INFINITY, f32::min), 0.0);
+        assert_eq!(b.iter().copied().fold(f32::NEG_INFINITY, f32::max), 1.0);
+        for j in [2, 3] {
+            assert!(
+                column(j).iter().all(|&v| v == 0.0 || v == 1.0),
+                "one-hot stays 0/1"
+            );
+        }
+        assert_eq!(p.feature_scaler.scale[2..], [1.0, 1.0]);
+        assert_eq!(p.feature_scaler.offset[2..], [0.0, 0.0]);
     }
 
     #[test]

@@ -23,13 +23,19 @@ impl Scaler {
     /// Fits on `values`, row-major with `width` columns. A constant column gets
     /// scale 1, so it is centred (standard) or shifted to 0 (min-max), never divided by 0.
     pub fn fit(kind: Scaling, values: &[f32], width: usize) -> Self {
+        Self::fit_columns(&vec![kind; width], values)
+    }
+
+    /// Fits column `j` with `kinds[j]`; `values` is row-major with `kinds.len()` columns.
+    pub fn fit_columns(kinds: &[Scaling], values: &[f32]) -> Self {
+        let width = kinds.len();
         let rows = values.len().checked_div(width).unwrap_or(0);
-        if kind == Scaling::None || rows == 0 {
+        if rows == 0 {
             return Self::identity(width);
         }
         let column = |j: usize| values.iter().skip(j).step_by(width).map(|&v| v as f64);
         let (offset, scale) = (0..width)
-            .map(|j| match kind {
+            .map(|j| match kinds[j] {
                 Scaling::Standard => {
                     let mean = column(j).sum::<f64>() / rows as f64;
                     let var = column(j).map(|v| (v - mean).powi(2)).sum::<f64>() / rows as f64;
@@ -40,7 +46,7 @@ impl Scaler {
                     let max = column(j).fold(f64::NEG_INFINITY, f64::max);
                     (min, nonzero(max - min))
                 }
-                Scaling::None => unreachable!("handled above"),
+                Scaling::None => (0.0, 1.0),
             })
             .unzip();
         Self { offset, scale }

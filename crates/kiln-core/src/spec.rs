@@ -3,6 +3,8 @@
 //! `JobSpec::from_proto` is the one place where a `kiln.v1.JobSpec` is checked;
 //! each error names the field path, e.g. `spec.training.batch_size: must be at least 1`.
 
+use std::collections::BTreeMap;
+
 use kiln::v1 as pb;
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +64,10 @@ pub struct DataSpec {
     pub split_seed: u64,
     pub feature_scaling: Scaling,
     pub target_scaling: Scaling,
+    /// Feature columns one-hot encoded (never scaled).
+    pub categorical_columns: Vec<String>,
+    /// Per-column overrides of `feature_scaling`.
+    pub column_scaling: BTreeMap<String, Scaling>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -539,7 +545,39 @@ fn validate_data(data: &pb::DataSpec, task: Task) -> Result<DataSpec> {
             "must be in (0, 1)",
         ));
     }
+    check_unique("spec.data.categorical_columns", &data.categorical_columns)?;
+    if let Some(c) = data
+        .categorical_columns
+        .iter()
+        .find(|c| data.target_columns.contains(c))
+    {
+        return Err(FieldError::new(
+            "spec.data.categorical_columns",
+            format!("\"{c}\" is a target column; class labels need no encoding"),
+        ));
+    }
     let feature_scaling = scaling("spec.data.feature_scaling", data.feature_scaling)?;
+    let mut column_scaling = BTreeMap::new();
+    for (column, &value) in &data.column_scaling {
+        let field = format!("spec.data.column_scaling[\"{column}\"]");
+        if data.categorical_columns.contains(column) {
+            return Err(FieldError::new(
+                field,
+                "a categorical column is one-hot encoded, never scaled",
+            ));
+        }
+        if data.target_columns.contains(column) {
+            return Err(FieldError::new(
+                field,
+                "is a target column; use spec.data.target_scaling",
+            ));
+        }
+        let kind = match value {
+            0 => feature_scaling,
+            v => scaling(&field, v)?,
+        };
+        column_scaling.insert(column.clone(), kind);
+    }
     let target_scaling = scaling("spec.data.target_scaling", data.target_scaling)?;
     if task.is_classification() && data.target_scaling != 0 {
         return Err(FieldError::new(
@@ -559,6 +597,8 @@ fn validate_data(data: &pb::DataSpec, task: Task) -> Result<DataSpec> {
         } else {
             target_scaling
         },
+        categorical_columns: data.categorical_columns.clone(),
+        column_scaling,
     })
 }
 
@@ -1482,6 +1522,61 @@ mod tests {
     }
 
     /// One bad value per field of the training stack, each refused with its path.
+    #[test]
+    fn data_preprocessing_is_validated() {
+        let data = |f: &dyn Fn(&mut pb::DataSpec)| {
+            let mut s = minimal();
+            f(s.data.as_mut().unwrap());
+            s
+        };
+        let s = data(&|d| {
+            d.categorical_columns = vec!["color".into()];
+            d.feature_scaling = pb::Scaling::MinMax as i32;
+            d.column_scaling = [
+                ("age".to_string(), pb::Scaling::None as i32),
+                ("h".to_string(), pb::Scaling::Default as i32),
+            ]
+            .into();
+        });
+        let spec = JobSpec::from_proto(&s).unwrap().data;
+        assert_eq!(spec.categorical_columns, ["color"]);
+        assert_eq!(spec.column_scaling["age"], Scaling::None);
+        assert_eq!(
+            spec.column_scaling["h"],
+            Scaling::MinMax,
+            "DEFAULT means feature_scaling"
+        );
+        type Edit<'a> = &'a dyn Fn(&mut pb::DataSpec);
+        let cases: Vec<(Edit, &str)> = vec![
+            (
+                &|d| d.categorical_columns = vec!["y".into()],
+                "spec.data.categorical_columns: \"y\" is a target column; class labels need no encoding",
+            ),
+            (
+                &|d| d.categorical_columns = vec!["c".into(), "c".into()],
+                "spec.data.categorical_columns[1]: \"c\" is listed twice",
+            ),
+            (
+                &|d| {
+                    d.categorical_columns = vec!["c".into()];
+                    d.column_scaling = [("c".to_string(), 1)].into();
+                },
+                "spec.data.column_scaling[\"c\"]: a categorical column is one-hot encoded, never scaled",
+            ),
+            (
+                &|d| d.column_scaling = [("y".to_string(), 1)].into(),
+                "spec.data.column_scaling[\"y\"]: is a target column; use spec.data.target_scaling",
+            ),
+            (
+                &|d| d.column_scaling = [("a".to_string(), 9)].into(),
+                "spec.data.column_scaling[\"a\"]: unknown value 9",
+            ),
+        ];
+        for (edit, want) in cases {
+            assert_eq!(err(&data(edit)), want);
+        }
+    }
+
     #[test]
     fn training_stack_errors_name_the_field() {
         use pb::{lr_schedule, optimizer};

@@ -1,6 +1,7 @@
-//! Uploaded datasets: the CSV file and its metadata under `<data_dir>/datasets`.
-//! Files are written to a temporary name, synced, then renamed, so a crash
-//! never leaves a half-written dataset behind a valid id.
+//! Uploaded datasets under `<data_dir>/datasets`: `<id>.csv` as uploaded, or
+//! `<id>.npy` (NumPy arrays combined into one float32 matrix), next to
+//! `<id>.json`, the metadata. Files are written to a temporary name, synced,
+//! then renamed, so a crash never leaves a half-written dataset behind a valid id.
 
 use std::collections::HashMap;
 use std::fs;
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use kiln_core::data::Table;
-use kiln_core::FieldError;
+use kiln_core::{npy, FieldError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,6 +22,25 @@ pub struct DatasetMeta {
     pub size_bytes: u64,
     /// Seconds since the Unix epoch.
     pub created_unix: i64,
+    #[serde(default)]
+    pub format: DatasetFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetFormat {
+    #[default]
+    Csv,
+    Npy,
+}
+
+impl DatasetFormat {
+    fn extension(self) -> &'static str {
+        match self {
+            DatasetFormat::Csv => "csv",
+            DatasetFormat::Npy => "npy",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +68,7 @@ impl DatasetStore {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "json") {
                 match fs::read(&path).map(|b| serde_json::from_slice::<DatasetMeta>(&b)) {
-                    Ok(Ok(meta)) if dir.join(format!("{}.csv", meta.id)).exists() => {
+                    Ok(Ok(meta)) if dir.join(data_file(&meta)).exists() => {
                         metas.insert(meta.id.clone(), meta);
                     }
                     _ => {
@@ -63,9 +83,32 @@ impl DatasetStore {
         })
     }
 
-    /// Validates a CSV (header, rectangular rows) and stores it.
-    pub fn put(&self, name: &str, csv: &[u8]) -> Result<DatasetMeta, DatasetError> {
+    /// Validates a CSV (header, rectangular rows) and stores it as uploaded.
+    pub fn put_csv(&self, name: &str, csv: &[u8]) -> Result<DatasetMeta, DatasetError> {
         let table = Table::from_csv(csv)?;
+        self.put(name, DatasetFormat::Csv, &table, csv)
+    }
+
+    /// Reads named `.npy` arrays into columns (see `Table::from_npy_arrays`)
+    /// and stores them as one float32 matrix.
+    pub fn put_npy(
+        &self,
+        name: &str,
+        arrays: &[(String, Vec<u8>)],
+    ) -> Result<DatasetMeta, DatasetError> {
+        let table = Table::from_npy_arrays(arrays)?;
+        let values = table.to_numbers().expect("arrays give numbers");
+        let file = npy::write_f32_2d(values, table.rows(), table.columns.len());
+        self.put(name, DatasetFormat::Npy, &table, &file)
+    }
+
+    fn put(
+        &self,
+        name: &str,
+        format: DatasetFormat,
+        table: &Table,
+        file: &[u8],
+    ) -> Result<DatasetMeta, DatasetError> {
         let meta = DatasetMeta {
             id: format!("ds-{}", uuid::Uuid::new_v4().simple()),
             name: if name.is_empty() {
@@ -75,12 +118,13 @@ impl DatasetStore {
             },
             columns: table.columns.clone(),
             rows: table.rows() as u64,
-            size_bytes: csv.len() as u64,
+            size_bytes: file.len() as u64,
             created_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64),
+            format,
         };
-        write_atomically(&self.dir.join(format!("{}.csv", meta.id)), csv)?;
+        write_atomically(&self.dir.join(data_file(&meta)), file)?;
         let json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
         write_atomically(&self.dir.join(format!("{}.json", meta.id)), &json)?;
         self.metas
@@ -109,9 +153,19 @@ impl DatasetStore {
     /// Reads and parses a stored dataset.
     pub fn load(&self, id: &str) -> Result<Table, DatasetError> {
         let meta = self.get(id)?;
-        let bytes = fs::read(self.dir.join(format!("{}.csv", meta.id)))?;
-        Ok(Table::from_csv(&bytes)?)
+        let bytes = fs::read(self.dir.join(data_file(&meta)))?;
+        Ok(match meta.format {
+            DatasetFormat::Csv => Table::from_csv(&bytes)?,
+            DatasetFormat::Npy => {
+                let matrix = npy::read(&format!("dataset {}", meta.id), &bytes)?;
+                Table::from_numbers(meta.columns.clone(), matrix.values)?
+            }
+        })
     }
+}
+
+fn data_file(meta: &DatasetMeta) -> String {
+    format!("{}.{}", meta.id, meta.format.extension())
 }
 
 /// Writes `bytes` to `path` through a synced temporary file and a rename.
@@ -141,7 +195,9 @@ mod tests {
     fn stores_lists_and_reopens() {
         let dir = temp_dir("reopen");
         let store = DatasetStore::open(&dir).unwrap();
-        let meta = store.put("rings", b"x,y,label\n1,2,a\n3,4,b\n").unwrap();
+        let meta = store
+            .put_csv("rings", b"x,y,label\n1,2,a\n3,4,b\n")
+            .unwrap();
         assert_eq!(meta.columns, ["x", "y", "label"]);
         assert_eq!(meta.rows, 2);
         assert_eq!(store.load(&meta.id).unwrap().rows(), 2);
@@ -152,10 +208,34 @@ mod tests {
     }
 
     #[test]
+    fn stores_npy_arrays_as_one_matrix() {
+        let dir = temp_dir("npy");
+        let store = DatasetStore::open(&dir).unwrap();
+        let x = npy::write_f32_2d(&[1.0, 2.0, 3.0, 4.0], 2, 2);
+        let y = npy::write_f32_2d(&[7.0, 9.0], 2, 1);
+        let meta = store
+            .put_npy("arrays", &[("x".into(), x), ("y".into(), y)])
+            .unwrap();
+        assert_eq!(meta.columns, ["x[0]", "x[1]", "y[0]"]);
+        assert_eq!((meta.rows, meta.format), (2, DatasetFormat::Npy));
+        let reopened = DatasetStore::open(&dir).unwrap();
+        let table = reopened.load(&meta.id).unwrap();
+        assert_eq!(table.columns, meta.columns);
+        assert_eq!(table.to_numbers().unwrap(), [1.0, 2.0, 7.0, 3.0, 4.0, 9.0]);
+        let err = store
+            .put_npy("bad", &[("x".into(), b"nope".to_vec())])
+            .unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("arrays[\"x\"]: not a .npy file"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn rejects_malformed_csv_and_unknown_ids() {
         let dir = temp_dir("bad");
         let store = DatasetStore::open(&dir).unwrap();
-        let err = store.put("bad", b"a,b\n1,2,3\n").unwrap_err();
+        let err = store.put_csv("bad", b"a,b\n1,2,3\n").unwrap_err();
         assert_eq!(err.to_string(), "row 1: has 3 fields, the header has 2");
         assert!(store.list().is_empty());
         assert!(matches!(store.get("ds-x"), Err(DatasetError::NotFound(_))));

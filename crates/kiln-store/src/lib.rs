@@ -4,5 +4,5 @@
 pub mod datasets;
 pub mod jobs;
 
-pub use datasets::{DatasetError, DatasetMeta, DatasetStore};
+pub use datasets::{DatasetError, DatasetFormat, DatasetMeta, DatasetStore};
 pub use jobs::{CancelFlag, EventCursor, JobError, JobStore};

@@ -7,6 +7,7 @@ use std::path::Path;
 use burn::module::Module;
 use burn::store::ModuleRecord;
 use burn::tensor::{activation, Bytes, Device, Tensor, TensorData};
+use kiln_core::encoding::InputEncoding;
 use kiln_core::prepare::Prepared;
 use kiln_core::scaler::Scaler;
 use kiln_core::spec::Task;
@@ -22,6 +23,8 @@ const WEIGHTS_FILE: &str = "weights.bpk";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelMeta {
     pub arch: ModelArch,
+    /// The input columns and their one-hot encodings; `feature_names` are its features.
+    pub encoding: InputEncoding,
     pub feature_names: Vec<String>,
     pub target_names: Vec<String>,
     /// Classification: the label of each class index.
@@ -59,6 +62,7 @@ impl ModelArtifact {
         Ok(Self {
             meta: ModelMeta {
                 arch: trained.arch.clone(),
+                encoding: data.encoding.clone(),
                 feature_names: data.feature_names.clone(),
                 target_names: data.target_names.clone(),
                 class_labels: data.class_labels.clone(),

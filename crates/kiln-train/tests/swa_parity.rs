@@ -10,6 +10,7 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
 use kiln::v1 as pb;
+use kiln_core::encoding::InputEncoding;
 use kiln_core::prepare::{Prepared, Split, SplitTargets};
 use kiln_core::scaler::Scaler;
 use kiln_core::spec::{
@@ -283,6 +284,7 @@ fn train_with_swa_reports_and_serves_by_the_monitor() {
         validation: regression_data(30, inputs, 42),
         width: inputs,
         outputs: 1,
+        encoding: InputEncoding::numeric(&["a", "b", "c"]),
         feature_names: vec!["a".into(), "b".into(), "c".into()],
         target_names: vec!["y".into()],
         class_labels: vec![],

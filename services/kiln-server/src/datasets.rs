@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use kiln::v1 as pb;
-use kiln_store::DatasetMeta;
+use kiln_store::{DatasetFormat, DatasetMeta};
 use pb::dataset_service_server::DatasetService;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -22,6 +22,47 @@ pub fn to_proto(meta: DatasetMeta) -> pb::Dataset {
             seconds: meta.created_unix,
             nanos: 0,
         }),
+        format: match meta.format {
+            DatasetFormat::Csv => pb::DatasetFormat::Csv,
+            DatasetFormat::Npy => pb::DatasetFormat::Npy,
+        } as i32,
+    }
+}
+
+/// What an upload stream carried: one CSV file, or named `.npy` files.
+enum Upload {
+    Csv(Vec<u8>),
+    Npy(Vec<(String, Vec<u8>)>),
+}
+
+impl Upload {
+    fn new(format: i32) -> Result<Self, Status> {
+        match pb::DatasetFormat::try_from(format) {
+            Ok(pb::DatasetFormat::Unspecified | pb::DatasetFormat::Csv) => Ok(Upload::Csv(vec![])),
+            Ok(pb::DatasetFormat::Npy) => Ok(Upload::Npy(vec![])),
+            Err(_) => Err(Status::invalid_argument(format!(
+                "format: unknown value {format}"
+            ))),
+        }
+    }
+
+    fn append(&mut self, array: String, chunk: &[u8]) -> Result<(), Status> {
+        match self {
+            Upload::Csv(bytes) if array.is_empty() => bytes.extend_from_slice(chunk),
+            Upload::Csv(_) => {
+                return Err(Status::invalid_argument(
+                    "array: only NPY uploads (format DATASET_FORMAT_NPY) have arrays",
+                ))
+            }
+            Upload::Npy(arrays) => {
+                let name = if array.is_empty() { "x".into() } else { array };
+                match arrays.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, bytes)) => bytes.extend_from_slice(chunk),
+                    None => arrays.push((name, chunk.to_vec())),
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -33,28 +74,34 @@ impl DatasetService for Datasets {
     ) -> Result<Response<pb::Dataset>, Status> {
         let mut stream = request.into_inner();
         let limit = self.0.config.max_dataset_bytes;
-        let mut name = None;
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.message().await? {
-            name.get_or_insert(chunk.name);
-            if (bytes.len() + chunk.chunk.len()) as u64 > limit {
+        let mut header: Option<(String, Upload)> = None;
+        let mut total = 0u64;
+        while let Some(message) = stream.message().await? {
+            if header.is_none() {
+                header = Some((message.name, Upload::new(message.format)?));
+            }
+            total += message.chunk.len() as u64;
+            if total > limit {
                 return Err(Status::resource_exhausted(format!(
                     "dataset is larger than the server's limit of {limit} bytes (max_dataset_bytes)"
                 )));
             }
-            bytes.extend_from_slice(&chunk.chunk);
+            let (_, upload) = header.as_mut().expect("set above");
+            upload.append(message.array, &message.chunk)?;
         }
-        if bytes.is_empty() {
+        let Some((name, upload)) = header.filter(|_| total > 0) else {
             return Err(Status::invalid_argument(
                 "chunk: the upload carried no data",
             ));
-        }
+        };
         let datasets = self.0.datasets.clone();
-        let name = name.unwrap_or_default();
-        let meta = tokio::task::spawn_blocking(move || datasets.put(&name, &bytes))
-            .await
-            .map_err(|e| Status::internal(format!("dataset upload panicked: {e}")))?
-            .map_err(status::dataset)?;
+        let meta = tokio::task::spawn_blocking(move || match upload {
+            Upload::Csv(bytes) => datasets.put_csv(&name, &bytes),
+            Upload::Npy(arrays) => datasets.put_npy(&name, &arrays),
+        })
+        .await
+        .map_err(|e| Status::internal(format!("dataset upload panicked: {e}")))?
+        .map_err(status::dataset)?;
         tracing::info!(dataset = %meta.id, rows = meta.rows, "dataset stored");
         Ok(Response::new(to_proto(meta)))
     }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use kiln::v1 as pb;
+use kiln_core::encoding::{InputColumn, InputEncoding};
 use kiln_serve::ServedModel;
 use kiln_train::Output;
 use pb::inference_service_server::InferenceService;
@@ -47,29 +48,20 @@ impl InferenceService for Inference {
     ) -> Result<Response<pb::PredictResponse>, Status> {
         let request = request.into_inner();
         let model = self.model(&request.model)?;
-        let width = model.meta.arch.inputs;
-        if request.rows.is_empty() {
-            return Err(Status::invalid_argument(
-                "rows: at least one row is required",
-            ));
-        }
-        let mut values = Vec::with_capacity(request.rows.len() * width);
-        for (i, row) in request.rows.iter().enumerate() {
-            if row.values.len() != width {
-                return Err(Status::invalid_argument(format!(
-                    "rows[{i}]: has {} values; model \"{}\" expects {width} features ({})",
-                    row.values.len(),
-                    model.name,
-                    model.meta.feature_names.join(", ")
-                )));
+        let values = match (request.rows.is_empty(), request.text_rows.is_empty()) {
+            (false, true) => feature_rows(&model, &request.rows)?,
+            (true, false) => text_rows(&model, &request.text_rows)?,
+            (true, true) => {
+                return Err(Status::invalid_argument(
+                    "rows: at least one row (in rows or text_rows) is required",
+                ))
             }
-            if let Some(j) = row.values.iter().position(|v| !v.is_finite()) {
-                return Err(Status::invalid_argument(format!(
-                    "rows[{i}].values[{j}]: must be finite"
-                )));
+            (false, false) => {
+                return Err(Status::invalid_argument(
+                    "text_rows: set either rows or text_rows, not both",
+                ))
             }
-            values.extend(row.values.iter().map(|&v| v as f32));
-        }
+        };
         let answer = model.batcher.predict(values).await.map_err(status::serve)?;
         let labels = &model.meta.class_labels;
         let predictions = match answer.output {
@@ -118,6 +110,8 @@ impl InferenceService for Inference {
                 job_id: m.job_id.clone(),
                 task: m.meta.arch.task.to_proto() as i32,
                 feature_columns: m.meta.feature_names.clone(),
+                input_columns: m.meta.encoding.input_names(),
+                categorical_columns: categorical_columns(&m.meta.encoding),
                 target_columns: m.meta.target_names.clone(),
                 classes: m.meta.class_labels.clone(),
                 metrics: self.0.store.get(&m.job_id).ok().and_then(|j| j.best),
@@ -126,4 +120,69 @@ impl InferenceService for Inference {
             .collect();
         Ok(Response::new(pb::ListModelsResponse { models }))
     }
+}
+
+/// Feature rows (after encoding, before scaling), checked for width and finiteness.
+fn feature_rows(model: &ServedModel, rows: &[pb::Row]) -> Result<Vec<f32>, Status> {
+    let width = model.meta.arch.inputs;
+    let mut values = Vec::with_capacity(rows.len() * width);
+    for (i, row) in rows.iter().enumerate() {
+        if row.values.len() != width {
+            return Err(Status::invalid_argument(format!(
+                "rows[{i}]: has {} values; model \"{}\" expects {width} features ({})",
+                row.values.len(),
+                model.name,
+                model.meta.feature_names.join(", ")
+            )));
+        }
+        if let Some(j) = row.values.iter().position(|v| !v.is_finite()) {
+            return Err(Status::invalid_argument(format!(
+                "rows[{i}].values[{j}]: must be finite"
+            )));
+        }
+        values.extend(row.values.iter().map(|&v| v as f32));
+    }
+    Ok(values)
+}
+
+/// Raw rows of the input columns, encoded as in training.
+fn text_rows(model: &ServedModel, rows: &[pb::TextRow]) -> Result<Vec<f32>, Status> {
+    let inputs = model.meta.encoding.input_names();
+    let encoder = model.meta.encoding.encoder();
+    let mut values = Vec::with_capacity(rows.len() * model.meta.arch.inputs);
+    for (i, row) in rows.iter().enumerate() {
+        if row.cells.len() != inputs.len() {
+            return Err(Status::invalid_argument(format!(
+                "text_rows[{i}]: has {} cells; model \"{}\" reads {} columns ({})",
+                row.cells.len(),
+                model.name,
+                inputs.len(),
+                inputs.join(", ")
+            )));
+        }
+        encoder
+            .encode(
+                |j| row.cells[j].trim(),
+                |j| format!("text_rows[{i}].cells[{j}] (column \"{}\")", inputs[j]),
+                &mut values,
+            )
+            .map_err(status::invalid)?;
+    }
+    Ok(values)
+}
+
+fn categorical_columns(encoding: &InputEncoding) -> Vec<pb::CategoricalColumn> {
+    encoding
+        .columns
+        .iter()
+        .filter_map(|c| match c {
+            InputColumn::OneHot {
+                name, categories, ..
+            } => Some(pb::CategoricalColumn {
+                column: name.clone(),
+                categories: categories.clone(),
+            }),
+            InputColumn::Numeric(_) => None,
+        })
+        .collect()
 }
