@@ -1,5 +1,6 @@
-//! Compiles proto/ into the `kiln` API crate and writes the file descriptor set
-//! that the server hands to gRPC reflection.
+//! Compiles proto/ (kiln.v1 and the Open Inference Protocol's `inference`)
+//! into the `kiln` API crate and writes the file descriptor set that the
+//! server hands to gRPC reflection.
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -14,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/kiln/v1/jobs.proto",
         "proto/kiln/v1/datasets.proto",
         "proto/kiln/v1/inference.proto",
+        // The Open Inference Protocol v2 (package `inference`).
+        "proto/inference/grpc_service.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("kiln_descriptor.bin"))

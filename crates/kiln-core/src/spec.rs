@@ -488,16 +488,22 @@ fn validate_model_name(name: &str) -> Result<Option<String>> {
     if name.is_empty() {
         return Ok(None);
     }
+    check_model_name("spec.model_name", name)?;
+    Ok(Some(name.to_string()))
+}
+
+/// A model name: 1 to 128 letters, digits, '-', '_' or '.'.
+pub fn check_model_name(field: &str, name: &str) -> Result<()> {
     let ok_chars = name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !ok_chars || name.len() > MAX_MODEL_NAME_LEN {
+    if name.is_empty() || !ok_chars || name.len() > MAX_MODEL_NAME_LEN {
         return Err(FieldError::new(
-            "spec.model_name",
+            field,
             format!("must be 1 to {MAX_MODEL_NAME_LEN} letters, digits, '-', '_' or '.'"),
         ));
     }
-    Ok(Some(name.to_string()))
+    Ok(())
 }
 
 fn validate_data(data: &pb::DataSpec, task: Task) -> Result<DataSpec> {

@@ -1,11 +1,12 @@
-//! kiln's serving side: the registry of loaded models and, per model, a
-//! worker thread that batches concurrent requests into one forward pass.
+//! kiln's serving side: the registry of model versions and aliases and, per
+//! loaded version, worker threads that batch concurrent requests into one
+//! forward pass.
 
 pub mod batcher;
 pub mod registry;
 
-pub use batcher::{Answer, BatcherConfig, BatcherHandle};
-pub use registry::{ModelRegistry, ServedModel};
+pub use batcher::{Answer, BatcherConfig, BatcherHandle, StatsSnapshot};
+pub use registry::{ModelRegistry, ServedModel, VersionInfo};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ServeError {
@@ -15,6 +16,14 @@ pub enum ServeError {
     QueueFull,
     #[error("the model's worker has stopped")]
     Stopped,
+    #[error("the request's deadline passed before it was answered")]
+    DeadlineExceeded,
     #[error("loading the model failed: {0}")]
     Load(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    NotLoaded(String),
+    #[error("{0}")]
+    Invalid(String),
 }

@@ -1,48 +1,106 @@
-//! Models being served, by name. Each finished job registers its model under
-//! the job id and under its model name; a later job with the same model name
-//! replaces the earlier one as a new version, atomically.
+//! The model registry: every model name has versions 1, 2, ... (one per
+//! successful job, or per import) and aliases such as `production` that point
+//! at a version and move atomically. A version is loaded (its batcher running,
+//! warmed up) or unloaded (only its artifact kept, ready to load again).
+//!
+//! Requests resolve a model once and hold the `Arc<ServedModel>` until they are
+//! answered, so moving an alias or unloading a version never drops a request
+//! already in flight.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use kiln_train::{ModelArtifact, ModelMeta};
 
-use crate::batcher::{BatcherConfig, BatcherHandle};
+use crate::batcher::{BatcherConfig, BatcherHandle, StatsSnapshot};
 use crate::ServeError;
 
-/// A loaded model and its prediction worker.
+/// A loaded model version and its batcher.
 pub struct ServedModel {
     pub name: String,
-    /// 1, 2, ... per name.
     pub version: u32,
+    /// The job that trained it; empty for an imported model.
     pub job_id: String,
     pub meta: ModelMeta,
     pub device: String,
     pub batcher: BatcherHandle,
 }
 
-#[derive(Default)]
+/// One version as listed: loaded or not, with the aliases pointing at it.
+#[derive(Debug, Clone)]
+pub struct VersionInfo {
+    pub name: String,
+    pub version: u32,
+    pub job_id: String,
+    pub meta: ModelMeta,
+    pub device: String,
+    pub loaded: bool,
+    pub aliases: Vec<String>,
+    /// The batcher's counters while loaded.
+    pub stats: Option<StatsSnapshot>,
+}
+
 pub struct ModelRegistry {
-    inner: RwLock<Inner>,
+    inner: RwLock<HashMap<String, Versions>>,
+    /// Job id -> (name, version).
+    by_job: RwLock<HashMap<String, (String, u32)>>,
     config: BatcherConfig,
+    ready: AtomicBool,
 }
 
 #[derive(Default)]
-struct Inner {
-    by_name: HashMap<String, Arc<ServedModel>>,
-    by_job: HashMap<String, Arc<ServedModel>>,
+struct Versions {
+    slots: BTreeMap<u32, Slot>,
+    aliases: BTreeMap<String, u32>,
+}
+
+struct Slot {
+    job_id: String,
+    artifact: ModelArtifact,
+    device: kiln_train::Device,
+    device_name: String,
+    loaded: Option<Arc<ServedModel>>,
+}
+
+/// Which version a request means.
+enum Selector<'a> {
+    /// "": the newest (loaded, when serving) version.
+    Latest,
+    Number(u32),
+    Alias(&'a str),
+}
+
+impl<'a> Selector<'a> {
+    fn parse(version: &'a str) -> Self {
+        match version {
+            "" => Selector::Latest,
+            v => v.parse().map_or(Selector::Alias(v), Selector::Number),
+        }
+    }
 }
 
 impl ModelRegistry {
     pub fn new(config: BatcherConfig) -> Self {
         Self {
             inner: RwLock::default(),
+            by_job: RwLock::default(),
             config,
+            ready: AtomicBool::new(true),
         }
     }
 
-    /// Loads `artifact` on `device` (with a warm-up pass) and makes it answer
-    /// for `name` and for `job_id`.
+    /// Whether the server has loaded what it should (readiness probes).
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Loads `artifact` on `device` (with a warm-up pass) as the next version
+    /// of `name`; a non-empty `job_id` also resolves to it.
     pub fn register(
         &self,
         name: &str,
@@ -51,44 +109,215 @@ impl ModelRegistry {
         device: kiln_train::Device,
         device_name: &str,
     ) -> Result<Arc<ServedModel>, ServeError> {
-        let meta = artifact.meta.clone();
-        let batcher = BatcherHandle::spawn(name, artifact, device, self.config)?;
+        let batcher = BatcherHandle::spawn(name, &artifact, device.clone(), self.config)?;
         let mut inner = self.inner.write().unwrap();
-        let version = inner.by_name.get(name).map_or(1, |m| m.version + 1);
+        let versions = inner.entry(name.to_string()).or_default();
+        let version = versions.slots.keys().next_back().map_or(1, |v| v + 1);
         let model = Arc::new(ServedModel {
             name: name.to_string(),
             version,
             job_id: job_id.to_string(),
-            meta,
+            meta: artifact.meta.clone(),
             device: device_name.to_string(),
             batcher,
         });
-        inner.by_name.insert(name.to_string(), model.clone());
-        inner.by_job.insert(job_id.to_string(), model.clone());
+        versions.slots.insert(
+            version,
+            Slot {
+                job_id: job_id.to_string(),
+                artifact,
+                device,
+                device_name: device_name.to_string(),
+                loaded: Some(model.clone()),
+            },
+        );
+        if !job_id.is_empty() {
+            let key = (name.to_string(), version);
+            self.by_job.write().unwrap().insert(job_id.to_string(), key);
+        }
         Ok(model)
     }
 
-    /// The model serving `name`: a model name first, else a job id.
-    pub fn get(&self, name: &str) -> Option<Arc<ServedModel>> {
+    /// The loaded model answering for `name` (a model name, or the id of the
+    /// job that trained it) at `version`: "" for the newest loaded version, a
+    /// number, or an alias.
+    pub fn resolve(&self, name: &str, version: &str) -> Result<Arc<ServedModel>, ServeError> {
+        let (name, version) = self.by_job_id(name, version);
         let inner = self.inner.read().unwrap();
-        inner
-            .by_name
-            .get(name)
-            .or_else(|| inner.by_job.get(name))
-            .cloned()
+        let versions = inner
+            .get(&name)
+            .ok_or_else(|| ServeError::NotFound(format!("model \"{name}\" not found")))?;
+        if let Selector::Latest = Selector::parse(&version) {
+            return versions
+                .slots
+                .values()
+                .rev()
+                .find_map(|s| s.loaded.clone())
+                .ok_or_else(|| {
+                    ServeError::NotLoaded(format!("no version of model \"{name}\" is loaded"))
+                });
+        }
+        let number = versions.select(&name, &version)?;
+        versions.slots[&number].loaded.clone().ok_or_else(|| {
+            ServeError::NotLoaded(format!(
+                "model \"{name}\" version {number} is not loaded (LoadModel loads it)"
+            ))
+        })
     }
 
-    /// The current version of every model name, sorted by name.
-    pub fn list(&self) -> Vec<Arc<ServedModel>> {
-        let mut all: Vec<_> = self
-            .inner
-            .read()
-            .unwrap()
-            .by_name
-            .values()
-            .cloned()
-            .collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
+    /// A job id stands for the version it trained.
+    fn by_job_id(&self, name: &str, version: &str) -> (String, String) {
+        if self.inner.read().unwrap().contains_key(name) {
+            return (name.to_string(), version.to_string());
+        }
+        match self.by_job.read().unwrap().get(name) {
+            Some((model, v)) if version.is_empty() => (model.clone(), v.to_string()),
+            _ => (name.to_string(), version.to_string()),
+        }
+    }
+
+    /// The model name `name` means (itself, or the model a job id trained).
+    pub fn resolve_name(&self, name: &str) -> String {
+        self.by_job_id(name, "").0
+    }
+
+    /// Every registered version of `name`, loaded or not, oldest first.
+    pub fn versions(&self, name: &str) -> Vec<u32> {
+        let (name, _) = self.by_job_id(name, "");
+        let inner = self.inner.read().unwrap();
+        inner
+            .get(&name)
+            .map(|v| v.slots.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Loads (and warms up) a version; "" is the newest registered one.
+    pub fn load(&self, name: &str, version: &str) -> Result<Arc<ServedModel>, ServeError> {
+        let (name, version) = self.by_job_id(name, version);
+        let (number, job_id, artifact, device, device_name) = {
+            let inner = self.inner.read().unwrap();
+            let versions = inner
+                .get(&name)
+                .ok_or_else(|| ServeError::NotFound(format!("model \"{name}\" not found")))?;
+            let number = versions.select(&name, &version)?;
+            let slot = &versions.slots[&number];
+            if let Some(model) = &slot.loaded {
+                return Ok(model.clone());
+            }
+            let s = (slot.job_id.clone(), slot.artifact.clone());
+            (
+                number,
+                s.0,
+                s.1,
+                slot.device.clone(),
+                slot.device_name.clone(),
+            )
+        };
+        // Load outside the lock: warm-up takes a while and requests must flow.
+        let batcher = BatcherHandle::spawn(&name, &artifact, device, self.config)?;
+        let model = Arc::new(ServedModel {
+            name: name.clone(),
+            version: number,
+            job_id,
+            meta: artifact.meta,
+            device: device_name,
+            batcher,
+        });
+        let mut inner = self.inner.write().unwrap();
+        let slot = inner
+            .get_mut(&name)
+            .and_then(|v| v.slots.get_mut(&number))
+            .expect("versions are never removed");
+        Ok(slot.loaded.get_or_insert(model).clone())
+    }
+
+    /// Stops serving a version (requests in flight finish); returns its number.
+    pub fn unload(&self, name: &str, version: &str) -> Result<u32, ServeError> {
+        let (name, version) = self.by_job_id(name, version);
+        let mut inner = self.inner.write().unwrap();
+        let versions = inner
+            .get_mut(&name)
+            .ok_or_else(|| ServeError::NotFound(format!("model \"{name}\" not found")))?;
+        let number = versions.select(&name, &version)?;
+        versions.slots.get_mut(&number).expect("selected").loaded = None;
+        Ok(number)
+    }
+
+    /// Points `alias` at `version` of `name` (a number, or another alias), atomically.
+    pub fn set_alias(&self, name: &str, alias: &str, version: &str) -> Result<u32, ServeError> {
+        let valid = !alias.is_empty()
+            && alias.parse::<u32>().is_err()
+            && alias
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            return Err(ServeError::Invalid(format!(
+                "alias: \"{alias}\" must be letters, digits, '-', '_' or '.', and not a number"
+            )));
+        }
+        if version.is_empty() {
+            return Err(ServeError::Invalid("version: required".into()));
+        }
+        let mut inner = self.inner.write().unwrap();
+        let versions = inner
+            .get_mut(name)
+            .ok_or_else(|| ServeError::NotFound(format!("model \"{name}\" not found")))?;
+        let number = versions.select(name, version)?;
+        versions.aliases.insert(alias.to_string(), number);
+        Ok(number)
+    }
+
+    /// The artifact of a version ("" is the newest), for export.
+    pub fn artifact(&self, name: &str, version: &str) -> Result<(u32, ModelArtifact), ServeError> {
+        let (name, version) = self.by_job_id(name, version);
+        let inner = self.inner.read().unwrap();
+        let versions = inner
+            .get(&name)
+            .ok_or_else(|| ServeError::NotFound(format!("model \"{name}\" not found")))?;
+        let number = versions.select(&name, &version)?;
+        Ok((number, versions.slots[&number].artifact.clone()))
+    }
+
+    /// Every version of every model, by name then version.
+    pub fn list(&self) -> Vec<VersionInfo> {
+        let inner = self.inner.read().unwrap();
+        let mut names: Vec<_> = inner.keys().collect();
+        names.sort();
+        let mut all = Vec::new();
+        for name in names {
+            let versions = &inner[name];
+            for (&version, slot) in &versions.slots {
+                all.push(VersionInfo {
+                    name: name.clone(),
+                    version,
+                    job_id: slot.job_id.clone(),
+                    meta: slot.artifact.meta.clone(),
+                    device: slot.device_name.clone(),
+                    loaded: slot.loaded.is_some(),
+                    aliases: versions
+                        .aliases
+                        .iter()
+                        .filter(|(_, &v)| v == version)
+                        .map(|(a, _)| a.clone())
+                        .collect(),
+                    stats: slot.loaded.as_ref().map(|m| m.batcher.stats()),
+                });
+            }
+        }
         all
+    }
+}
+
+impl Versions {
+    /// The version number `version` means: "" the newest, a number, or an alias.
+    fn select(&self, name: &str, version: &str) -> Result<u32, ServeError> {
+        let number = match Selector::parse(version) {
+            Selector::Latest => self.slots.keys().next_back().copied(),
+            Selector::Number(n) => Some(n).filter(|n| self.slots.contains_key(n)),
+            Selector::Alias(alias) => self.aliases.get(alias).copied(),
+        };
+        number.ok_or_else(|| {
+            ServeError::NotFound(format!("model \"{name}\" has no version \"{version}\""))
+        })
     }
 }

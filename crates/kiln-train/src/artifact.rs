@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 
 use burn::module::Module;
-use burn::store::ModuleRecord;
+use burn::store::{ModuleRecord, ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{activation, Bytes, Device, Tensor, TensorData};
 use kiln_core::encoding::InputEncoding;
 use kiln_core::prepare::Prepared;
@@ -18,6 +18,8 @@ use crate::train::Trained;
 
 const META_FILE: &str = "model.json";
 const WEIGHTS_FILE: &str = "weights.bpk";
+/// The safetensors metadata key holding `ModelMeta` as JSON in an exported model.
+pub const SAFETENSORS_META_KEY: &str = "kiln.model";
 
 /// Everything about a model but its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +51,8 @@ pub enum ArtifactError {
     Meta(#[from] serde_json::Error),
     #[error("model artifact weights: {0}")]
     Weights(String),
+    #[error("not a kiln model file: {0}")]
+    NotAModel(String),
 }
 
 impl ModelArtifact {
@@ -91,6 +95,66 @@ impl ModelArtifact {
             weights: fs::read(dir.join(WEIGHTS_FILE))?,
         })
     }
+
+    /// The network, with its weights, on `device`.
+    fn model(&self, device: &Device) -> Result<Mlp, ArtifactError> {
+        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(self.weights.clone()))
+            .map_err(|e| ArtifactError::Weights(format!("{e:?}")))?;
+        Ok(Mlp::new(&self.meta.arch, device).load_record(record))
+    }
+
+    /// One portable file: a safetensors file with every parameter and
+    /// BatchNorm statistic as a named F32 tensor, and the metadata (as JSON)
+    /// under the key `kiln.model`.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, ArtifactError> {
+        let model = self.model(&crate::device::cpu())?;
+        let mut store = SafetensorsStore::from_bytes(None)
+            .metadata(SAFETENSORS_META_KEY, serde_json::to_string(&self.meta)?);
+        model
+            .save_into(&mut store)
+            .map_err(|e| ArtifactError::Weights(e.to_string()))?;
+        store
+            .get_bytes()
+            .map_err(|e| ArtifactError::Weights(e.to_string()))
+    }
+
+    /// Reads a file written by `to_safetensors`; every tensor the network
+    /// needs must be there with its shape.
+    pub fn from_safetensors(bytes: &[u8]) -> Result<Self, ArtifactError> {
+        let meta: ModelMeta = serde_json::from_str(&safetensors_metadata(bytes)?)?;
+        let mut model = Mlp::new(&meta.arch, &crate::device::cpu());
+        let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()));
+        model
+            .load_from(&mut store)
+            .map_err(|e| ArtifactError::Weights(e.to_string()))?;
+        let weights = model
+            .into_record()
+            .into_bytes()
+            .map_err(|e| ArtifactError::Weights(format!("{e:?}")))?;
+        Ok(Self {
+            meta,
+            weights: weights.to_vec(),
+        })
+    }
+}
+
+/// The `kiln.model` entry of a safetensors file's `__metadata__`: the header
+/// is an 8-byte little-endian length, then that many bytes of JSON.
+fn safetensors_metadata(bytes: &[u8]) -> Result<String, ArtifactError> {
+    let not_a_model = |why: &str| ArtifactError::NotAModel(why.to_string());
+    let len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .ok_or_else(|| not_a_model("shorter than a safetensors header"))?;
+    let header = bytes
+        .get(8..8usize.saturating_add(len))
+        .ok_or_else(|| not_a_model("truncated safetensors header"))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(header).map_err(|_| not_a_model("unreadable safetensors header"))?;
+    header["__metadata__"][SAFETENSORS_META_KEY]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| not_a_model("no \"kiln.model\" metadata in the safetensors header"))
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -119,11 +183,8 @@ pub struct Predictor {
 
 impl Predictor {
     pub fn new(artifact: &ModelArtifact, device: &Device) -> Result<Self, ArtifactError> {
-        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(artifact.weights.clone()))
-            .map_err(|e| ArtifactError::Weights(format!("{e:?}")))?;
-        let model = Mlp::new(&artifact.meta.arch, device).load_record(record);
         Ok(Self {
-            model,
+            model: artifact.model(device)?,
             meta: artifact.meta.clone(),
             device: device.clone(),
         })

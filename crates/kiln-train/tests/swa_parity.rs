@@ -4,14 +4,14 @@
 
 mod common;
 
-use common::pseudo_random;
+use common::{pseudo_random, regression_data};
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
 use kiln::v1 as pb;
 use kiln_core::encoding::InputEncoding;
-use kiln_core::prepare::{Prepared, Split, SplitTargets};
+use kiln_core::prepare::Prepared;
 use kiln_core::scaler::Scaler;
 use kiln_core::spec::{
     Activation, BatchNormSpec, FanMode, Init, InitDistribution, InitKind, JobSpec, LayerSpec,
@@ -221,21 +221,6 @@ fn update_bn_matches_torch() {
     assert_eq!(out.len(), want.len());
     for (i, (a, b)) in out.iter().zip(&want).enumerate() {
         assert!(close(*a as f64, *b), "eval output {i}: kiln {a}, torch {b}");
-    }
-}
-
-fn regression_data(rows: usize, inputs: usize, seed: u64) -> Split {
-    let x = pseudo_random(rows * inputs, seed);
-    let noise = pseudo_random(rows, seed + 1);
-    let y = x
-        .chunks(inputs)
-        .zip(noise)
-        .map(|(r, n)| r[0] * 2.0 - r[1] + 0.5 * r[2] * r[0] + 0.1 * n)
-        .collect();
-    Split {
-        x,
-        y: SplitTargets::Values(y),
-        rows,
     }
 }
 

@@ -22,6 +22,11 @@ pub struct Config {
     pub max_batch_rows: usize,
     /// Prediction requests that may wait per model; more get RESOURCE_EXHAUSTED.
     pub predict_queue_capacity: usize,
+    /// How long a prediction worker holding a partial batch waits for more
+    /// rows, in milliseconds (0: take what is queued, never wait).
+    pub max_queue_delay_ms: f64,
+    /// Prediction worker threads per loaded model, each with its own copy.
+    pub model_instances: usize,
     /// Log filter in `tracing` syntax, e.g. "info" or "kiln=debug".
     pub log: String,
     /// Seconds open calls get to finish after SIGTERM/SIGINT before exit.
@@ -38,6 +43,8 @@ impl Default for Config {
             max_dataset_bytes: 1 << 30,
             max_batch_rows: 1024,
             predict_queue_capacity: 1024,
+            max_queue_delay_ms: 0.0,
+            model_instances: 1,
             log: "info".into(),
             shutdown_grace_seconds: 10.0,
         }

@@ -1,27 +1,33 @@
-//! `kiln.v1.InferenceService`: requests go to the model's batcher.
+//! `kiln.v1.InferenceService`: predictions go to the model version's batcher;
+//! the registry calls (load, unload, alias, export, import) go to the registry.
 
 use std::sync::Arc;
 
 use kiln::v1 as pb;
 use kiln_core::encoding::{InputColumn, InputEncoding};
-use kiln_serve::ServedModel;
-use kiln_train::Output;
+use kiln_core::spec::{check_model_name, DeviceChoice};
+use kiln_serve::{ModelRegistry, ServeError, ServedModel, VersionInfo};
+use kiln_train::{ModelArtifact, Output};
 use pb::inference_service_server::InferenceService;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
-use crate::{status, Kiln};
+use crate::{deadline, status, Kiln};
 
 pub struct Inference(pub Arc<Kiln>);
 
+/// Bytes per ExportModel message.
+const EXPORT_CHUNK: usize = 1 << 20;
+
 impl Inference {
-    /// The model answering for `name`, or why there is none.
-    fn model(&self, name: &str) -> Result<Arc<ServedModel>, Status> {
+    /// The loaded model answering for `name` at `version`, or why there is none.
+    fn model(&self, name: &str, version: &str) -> Result<Arc<ServedModel>, Status> {
         if name.is_empty() {
             return Err(Status::invalid_argument("model: required"));
         }
-        if let Some(model) = self.0.models.get(name) {
-            return Ok(model);
-        }
+        let error = match self.0.models.resolve(name, version) {
+            Ok(model) => return Ok(model),
+            Err(e) => e,
+        };
         // Known as a job or a job's model name, but nothing served yet?
         let job = self
             .0
@@ -30,13 +36,67 @@ impl Inference {
             .into_iter()
             .find(|j| j.id == name || j.model_name == name);
         match job {
-            Some(job) => Err(Status::failed_precondition(format!(
-                "model \"{name}\" is not servable yet: job {} is {}",
-                job.id,
-                job.state().as_str_name()
-            ))),
-            None => Err(Status::not_found(format!("model \"{name}\" not found"))),
+            Some(job) if self.0.models.versions(name).is_empty() => {
+                Err(Status::failed_precondition(format!(
+                    "model \"{name}\" is not servable yet: job {} is {}",
+                    job.id,
+                    job.state().as_str_name()
+                )))
+            }
+            _ => Err(status::serve(error)),
         }
+    }
+
+    fn info(&self, name: &str, version: u32) -> Result<pb::ModelInfo, Status> {
+        self.0
+            .models
+            .list()
+            .into_iter()
+            .find(|v| v.name == name && v.version == version)
+            .map(|v| self.to_proto(v))
+            .ok_or_else(|| Status::not_found(format!("model \"{name}\" version {version}")))
+    }
+
+    fn to_proto(&self, v: VersionInfo) -> pb::ModelInfo {
+        let meta = &v.meta;
+        pb::ModelInfo {
+            task: meta.arch.task.to_proto() as i32,
+            feature_columns: meta.feature_names.clone(),
+            input_columns: meta.encoding.input_names(),
+            categorical_columns: categorical_columns(&meta.encoding),
+            target_columns: meta.target_names.clone(),
+            classes: meta.class_labels.clone(),
+            metrics: self.0.store.get(&v.job_id).ok().and_then(|j| j.best),
+            device: v.device,
+            loaded: v.loaded,
+            aliases: v.aliases,
+            stats: v.stats.map(|s| pb::BatcherStats {
+                queue_depth: s.queue_depth as u64,
+                requests: s.requests,
+                rejected_full: s.rejected_full,
+                expired: s.expired,
+                batches: s.batches,
+                batch_rows: s.batch_rows,
+                max_batch_rows: s.max_batch_rows,
+                queue_seconds: s.queue_seconds,
+                compute_seconds: s.compute_seconds,
+            }),
+            name: v.name,
+            version: v.version,
+            job_id: v.job_id,
+        }
+    }
+
+    /// Runs registry work that may load a model (seconds) off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&ModelRegistry) -> Result<T, ServeError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let models = self.0.models.clone();
+        tokio::task::spawn_blocking(move || work(&models))
+            .await
+            .map_err(|e| Status::internal(format!("model registry task panicked: {e}")))?
+            .map_err(status::serve)
     }
 }
 
@@ -46,8 +106,9 @@ impl InferenceService for Inference {
         &self,
         request: Request<pb::PredictRequest>,
     ) -> Result<Response<pb::PredictResponse>, Status> {
+        let deadline = deadline::from_metadata(request.metadata());
         let request = request.into_inner();
-        let model = self.model(&request.model)?;
+        let model = self.model(&request.model, &request.version)?;
         let values = match (request.rows.is_empty(), request.text_rows.is_empty()) {
             (false, true) => feature_rows(&model, &request.rows)?,
             (true, false) => text_rows(&model, &request.text_rows)?,
@@ -62,7 +123,11 @@ impl InferenceService for Inference {
                 ))
             }
         };
-        let answer = model.batcher.predict(values).await.map_err(status::serve)?;
+        let answer = model
+            .batcher
+            .predict(values, deadline)
+            .await
+            .map_err(status::serve)?;
         let labels = &model.meta.class_labels;
         let predictions = match answer.output {
             Output::Values { values, width } => values
@@ -92,6 +157,7 @@ impl InferenceService for Inference {
             predictions,
             queue_seconds: answer.queue_time.as_secs_f64(),
             compute_seconds: answer.compute_time.as_secs_f64(),
+            batch_rows: answer.batch_rows as u32,
         }))
     }
 
@@ -99,26 +165,105 @@ impl InferenceService for Inference {
         &self,
         _request: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
-        let models = self
+        let models = self.0.models.list();
+        Ok(Response::new(pb::ListModelsResponse {
+            models: models.into_iter().map(|v| self.to_proto(v)).collect(),
+        }))
+    }
+
+    async fn load_model(
+        &self,
+        request: Request<pb::ModelRef>,
+    ) -> Result<Response<pb::ModelInfo>, Status> {
+        let r = request.into_inner();
+        let model = self
+            .blocking(move |models| models.load(&r.model, &r.version))
+            .await?;
+        tracing::info!(model = %model.name, version = model.version, "model loaded");
+        Ok(Response::new(self.info(&model.name, model.version)?))
+    }
+
+    async fn unload_model(
+        &self,
+        request: Request<pb::ModelRef>,
+    ) -> Result<Response<pb::ModelInfo>, Status> {
+        let r = request.into_inner();
+        let version = self
             .0
             .models
-            .list()
-            .into_iter()
-            .map(|m| pb::ModelInfo {
-                name: m.name.clone(),
-                version: m.version,
-                job_id: m.job_id.clone(),
-                task: m.meta.arch.task.to_proto() as i32,
-                feature_columns: m.meta.feature_names.clone(),
-                input_columns: m.meta.encoding.input_names(),
-                categorical_columns: categorical_columns(&m.meta.encoding),
-                target_columns: m.meta.target_names.clone(),
-                classes: m.meta.class_labels.clone(),
-                metrics: self.0.store.get(&m.job_id).ok().and_then(|j| j.best),
-                device: m.device.clone(),
+            .unload(&r.model, &r.version)
+            .map_err(status::serve)?;
+        let name = self.0.models.resolve_name(&r.model);
+        tracing::info!(model = %name, version, "model unloaded");
+        Ok(Response::new(self.info(&name, version)?))
+    }
+
+    async fn set_alias(
+        &self,
+        request: Request<pb::SetAliasRequest>,
+    ) -> Result<Response<pb::ModelInfo>, Status> {
+        let r = request.into_inner();
+        let version = self
+            .0
+            .models
+            .set_alias(&r.model, &r.alias, &r.version)
+            .map_err(status::serve)?;
+        tracing::info!(model = %r.model, alias = %r.alias, version, "alias moved");
+        Ok(Response::new(self.info(&r.model, version)?))
+    }
+
+    type ExportModelStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::ModelFileChunk, Status>> + Send>,
+    >;
+
+    async fn export_model(
+        &self,
+        request: Request<pb::ModelRef>,
+    ) -> Result<Response<Self::ExportModelStream>, Status> {
+        let r = request.into_inner();
+        let file = self
+            .blocking(move |models| {
+                let (_, artifact) = models.artifact(&r.model, &r.version)?;
+                artifact
+                    .to_safetensors()
+                    .map_err(|e| ServeError::Load(e.to_string()))
             })
+            .await?;
+        let chunks: Vec<_> = file
+            .chunks(EXPORT_CHUNK)
+            .map(|c| Ok(pb::ModelFileChunk { chunk: c.to_vec() }))
             .collect();
-        Ok(Response::new(pb::ListModelsResponse { models }))
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn import_model(
+        &self,
+        request: Request<Streaming<pb::ImportModelRequest>>,
+    ) -> Result<Response<pb::ModelInfo>, Status> {
+        let mut stream = request.into_inner();
+        let limit = self.0.config.max_dataset_bytes;
+        let mut name = None;
+        let mut file = Vec::new();
+        while let Some(message) = stream.message().await? {
+            name.get_or_insert(message.name);
+            if (file.len() + message.chunk.len()) as u64 > limit {
+                return Err(Status::resource_exhausted(format!(
+                    "model file is larger than the server's limit of {limit} bytes (max_dataset_bytes)"
+                )));
+            }
+            file.extend_from_slice(&message.chunk);
+        }
+        let name = name.unwrap_or_default();
+        check_model_name("name", &name).map_err(status::invalid)?;
+        let artifact = ModelArtifact::from_safetensors(&file)
+            .map_err(|e| Status::invalid_argument(format!("chunk: {e}")))?;
+        let (device, device_name) =
+            kiln_train::device::resolve(DeviceChoice::Auto).map_err(Status::failed_precondition)?;
+        let model = self
+            .blocking(move |models| models.register(&name, "", artifact, device, &device_name))
+            .await?;
+        tracing::info!(model = %model.name, version = model.version, "model imported");
+        Ok(Response::new(self.info(&model.name, model.version)?))
     }
 }
 

@@ -3,8 +3,10 @@
 
 mod config;
 mod datasets;
+mod deadline;
 mod inference;
 mod jobs;
+mod oip;
 mod runner;
 mod status;
 
@@ -80,6 +82,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let models = Arc::new(ModelRegistry::new(BatcherConfig {
         max_batch_rows: config.max_batch_rows,
         queue_capacity: config.predict_queue_capacity,
+        max_queue_delay: std::time::Duration::from_secs_f64(config.max_queue_delay_ms / 1e3),
+        instances: config.model_instances,
     }));
     let runner = runner::Runner::new(
         store.clone(),
@@ -108,6 +112,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await;
     health
         .set_serving::<pb::inference_service_server::InferenceServiceServer<inference::Inference>>()
+        .await;
+    health
+        .set_serving::<kiln::inference::grpc_inference_service_server::GrpcInferenceServiceServer<oip::Oip>>()
         .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -151,6 +158,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             pb::inference_service_server::InferenceServiceServer::new(inference::Inference(
                 kiln.clone(),
             ))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            kiln::inference::grpc_inference_service_server::GrpcInferenceServiceServer::new(
+                oip::Oip(kiln.clone()),
+            )
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message),
         )

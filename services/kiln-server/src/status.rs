@@ -28,6 +28,10 @@ pub fn serve(e: ServeError) -> Status {
         ServeError::WrongWidth { .. } => Status::invalid_argument(format!("rows: {e}")),
         ServeError::QueueFull => Status::resource_exhausted(e.to_string()),
         ServeError::Stopped => Status::unavailable(e.to_string()),
+        ServeError::DeadlineExceeded => Status::deadline_exceeded(e.to_string()),
         ServeError::Load(_) => Status::internal(e.to_string()),
+        ServeError::NotFound(_) => Status::not_found(e.to_string()),
+        ServeError::NotLoaded(_) => Status::failed_precondition(e.to_string()),
+        ServeError::Invalid(_) => Status::invalid_argument(e.to_string()),
     }
 }

@@ -57,3 +57,20 @@ pub fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// `rows` rows of `inputs` (at least 3) pseudo-random features and a smooth
+/// target with a little noise.
+pub fn regression_data(rows: usize, inputs: usize, seed: u64) -> kiln_core::prepare::Split {
+    let x = pseudo_random(rows * inputs, seed);
+    let noise = pseudo_random(rows, seed + 1);
+    let y = x
+        .chunks(inputs)
+        .zip(noise)
+        .map(|(r, n)| r[0] * 2.0 - r[1] + 0.5 * r[2] * r[0] + 0.1 * n)
+        .collect();
+    kiln_core::prepare::Split {
+        x,
+        y: kiln_core::prepare::SplitTargets::Values(y),
+        rows,
+    }
+}
