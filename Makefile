@@ -31,3 +31,14 @@ lint: setup
 
 examples:
 	python3 examples/make_examples.py
+
+# Serving load benchmark: Predict at concurrency 1, 8 and 64 against a
+# release kiln-server (batching on, and off with KILN_MAX_BATCH_ROWS=1), next
+# to the model's raw in-process forward throughput. Not part of `make test`.
+# Extra arguments go through BENCH_ARGS, e.g.
+# BENCH_ARGS="--duration 10 --concurrency 1,16,128 --threads 2".
+.PHONY: bench-serve
+bench-serve: setup
+	$(CARGO) build --release -p kiln-server
+	$(CARGO) run --release -p kiln-serve --example bench_serve -- \
+		--server target/release/kiln-server $(BENCH_ARGS)

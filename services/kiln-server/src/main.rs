@@ -169,7 +169,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .max_encoding_message_size(max_message),
         )
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // TCP_NODELAY: without it Nagle's algorithm holds small
+            // responses back for tens of milliseconds under concurrency.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
         );
     tokio::select! {

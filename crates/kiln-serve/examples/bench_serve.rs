@@ -1,0 +1,521 @@
+//! Serving load benchmark, for `make bench-serve`: drives kiln's Predict at
+//! several concurrencies for a fixed time and prints throughput and latency,
+//! next to the same model's raw in-process batched forward pass (the upper
+//! bound) and the same service with batching off.
+//!
+//! It starts the release kiln-server twice: once as configured (dynamic
+//! batching on) and once with `KILN_MAX_BATCH_ROWS=1` (every request is its own
+//! forward pass). It trains a small MLP on the first, exports it and imports
+//! it into the second, so both serve the identical model; the raw figure loads
+//! the same exported file in this process.
+//!
+//! ```sh
+//! cargo build --release -p kiln-server
+//! cargo run --release -p kiln-serve --example bench_serve -- \
+//!     --duration 5 --concurrency 1,8,64 --threads 1
+//! ```
+//!
+//! Options (defaults in brackets): --server PATH [target/release/kiln-server],
+//! --duration SECS per measurement [5], --warmup SECS before each [1],
+//! --concurrency LIST [1,8,64], --rows-per-request N [1], --threads N libtorch
+//! threads of the servers and of the raw forward [1], --clients-per-conn N
+//! clients sharing one HTTP/2 connection [8], --features N [32],
+//! --hidden LIST [256,256], --classes N [3], --epochs N [2].
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln::v1 as pb;
+use pb::inference_service_client::InferenceServiceClient;
+use pb::job_service_client::JobServiceClient;
+use tonic::transport::Channel;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+struct Args {
+    server: PathBuf,
+    duration: f64,
+    warmup: f64,
+    concurrency: Vec<usize>,
+    rows_per_request: usize,
+    threads: usize,
+    clients_per_conn: usize,
+    features: usize,
+    hidden: Vec<u32>,
+    classes: usize,
+    epochs: u32,
+}
+
+impl Args {
+    fn parse() -> Args {
+        let mut args = Args {
+            server: "target/release/kiln-server".into(),
+            duration: 5.0,
+            warmup: 1.0,
+            concurrency: vec![1, 8, 64],
+            rows_per_request: 1,
+            threads: 1,
+            clients_per_conn: 8,
+            features: 32,
+            hidden: vec![256, 256],
+            classes: 3,
+            epochs: 2,
+        };
+        let raw: Vec<String> = std::env::args().skip(1).collect();
+        let mut it = raw.iter();
+        let list = |v: &str| -> Vec<usize> {
+            v.split(',')
+                .map(|s| s.trim().parse().expect("a comma-separated list of numbers"))
+                .collect()
+        };
+        while let Some(flag) = it.next() {
+            if flag == "--help" || flag == "-h" {
+                println!("see the doc comment of crates/kiln-serve/examples/bench_serve.rs");
+                std::process::exit(0);
+            }
+            let value = it
+                .next()
+                .unwrap_or_else(|| panic!("{flag} needs a value"))
+                .as_str();
+            let num = |v: &str| -> f64 { v.parse().unwrap_or_else(|_| panic!("{flag}: {v:?}")) };
+            match flag.as_str() {
+                "--server" => args.server = value.into(),
+                "--duration" => args.duration = num(value),
+                "--warmup" => args.warmup = num(value),
+                "--concurrency" => args.concurrency = list(value),
+                "--rows-per-request" => args.rows_per_request = num(value).max(1.0) as usize,
+                "--threads" => args.threads = num(value).max(1.0) as usize,
+                "--clients-per-conn" => args.clients_per_conn = num(value).max(1.0) as usize,
+                "--features" => args.features = num(value).max(1.0) as usize,
+                "--hidden" => args.hidden = list(value).into_iter().map(|u| u as u32).collect(),
+                "--classes" => args.classes = num(value).max(2.0) as usize,
+                "--epochs" => args.epochs = num(value).max(1.0) as u32,
+                other => panic!("unknown option {other} (see --help)"),
+            }
+        }
+        args
+    }
+}
+
+/// A kiln-server child process with its own data directory.
+struct Server {
+    child: Child,
+    addr: String,
+    data_dir: PathBuf,
+}
+
+impl Server {
+    fn start(bin: &PathBuf, tag: &str, env: &[(&str, String)]) -> Server {
+        let data_dir =
+            std::env::temp_dir().join(format!("kiln-bench-serve-{}-{tag}", std::process::id()));
+        let mut child = Command::new(bin)
+            .env("KILN_LISTEN", "127.0.0.1:0")
+            .env("KILN_DATA_DIR", &data_dir)
+            .env("KILN_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "start {}: {e} (build it: cargo build --release -p kiln-server)",
+                    bin.display()
+                )
+            });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read server banner");
+        let addr = line
+            .trim()
+            .strip_prefix("kiln-server listening on ")
+            .unwrap_or_else(|| panic!("unexpected server banner {line:?}"))
+            .to_string();
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = stdout.read_to_end(&mut sink);
+        });
+        Server {
+            child,
+            addr,
+            data_dir,
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to kiln-server")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// A deterministic pseudo-random value in [0, 1).
+fn value(i: usize, j: usize) -> f64 {
+    let h = (i as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add((j as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
+    ((h ^ (h >> 29)) % 10_007) as f64 / 10_007.0
+}
+
+fn feature_row(i: usize, features: usize) -> Vec<f64> {
+    (0..features).map(|j| value(i, j)).collect()
+}
+
+fn job(args: &Args) -> pb::JobSpec {
+    let n = 512;
+    let rows = (0..n)
+        .map(|i| {
+            let mut values = feature_row(i, args.features);
+            let class = ((values[0] + values[1 % args.features]) * args.classes as f64 / 2.0)
+                .floor()
+                .min(args.classes as f64 - 1.0);
+            values.push(class);
+            pb::Row { values }
+        })
+        .collect();
+    let mut columns: Vec<String> = (0..args.features).map(|j| format!("x{j}")).collect();
+    columns.push("label".into());
+    pb::JobSpec {
+        task: pb::Task::MulticlassClassification as i32,
+        model_name: "bench".into(),
+        data: Some(pb::DataSpec {
+            source: Some(pb::data_spec::Source::Inline(pb::InlineData {
+                columns,
+                rows,
+            })),
+            target_columns: vec!["label".into()],
+            ..Default::default()
+        }),
+        model: Some(pb::ModelSpec {
+            hidden_layers: args
+                .hidden
+                .iter()
+                .map(|&units| pb::HiddenLayer {
+                    units,
+                    activation: pb::Activation::Relu as i32,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+        training: Some(pb::TrainingSpec {
+            epochs: args.epochs,
+            batch_size: 64,
+            seed: 1,
+            ..Default::default()
+        }),
+        device: pb::Device::Cpu as i32,
+        ..Default::default()
+    }
+}
+
+/// Trains the benchmark model on `server` and returns its exported safetensors file.
+async fn train_and_export(server: &Server, args: &Args) -> Result<Vec<u8>, BoxError> {
+    let mut jobs = JobServiceClient::new(server.channel().await);
+    let submitted = jobs
+        .submit_job(pb::SubmitJobRequest {
+            spec: Some(job(args)),
+        })
+        .await?
+        .into_inner();
+    let mut events = jobs
+        .watch_job(pb::WatchJobRequest {
+            job_id: submitted.id.clone(),
+        })
+        .await?
+        .into_inner();
+    let mut last = None;
+    while let Some(event) = events.message().await? {
+        last = event.kind;
+    }
+    match last {
+        Some(pb::job_event::Kind::Finished(_)) => {}
+        other => return Err(format!("training job did not succeed: {other:?}").into()),
+    }
+    let mut inference = InferenceServiceClient::new(server.channel().await);
+    let mut stream = inference
+        .export_model(pb::ModelRef {
+            model: "bench".into(),
+            version: String::new(),
+        })
+        .await?
+        .into_inner();
+    let mut file = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        file.extend_from_slice(&chunk.chunk);
+    }
+    Ok(file)
+}
+
+async fn import(server: &Server, file: &[u8]) -> Result<(), BoxError> {
+    let messages: Vec<pb::ImportModelRequest> = file
+        .chunks(1 << 20)
+        .enumerate()
+        .map(|(i, c)| pb::ImportModelRequest {
+            name: if i == 0 {
+                "bench".into()
+            } else {
+                String::new()
+            },
+            chunk: c.to_vec(),
+        })
+        .collect();
+    InferenceServiceClient::new(server.channel().await)
+        .import_model(tokio_stream::iter(messages))
+        .await?;
+    Ok(())
+}
+
+struct Load {
+    requests: usize,
+    errors: usize,
+    rows_per_s: f64,
+    requests_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    mean_batch_rows: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len() - 1);
+    sorted[i]
+}
+
+/// `concurrency` clients, each sending one request at a time for
+/// `warmup + duration`; only requests started after the warm-up count.
+async fn load(server: &Server, args: &Args, concurrency: usize) -> Load {
+    let connections = concurrency.div_ceil(args.clients_per_conn);
+    let mut channels = Vec::new();
+    for _ in 0..connections {
+        channels.push(server.channel().await);
+    }
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(args.warmup);
+    let end = measure_from + Duration::from_secs_f64(args.duration);
+    let mut tasks = Vec::new();
+    for client in 0..concurrency {
+        let mut inference = InferenceServiceClient::new(channels[client % connections].clone());
+        let rows: Vec<pb::Row> = (0..args.rows_per_request)
+            .map(|r| pb::Row {
+                values: feature_row(1_000_000 + client * 1000 + r, args.features),
+            })
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let (mut latencies, mut errors, mut batch_rows) = (Vec::new(), 0usize, 0u64);
+            loop {
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                let result = inference
+                    .predict(pb::PredictRequest {
+                        model: "bench".into(),
+                        rows: rows.clone(),
+                        ..Default::default()
+                    })
+                    .await;
+                if sent < measure_from {
+                    continue;
+                }
+                match result {
+                    Ok(response) => {
+                        latencies.push(sent.elapsed().as_secs_f64() * 1e3);
+                        batch_rows += response.into_inner().batch_rows as u64;
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors, batch_rows)
+        }));
+    }
+    let (mut latencies, mut errors, mut batch_rows) = (Vec::new(), 0, 0u64);
+    for task in tasks {
+        let (l, e, b) = task.await.expect("client task");
+        latencies.extend(l);
+        errors += e;
+        batch_rows += b;
+    }
+    latencies.sort_by(f64::total_cmp);
+    let requests = latencies.len();
+    Load {
+        requests,
+        errors,
+        rows_per_s: (requests * args.rows_per_request) as f64 / args.duration,
+        requests_per_s: requests as f64 / args.duration,
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        mean_batch_rows: batch_rows as f64 / requests.max(1) as f64,
+    }
+}
+
+/// Raw in-process forward passes of `batch` rows for about `seconds`:
+/// (rows/s, p50 ms per pass).
+fn raw_forward(predictor: &kiln_train::Predictor, batch: usize, seconds: f64) -> (f64, f64) {
+    let width = predictor.width();
+    let input: Vec<f32> = (0..batch * width)
+        .map(|k| value(k / width, k % width) as f32)
+        .collect();
+    for _ in 0..20 {
+        predictor.predict(&input);
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < seconds {
+        let t = Instant::now();
+        std::hint::black_box(predictor.predict(&input));
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let total: f64 = times.iter().sum::<f64>() / 1e3;
+    let rows_per_s = (times.len() * batch) as f64 / total;
+    times.sort_by(f64::total_cmp);
+    (rows_per_s, percentile(&times, 0.5))
+}
+
+fn print_load(label: &str, concurrency: usize, l: &Load) {
+    println!(
+        "{label:<22} {concurrency:>5} {:>11.0} {:>11.0} {:>9.3} {:>9.3} {:>10.1} {:>8} {:>6}",
+        l.rows_per_s, l.requests_per_s, l.p50_ms, l.p99_ms, l.mean_batch_rows, l.requests, l.errors
+    );
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    let threads = args.threads.to_string();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+
+    eprintln!("training the benchmark model on a first kiln-server ...");
+    let batched = Server::start(
+        &args.server,
+        "batched",
+        &[("KILN_TORCH_THREADS", threads.clone())],
+    );
+    let file = train_and_export(&batched, &args).await?;
+    let unbatched = Server::start(
+        &args.server,
+        "unbatched",
+        &[
+            ("KILN_TORCH_THREADS", threads.clone()),
+            ("KILN_MAX_BATCH_ROWS", "1".into()),
+        ],
+    );
+    import(&unbatched, &file).await?;
+
+    eprintln!("raw in-process forward passes ...");
+    kiln_train::device::set_threads(args.threads);
+    let artifact = kiln_train::ModelArtifact::from_safetensors(&file)?;
+    let predictor = kiln_train::Predictor::new(&artifact, &kiln_train::device::cpu())?;
+    let raw_seconds = args.duration.clamp(0.5, 3.0);
+    let mut batches = vec![1, args.rows_per_request, 64, 1024];
+    batches.sort_unstable();
+    batches.dedup();
+    let raw: Vec<(usize, f64, f64)> = batches
+        .into_iter()
+        .map(|b| {
+            let (rows_per_s, p50) = raw_forward(&predictor, b, raw_seconds);
+            (b, rows_per_s, p50)
+        })
+        .collect();
+    drop(predictor);
+
+    let mut on = Vec::new();
+    let mut off = Vec::new();
+    for &c in &args.concurrency {
+        eprintln!("load: concurrency {c}, batching on ...");
+        on.push((c, load(&batched, &args, c).await));
+        eprintln!("load: concurrency {c}, batching off ...");
+        off.push((c, load(&unbatched, &args, c).await));
+    }
+
+    let arch: Vec<String> = args.hidden.iter().map(|u| u.to_string()).collect();
+    println!();
+    println!(
+        "model: MLP {} -> [{}] -> {} (ReLU), multiclass; {} row(s) per request; {} s per point after {} s warm-up",
+        args.features,
+        arch.join(", "),
+        args.classes,
+        args.rows_per_request,
+        args.duration,
+        args.warmup
+    );
+    println!(
+        "libtorch threads: {} (servers and raw); {} client(s) per HTTP/2 connection; \
+         client, both servers and the raw forward share this machine's {cores} core(s)",
+        args.threads, args.clients_per_conn
+    );
+    println!();
+    println!(
+        "{:<22} {:>5} {:>11} {:>11} {:>9} {:>9}",
+        "raw forward (in-proc)", "batch", "rows/s", "passes/s", "p50 ms", ""
+    );
+    for &(b, rows_per_s, p50) in &raw {
+        println!(
+            "{:<22} {b:>5} {rows_per_s:>11.0} {:>11.0} {p50:>9.3}",
+            "Predictor::predict",
+            rows_per_s / b as f64
+        );
+    }
+    println!();
+    println!(
+        "{:<22} {:>5} {:>11} {:>11} {:>9} {:>9} {:>10} {:>8} {:>6}",
+        "service (Predict)",
+        "conc",
+        "rows/s",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "avg batch",
+        "reqs",
+        "errs"
+    );
+    for (c, l) in &on {
+        print_load("batching on", *c, l);
+    }
+    for (c, l) in &off {
+        print_load("batching off (max 1)", *c, l);
+    }
+
+    println!();
+    let raw_rows = |b: usize| raw.iter().find(|r| r.0 == b).map_or(f64::NAN, |r| r.1);
+    let rpr = args.rows_per_request;
+    let raw_1_p50 = raw.iter().find(|r| r.0 == rpr).map_or(f64::NAN, |r| r.2);
+    let top = *args.concurrency.iter().max().unwrap_or(&1);
+    let at = |v: &[(usize, Load)], c: usize| v.iter().find(|x| x.0 == c).map(|x| x.1.rows_per_s);
+    if let (Some(svc), Some(unb)) = (at(&on, top), at(&off, top)) {
+        let vs_raw64 = svc / raw_rows(64);
+        let vs_raw1024 = svc / raw_rows(1024);
+        let vs_off = svc / unb;
+        println!(
+            "service@{top} / raw forward (batch 64):   {vs_raw64:.2}  (target >= 0.80: {})",
+            if vs_raw64 >= 0.8 { "met" } else { "NOT met" }
+        );
+        println!("service@{top} / raw forward (batch 1024): {vs_raw1024:.2}");
+        println!(
+            "service@{top} / unbatched@{top}:           {vs_off:.2}  (target >= 3x: {})",
+            if vs_off >= 3.0 { "met" } else { "NOT met" }
+        );
+    }
+    if let Some((_, l)) = on.iter().find(|x| x.0 == 1) {
+        let overhead = l.p50_ms - raw_1_p50;
+        println!(
+            "p50 overhead @1 over one raw {rpr}-row forward ({raw_1_p50:.3} ms): {overhead:.3} ms  (target < 0.3 ms: {})",
+            if overhead < 0.3 { "met" } else { "NOT met" }
+        );
+    }
+    Ok(())
+}
