@@ -139,56 +139,62 @@ async fn queue_delay_gathers_requests_that_arrive_within_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_full_queue_and_passed_deadlines_are_refused() {
+async fn a_full_queue_is_refused_at_once() {
     let (batcher, _) = spawn(BatcherConfig {
         queue_capacity: 1,
         ..Default::default()
     });
-    // Keep the worker busy with large requests while small ones arrive.
-    let busy = {
+    // A large request occupies the worker (its forward pass takes tens of
+    // milliseconds)...
+    let big_rows = vec![0.5; 3_000_000 * WIDTH];
+    let big = {
         let batcher = batcher.clone();
-        tokio::spawn(async move {
-            for _ in 0..20 {
-                let _ = batcher.predict(rows(0, 400_000), None).await;
-            }
-        })
+        tokio::spawn(async move { batcher.predict(big_rows, None).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let burst: Vec<_> = (0..20)
-        .map(|tag| {
-            let batcher = batcher.clone();
-            tokio::spawn(async move { batcher.predict(rows(tag, 1), None).await })
-        })
-        .collect();
-    let mut full = 0;
-    for task in burst {
-        match task.await.unwrap() {
-            Err(ServeError::QueueFull) => full += 1,
-            Ok(_) => {}
-            Err(other) => panic!("unexpected {other:?}"),
-        }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    while batcher.stats().queue_depth > 0 {
+        tokio::task::yield_now().await;
     }
-    assert!(full > 0, "a queue of 1 took a burst of 20");
-    assert!(batcher.stats().rejected_full >= full);
+    // ...so one small request waits in the queue of 1 and the next is refused.
+    let waiting = {
+        let batcher = batcher.clone();
+        tokio::spawn(async move { batcher.predict(rows(1, 1), None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let refused = batcher.predict(rows(2, 1), None).await.unwrap_err();
+    assert_eq!(refused, ServeError::QueueFull);
+    big.await.unwrap().unwrap();
+    waiting.await.unwrap().unwrap();
+    let stats = batcher.stats();
+    assert_eq!((stats.rejected_full, stats.requests), (1, 2));
+}
 
-    // A deadline already passed, and one that passes while queued.
+#[tokio::test]
+async fn deadlines_are_honoured_before_and_in_the_queue() {
+    // The worker holds the first request for up to 300 ms gathering a batch,
+    // so a request with a 20 ms deadline joins that batch and expires in it.
+    let (batcher, _) = spawn(BatcherConfig {
+        max_queue_delay: Duration::from_millis(300),
+        ..Default::default()
+    });
     let past = Instant::now() - Duration::from_millis(1);
     let e = batcher.predict(rows(1, 1), Some(past)).await.unwrap_err();
     assert_eq!(e, ServeError::DeadlineExceeded);
-    let mut expired_in_queue = false;
-    for _ in 0..50 {
-        let soon = Instant::now() + Duration::from_millis(2);
-        match batcher.predict(rows(1, 1), Some(soon)).await {
-            Err(ServeError::DeadlineExceeded) => {
-                expired_in_queue = true;
-                break;
-            }
-            Err(ServeError::QueueFull) | Ok(_) => {}
-            Err(other) => panic!("unexpected {other:?}"),
-        }
-    }
-    assert!(expired_in_queue);
-    busy.abort();
+    let first = {
+        let batcher = batcher.clone();
+        tokio::spawn(async move { batcher.predict(rows(1, 1), None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let soon = Instant::now() + Duration::from_millis(20);
+    let e = batcher.predict(rows(2, 1), Some(soon)).await.unwrap_err();
+    assert_eq!(e, ServeError::DeadlineExceeded);
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(
+        first.batch_rows, 1,
+        "the expired request was dropped before compute"
+    );
+    let stats = batcher.stats();
+    assert_eq!((stats.expired, stats.requests, stats.batches), (2, 1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
