@@ -32,6 +32,18 @@ lint: setup
 examples:
 	python3 examples/make_examples.py
 
+# Benchmarks kiln's training engine against PyTorch eager on the CPU (2
+# threads): samples/s and peak RSS per configuration, and time to first epoch
+# against a running kiln-server. Not part of `make test`. Extra arguments go
+# through BENCH_ARGS, e.g. BENCH_ARGS="--rounds 5 --only tabular".
+.PHONY: bench-train
+bench-train: setup
+	$(CARGO) build --release -p kiln-server
+	$(CARGO) build --release -p kiln-train --example bench_train --example bench_ttfe
+	$(KILN_PYTHON) bench/bench_train.py --python $(KILN_PYTHON) \
+		--kiln target/release/examples/bench_train --ttfe target/release/examples/bench_ttfe \
+		--server target/release/kiln-server $(BENCH_ARGS)
+
 # Serving load benchmark: Predict at concurrency 1, 8 and 64 against a
 # release kiln-server (batching on, and off with KILN_MAX_BATCH_ROWS=1), next
 # to the model's raw in-process forward throughput. Not part of `make test`.

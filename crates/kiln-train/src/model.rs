@@ -99,23 +99,31 @@ impl Mlp {
     /// Logits for classification; for regression, the values (in scaled
     /// target units) after the output activation, since the loss is taken on them.
     pub fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
+        let training = x.device().is_autodiff();
+        let linear = |layer: &Linear, x: Tensor<2>| match training {
+            true => libtorch_ops::linear(layer, &x).unwrap_or_else(|| layer.forward(x)),
+            false => layer.forward(x),
+        };
         for block in &self.blocks {
-            x = block.linear.forward(x);
+            x = linear(&block.linear, x);
             if let Some(norm) = &block.norm {
                 x = norm.forward(x);
             }
-            x = match &block.prelu {
-                Some(slope) => activation::prelu(x, slope.val()),
-                None => activate(block.activation, x),
+            x = match (&block.prelu, block.activation) {
+                (Some(slope), _) => activation::prelu(x, slope.val()),
+                (None, Activation::Relu) if training => {
+                    libtorch_ops::relu(&x).unwrap_or_else(|| activation::relu(x))
+                }
+                (None, activation) => activate(activation, x),
             };
             if let Some(dropout) = &block.dropout {
-                x = dropout.forward(x);
+                x = standard_dropout(dropout, x);
             }
             if let Some(dropout) = &block.alpha_dropout {
                 x = dropout.forward(x);
             }
         }
-        let out = self.output.forward(x);
+        let out = linear(&self.output, x);
         match self.output_activation {
             OutputActivation::Identity => out,
             OutputActivation::Tanh => activation::tanh(out),
@@ -252,6 +260,25 @@ pub fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
     }
 }
 
+/// burn's `Dropout::forward` (active when its training flag is on and the
+/// input is on an autodiff device), computed as ATen's `_dropout_impl` does:
+/// the keep mask is scaled by 1 / (1 - p) first, then multiplies the input.
+/// burn's own forward multiplies by the mask and then by the scale, one more
+/// pass over the activations forward and one more backward. On the CPU the
+/// noise is drawn by [`libtorch_ops::dropout_noise`].
+fn standard_dropout<const D: usize>(dropout: &Dropout, x: Tensor<D>) -> Tensor<D> {
+    if !dropout.training.is_enabled() || !x.device().is_autodiff() || dropout.prob == 0.0 {
+        return x;
+    }
+    let keep = 1.0 - dropout.prob;
+    // noise = empty_like(input).bernoulli_(1 - p); noise.div_(1 - p); input * noise
+    let noise = libtorch_ops::dropout_noise(&x, keep).unwrap_or_else(|| {
+        x.random_like(Distribution::Bernoulli(keep))
+            .div_scalar(keep)
+    });
+    x * noise
+}
+
 /// torch.nn.RReLU: in training each negative element gets its own slope drawn
 /// from U(lower, upper); in evaluation the slope is their mean.
 fn rrelu<const D: usize>(x: Tensor<D>, lower: f64, upper: f64) -> Tensor<D> {
@@ -358,6 +385,16 @@ impl BatchNorm1d {
                 self.eps,
             );
         }
+        match libtorch_ops::batch_norm_train(self, &x) {
+            Some(out) => out,
+            None => self.train_composite(x),
+        }
+    }
+
+    /// Training forward from burn's tensor operations: the path for batches
+    /// of one row and for backends other than LibTorch.
+    fn train_composite(&self, x: Tensor<2>) -> Tensor<2> {
+        let device = x.device();
         let n = x.dims()[0] as f64;
         let out =
             burn::tensor::module::batch_norm_train(x, self.gamma.val(), self.beta.val(), self.eps);
@@ -371,5 +408,392 @@ impl BatchNorm1d {
             (var.mul_scalar(1.0 - m) + out.variance.detach().mul_scalar(m * unbiased)).detach(),
         );
         out.output
+    }
+}
+
+/// Training-time layers on libtorch's own kernels, each one autodiff
+/// operation whose backward is the one torch's autograd runs: the linear map
+/// as `addmm` (burn: a matmul, then a broadcast add of the bias), ReLU with
+/// `threshold_backward` (burn: a comparison and a masked fill), BatchNorm1d
+/// (below), and dropout's noise on the CPU. Fewer libtorch calls per step,
+/// fewer passes over the activations, and torch's kernels. Inputs that are
+/// not on the LibTorch autodiff backend take burn's operations.
+///
+/// BatchNorm1d: burn-tch has no batch-norm kernel. burn composes the
+/// training forward of about a dozen tensor operations (two of them copies
+/// of a transposed input), its backward of about twenty, and kiln's
+/// running-statistics update took several more. libtorch's
+/// `native_batch_norm` is what torch.nn.BatchNorm1d runs: one kernel that
+/// normalizes with the batch statistics and updates the running mean and the
+/// (unbiased) running variance. The backward is the closed form torch's
+/// kernel evaluates, written as a few libtorch operations (the C API has no
+/// `native_batch_norm_backward`). A batch of one row, for which the unbiased
+/// variance is undefined, takes the burn-op path in [`BatchNorm1d::forward`].
+#[allow(deprecated)] // burn-tch is deprecated in 0.22 (removed in 0.23) but is our backend.
+mod libtorch_ops {
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::libtorch::TchTensor;
+    use burn::backend::{Autodiff, BackendTypes, LibTorch};
+    use burn::tensor::Tensor;
+
+    use burn::nn::Linear;
+
+    use super::BatchNorm1d;
+
+    type AdTorch = Autodiff<LibTorch, NoCheckpointing>;
+    type AdTensor = <AdTorch as BackendTypes>::FloatTensorPrimitive;
+
+    fn on_ad_torch<const D: usize>(t: Tensor<D>) -> Option<AdTensor> {
+        t.try_into_primitive::<AdTorch>().ok()
+    }
+
+    /// `x @ weight + bias` as torch.nn.Linear's `addmm`.
+    pub(super) fn linear(layer: &Linear, x: &Tensor<2>) -> Option<Tensor<2>> {
+        let bias = on_ad_torch(layer.bias.as_ref()?.val())?;
+        let x = on_ad_torch(x.clone())?;
+        let weight = on_ad_torch(layer.weight.val())?;
+        let output = bias
+            .primitive()
+            .tensor
+            .f_addmm(&x.primitive().tensor, &weight.primitive().tensor)
+            .ok()?;
+        let output = TchTensor::new(output);
+        let output = match AddMm
+            .prepare::<NoCheckpointing>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                prep.finish((x.primitive().clone(), weight.primitive().clone()), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        };
+        Some(Tensor::from_primitive::<AdTorch>(output))
+    }
+
+    #[derive(Debug)]
+    struct AddMm;
+
+    impl Backward<LibTorch, 3> for AddMm {
+        /// The input and the weight (`[in, out]`).
+        type State = (TchTensor, TchTensor);
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 3>,
+            grads: &mut Gradients,
+            _checkpointer: &mut Checkpointer,
+        ) {
+            let [node_x, node_weight, node_bias] = ops.parents;
+            let grad = grads.consume::<LibTorch>(&ops.node).tensor;
+            let (x, weight) = ops.state;
+            if let Some(node) = node_x {
+                let dx = grad.mm(&weight.tensor.tr());
+                grads.register::<LibTorch>(node.id, TchTensor::new(dx));
+            }
+            if let Some(node) = node_weight {
+                let dw = x.tensor.tr().mm(&grad);
+                grads.register::<LibTorch>(node.id, TchTensor::new(dw));
+            }
+            if let Some(node) = node_bias {
+                let db = grad.sum_dim_intlist(0, false, None);
+                grads.register::<LibTorch>(node.id, TchTensor::new(db));
+            }
+        }
+    }
+
+    /// Dropout's scaled keep mask (`bernoulli_(keep)` then `div_(keep)`) for
+    /// a float32 CPU input, drawn in one pass by a xoshiro256++ stream
+    /// (`SmallRng`) instead of libtorch's CPU `bernoulli_`, which draws a
+    /// 64-bit number per element and was the largest cost after the matrix
+    /// products in the wide benchmark. Each mask's stream is seeded from
+    /// libtorch's generator, so `device.seed(seed)` still fixes every mask.
+    /// An element is kept when a 32-bit uniform draw is below
+    /// `keep * 2^32`; kept elements hold `1 / keep` as torch's do.
+    pub(super) fn dropout_noise<const D: usize>(x: &Tensor<D>, keep: f64) -> Option<Tensor<D>> {
+        use rand::{rngs::SmallRng, RngCore, SeedableRng};
+
+        let x = on_ad_torch(x.clone())?;
+        let input = &x.primitive().tensor;
+        if input.device() != tch::Device::Cpu || input.kind() != tch::Kind::Float {
+            return None;
+        }
+        let noise = tch::Tensor::empty(input.size(), (tch::Kind::Float, tch::Device::Cpu));
+        let n = noise.numel();
+        if n == 0 {
+            return None;
+        }
+        let seed = tch::Tensor::randint(i64::MAX, [1], (tch::Kind::Int64, tch::Device::Cpu))
+            .int64_value(&[0]);
+        let mut rng = SmallRng::seed_from_u64(seed as u64);
+        let threshold = (keep * 4_294_967_296.0) as u64;
+        // noise.div_(keep): 1 / keep in float32, as the kernel computes it.
+        let scale = 1.0f32 / keep as f32;
+        // SAFETY: `noise` is a new contiguous float32 CPU tensor of n elements
+        // that nothing else refers to yet.
+        let values = unsafe { std::slice::from_raw_parts_mut(noise.data_ptr() as *mut f32, n) };
+        for pair in values.chunks_mut(2) {
+            let r = rng.next_u64();
+            for (v, bits) in pair.iter_mut().zip([r & 0xffff_ffff, r >> 32]) {
+                *v = if bits < threshold { scale } else { 0.0 };
+            }
+        }
+        Some(Tensor::from_primitive::<AdTorch>(AdTensor::new(
+            TchTensor::new(noise),
+        )))
+    }
+
+    /// ReLU; its backward is `threshold_backward(grad, result, 0)`.
+    pub(super) fn relu(x: &Tensor<2>) -> Option<Tensor<2>> {
+        let x = on_ad_torch(x.clone())?;
+        let output = TchTensor::new(x.primitive().tensor.f_relu().ok()?);
+        let output = match Relu
+            .prepare::<NoCheckpointing>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(output.clone(), output),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        };
+        Some(Tensor::from_primitive::<AdTorch>(output))
+    }
+
+    #[derive(Debug)]
+    struct Relu;
+
+    impl Backward<LibTorch, 1> for Relu {
+        /// The output.
+        type State = TchTensor;
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 1>,
+            grads: &mut Gradients,
+            _checkpointer: &mut Checkpointer,
+        ) {
+            let [node] = ops.parents;
+            let grad = grads.consume::<LibTorch>(&ops.node).tensor;
+            if let Some(node) = node {
+                let dx = ops.state.tensor.threshold_backward(&grad, 0.0);
+                grads.register::<LibTorch>(node.id, TchTensor::new(dx));
+            }
+        }
+    }
+
+    pub(super) fn batch_norm_train(bn: &BatchNorm1d, x: &Tensor<2>) -> Option<Tensor<2>> {
+        if x.dims()[0] < 2 {
+            return None;
+        }
+        let x = on_ad_torch(x.clone())?;
+        let gamma = on_ad_torch(bn.gamma.val())?;
+        let beta = on_ad_torch(bn.beta.val())?;
+        let mean = on_ad_torch(bn.running_mean.value_sync())?;
+        let var = on_ad_torch(bn.running_var.value_sync())?;
+        // libtorch updates the running statistics in place: give it copies,
+        // since the current ones may be shared (valid() snapshots share them).
+        let running_mean = mean.primitive().tensor.copy();
+        let running_var = var.primitive().tensor.copy();
+        let (output, save_mean, save_invstd) = x
+            .primitive()
+            .tensor
+            .f_native_batch_norm(
+                Some(&gamma.primitive().tensor),
+                Some(&beta.primitive().tensor),
+                Some(&running_mean),
+                Some(&running_var),
+                true,
+                bn.momentum,
+                bn.eps,
+            )
+            .ok()?;
+        let statistic =
+            |t| Tensor::<1>::from_primitive::<AdTorch>(AdTensor::new(TchTensor::new(t)));
+        bn.running_mean.update(statistic(running_mean));
+        bn.running_var.update(statistic(running_var));
+
+        let output = TchTensor::new(output);
+        let output = match NativeBatchNorm
+            .prepare::<NoCheckpointing>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(
+                (
+                    x.primitive().clone(),
+                    gamma.primitive().clone(),
+                    TchTensor::new(save_mean),
+                    TchTensor::new(save_invstd),
+                ),
+                output,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        };
+        Some(Tensor::from_primitive::<AdTorch>(output))
+    }
+
+    #[derive(Debug)]
+    struct NativeBatchNorm;
+
+    impl Backward<LibTorch, 3> for NativeBatchNorm {
+        /// The input, gamma, and the batch mean and 1/sqrt(var + eps) that
+        /// the forward kernel saved.
+        type State = (TchTensor, TchTensor, TchTensor, TchTensor);
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 3>,
+            grads: &mut Gradients,
+            _checkpointer: &mut Checkpointer,
+        ) {
+            let [node_x, node_gamma, node_beta] = ops.parents;
+            let dy = grads.consume::<LibTorch>(&ops.node).tensor;
+            let (x, gamma, mean, invstd) = ops.state;
+            let (x, gamma, mean, invstd) = (x.tensor, gamma.tensor, mean.tensor, invstd.tensor);
+            let n = x.size()[0] as f64;
+            // xhat = (x - mean) * invstd; dbeta = sum(dy); dgamma = sum(dy * xhat)
+            let xhat = (&x - &mean) * &invstd;
+            let dbeta = dy.sum_dim_intlist(0, false, None);
+            let dgamma = (&dy * &xhat).sum_dim_intlist(0, false, None);
+            if let Some(node) = node_x {
+                // dx = gamma * invstd * (dy - dbeta / n - xhat * dgamma / n)
+                let mut dx = &dy - &dbeta / n;
+                let _ = dx.f_addcmul_(&xhat, &(&dgamma / -n)).expect("addcmul_");
+                let _ = dx.f_mul_(&(&gamma * &invstd)).expect("mul_");
+                grads.register::<LibTorch>(node.id, TchTensor::new(dx));
+            }
+            if let Some(node) = node_gamma {
+                grads.register::<LibTorch>(node.id, TchTensor::new(dgamma));
+            }
+            if let Some(node) = node_beta {
+                grads.register::<LibTorch>(node.id, TchTensor::new(dbeta));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().expect("f32 tensor")
+    }
+
+    fn matrix(rows: usize, cols: usize, salt: usize, device: &Device) -> Tensor<2> {
+        let data = (0..rows * cols)
+            .map(|i| ((i * 37 + salt * 11) % 29) as f32 / 7.0 - 2.0 + (i % cols) as f32 * 0.3)
+            .collect();
+        Tensor::from_data(TensorData::new(data, [rows, cols]), device)
+    }
+
+    fn assert_close(what: &str, fast: &[f32], reference: &[f32], tol: f32) {
+        assert_eq!(fast.len(), reference.len(), "{what}: length");
+        for (i, (a, b)) in fast.iter().zip(reference).enumerate() {
+            assert!(
+                (a - b).abs() <= tol * (1.0 + b.abs()),
+                "{what}[{i}]: libtorch path {a}, burn ops {b}"
+            );
+        }
+    }
+
+    /// BatchNorm1d's libtorch kernel path against burn's composed operations:
+    /// output, the gradients of input, gamma and beta under a weighted sum,
+    /// and the running statistics after the step.
+    #[test]
+    fn libtorch_batch_norm_matches_burn_ops() {
+        let device = crate::device::cpu().autodiff();
+        let (rows, features) = (12, 5);
+        let step = |fast: bool| {
+            let bn = BatchNorm1d::new(features, 0.1, 1e-5, &device);
+            let x = matrix(rows, features, 1, &device).require_grad();
+            let y = match fast {
+                true => libtorch_ops::batch_norm_train(&bn, &x).expect("libtorch path"),
+                false => bn.train_composite(x.clone()),
+            };
+            let grads = (y.clone() * matrix(rows, features, 2, &device))
+                .sum()
+                .backward();
+            [
+                values(y),
+                values(x.grad(&grads).unwrap()),
+                values(bn.gamma.val().grad(&grads).unwrap()),
+                values(bn.beta.val().grad(&grads).unwrap()),
+                values(bn.running_mean.value()),
+                values(bn.running_var.value()),
+            ]
+        };
+        let (fast, reference) = (step(true), step(false));
+        let names = [
+            "output",
+            "dx",
+            "dgamma",
+            "dbeta",
+            "running mean",
+            "running var",
+        ];
+        for ((name, a), b) in names.iter().zip(&fast).zip(&reference) {
+            assert_close(name, a, b, 1e-5);
+        }
+    }
+
+    /// Linear as `addmm` and ReLU with `threshold_backward`, against burn's
+    /// matmul + add and its ReLU: values and every gradient.
+    #[test]
+    fn libtorch_linear_and_relu_match_burn_ops() {
+        let device = crate::device::cpu().autodiff();
+        let layer = Linear {
+            weight: Param::from_tensor(matrix(6, 4, 3, &device)),
+            bias: Some(Param::from_tensor(matrix(1, 4, 4, &device).reshape([4]))),
+        };
+        let step = |fast: bool| {
+            let x = matrix(9, 6, 5, &device).require_grad();
+            let y = match fast {
+                true => libtorch_ops::relu(&libtorch_ops::linear(&layer, &x).expect("addmm"))
+                    .expect("relu"),
+                false => activation::relu(layer.forward(x.clone())),
+            };
+            let grads = (y.clone() * matrix(9, 4, 6, &device)).sum().backward();
+            let bias = layer.bias.as_ref().unwrap();
+            [
+                values(y),
+                values(x.grad(&grads).unwrap()),
+                values(layer.weight.val().grad(&grads).unwrap()),
+                values(bias.val().grad(&grads).unwrap()),
+            ]
+        };
+        let (fast, reference) = (step(true), step(false));
+        for ((name, a), b) in ["output", "dx", "dweight", "dbias"]
+            .iter()
+            .zip(&fast)
+            .zip(&reference)
+        {
+            assert_close(name, a, b, 1e-6);
+        }
+    }
+
+    /// Dropout's CPU noise: each element is 0 or 1/keep (float32, as torch
+    /// computes it), about `keep` of them are kept, and the device seed fixes
+    /// the mask.
+    #[test]
+    fn dropout_noise_keeps_its_share_and_follows_the_seed() {
+        let device = crate::device::cpu().autodiff();
+        let x = Tensor::<2>::ones([200, 500], &device);
+        let keep = 0.7;
+        let draw = |seed| {
+            device.seed(seed);
+            values(libtorch_ops::dropout_noise(&x, keep).expect("CPU float32 path"))
+        };
+        let (a, b, c) = (draw(3), draw(3), draw(4));
+        assert_eq!(a, b, "the same seed gives the same mask");
+        assert_ne!(a, c, "another seed gives another mask");
+        let scale = 1.0f32 / keep as f32;
+        assert!(a.iter().all(|&v| v == 0.0 || v == scale));
+        let kept = a.iter().filter(|&&v| v != 0.0).count() as f64 / a.len() as f64;
+        // 100 000 draws: the standard deviation of the share is 0.0015.
+        assert!((kept - keep).abs() < 0.006, "kept {kept}, expected {keep}");
     }
 }

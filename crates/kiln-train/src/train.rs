@@ -158,8 +158,10 @@ pub fn train(
         order.shuffle(&mut rng);
         let order_t =
             Tensor::<1, Int>::from_data(TensorData::new(order.clone(), [order.len()]), &ad);
-        // Summed on the device and read once per epoch: no host sync per batch.
-        let mut loss_sum = Tensor::<1>::zeros([1], &ad);
+        // Each batch's loss stays on the device, detached; they are weighted
+        // and summed once per epoch: no host sync, and no libtorch work, per batch.
+        let mut batch_losses: Vec<Tensor<1>> = Vec::with_capacity(steps_per_epoch);
+        let mut batch_rows: Vec<f32> = Vec::with_capacity(steps_per_epoch);
         let mut rows_seen = 0usize;
         for start in (0..order.len()).step_by(batch) {
             if cancelled() {
@@ -174,7 +176,8 @@ pub fn train(
             let x = train_x.clone().select(0, idx.clone());
             let y = train_y.select(idx);
             let batch_loss = train_loss_fn.forward(model.forward(x), &y);
-            loss_sum = loss_sum + batch_loss.clone().detach().mul_scalar((end - start) as f64);
+            batch_losses.push(batch_loss.clone().detach());
+            batch_rows.push((end - start) as f32);
             let mut grads = GradientsParams::from_grads(batch_loss.backward(), &model);
             if let Some(clip) = &training.grad_clip {
                 optim::clip_gradients(&model, &mut grads, clip);
@@ -187,7 +190,7 @@ pub fn train(
             schedule.after_batch();
             rows_seen += end - start;
         }
-        let train_loss = loss_sum.into_scalar::<f64>() / rows_seen.max(1) as f64;
+        let train_loss = epoch_loss_sum(batch_losses, batch_rows) / rows_seen.max(1) as f64;
         if !train_loss.is_finite() {
             return Err(TrainError::Diverged {
                 epoch,
@@ -288,6 +291,17 @@ pub fn train(
         swa: swa_report,
         served_swa,
     })
+}
+
+/// The sum of each batch's mean loss times its rows, read from the device.
+fn epoch_loss_sum(losses: Vec<Tensor<1>>, rows: Vec<f32>) -> f64 {
+    if losses.is_empty() {
+        return 0.0;
+    }
+    let device = losses[0].device();
+    let n = rows.len();
+    let rows = Tensor::<1>::from_data(TensorData::new(rows, [n]), &device);
+    (Tensor::cat(losses, 0) * rows).sum().into_scalar::<f64>()
 }
 
 fn features(split: &Split, width: usize, device: &Device) -> Tensor<2> {

@@ -6,7 +6,7 @@
 use burn::optim::{LearningRate, Optimizer, RecordState, StateSink, StateSource};
 use burn::tensor::{Device, Tensor};
 
-use super::MomentumOverride;
+use super::{libtorch, MomentumOverride};
 
 /// Implements burn's [`RecordState`] (the optimizer record) for a state
 /// struct: its tensors, optional tensors and scalars by field name.
@@ -189,6 +189,44 @@ impl Optimizer for Adam {
     ) -> (Tensor<D>, Option<AdamState<D>>) {
         let beta1 = self.overrides.or(self.beta1);
         let beta2 = self.beta2;
+        let on_libtorch = libtorch::is_libtorch(&param)
+            && libtorch::is_libtorch(&grad)
+            && state.as_ref().is_none_or(|s| {
+                libtorch::is_libtorch(&s.exp_avg)
+                    && libtorch::is_libtorch(&s.exp_avg_sq)
+                    && s.max_exp_avg_sq.as_ref().is_none_or(libtorch::is_libtorch)
+            });
+        if on_libtorch {
+            let state = state.map(|s| {
+                (
+                    s.step,
+                    libtorch::into_tch(s.exp_avg),
+                    libtorch::into_tch(s.exp_avg_sq),
+                    s.max_exp_avg_sq.map(libtorch::into_tch),
+                )
+            });
+            let (param, (step, exp_avg, exp_avg_sq, max_exp_avg_sq)) = libtorch::adam(
+                lr,
+                beta1,
+                beta2,
+                self.eps,
+                self.amsgrad,
+                self.weight_decay,
+                self.decoupled,
+                libtorch::into_tch(param),
+                libtorch::into_tch(grad),
+                state,
+            );
+            return (
+                libtorch::from_tch(param),
+                Some(AdamState {
+                    step,
+                    exp_avg: libtorch::from_tch(exp_avg),
+                    exp_avg_sq: libtorch::from_tch(exp_avg_sq),
+                    max_exp_avg_sq: max_exp_avg_sq.map(libtorch::from_tch),
+                }),
+            );
+        }
         let AdamState {
             step,
             exp_avg,

@@ -21,12 +21,25 @@
 //! absolute difference about 5e-7), the same order as torch's own float32
 //! run differs from its float64 run (tests/optim_parity.rs).
 //!
+//! Adam and AdamW, the default optimizer, have a faster path when their
+//! tensors are plain LibTorch tensors (always, in training): `libtorch.rs`
+//! runs torch's own in-place kernels, or on float32 CPU tensors the same
+//! arithmetic fused into two passes. That path matches
+//! `torch.optim.Adam(foreach=False)` bit for bit, fused multiply-adds
+//! included (checked on 20 steps of a 210k-parameter layer: Adam, Adam with
+//! L2 and AdamW on the fused path, AMSGrad on the kernel path), except the
+//! kernel path's coupled L2 (`grad.add(param, alpha=)` has no alpha in
+//! libtorch's C API, so it rounds as the burn ops do). The burn-op code
+//! below remains for other tensors.
+//!
 //! Weight decay is coupled L2 (`grad += wd * param`) for every optimizer
 //! except AdamW, where it is decoupled (`param *= 1 - lr * wd`), as in
 //! torch.optim.
 
 mod algorithms;
 mod clip;
+#[allow(deprecated)] // burn-tch is deprecated in 0.22 (removed in 0.23) but is our backend.
+mod libtorch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
