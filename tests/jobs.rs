@@ -191,7 +191,10 @@ async fn watchers_replay_from_the_start_and_see_the_same_events() {
         .unwrap()
         .into_inner();
     assert_eq!(listed.jobs.len(), 1);
-    assert_eq!(listed.jobs[0].best.unwrap().epoch, best_epoch.epoch);
+    assert_eq!(
+        listed.jobs[0].best.as_ref().unwrap().epoch,
+        best_epoch.epoch
+    );
 }
 
 async fn submit_err(server: &Server, spec: pb::JobSpec) -> tonic::Status {
@@ -416,4 +419,69 @@ async fn predict_statuses() {
     assert_eq!(models.len(), 1);
     assert_eq!(models[0].name, "quick");
     assert_eq!(models[0].feature_columns, ["x"]);
+}
+
+/// A huge learning rate ends the job FAILED with reason DIVERGED, naming the
+/// epoch and the first non-finite layer; the epochs before it carry their
+/// gradient health.
+#[tokio::test]
+async fn a_diverging_job_fails_naming_epoch_and_layer() {
+    let server = Server::start();
+    let mut spec = long_job(200);
+    let training = spec.training.as_mut().unwrap();
+    training.epochs = 20;
+    training.batch_size = 16;
+    training.optimizer = Some(pb::Optimizer {
+        learning_rate: Some(1e6),
+        kind: Some(pb::optimizer::Kind::Sgd(pb::Sgd::default())),
+        ..Default::default()
+    });
+    let job = submit(&server, spec).await.unwrap();
+    let events = watch_all(&server, &job.id).await;
+    let end = last_failed(&events);
+    assert_eq!(end.state(), pb::JobState::Failed);
+    assert_eq!(end.reason(), pb::StopReason::Diverged);
+    assert!(end.epoch >= 1, "{end:?}");
+    assert!(
+        ["hidden1", "output"].contains(&end.layer.as_str()),
+        "{end:?}"
+    );
+    assert!(
+        end.message
+            .starts_with(&format!("training diverged at epoch {}: ", end.epoch))
+            && end.message.contains(&end.layer),
+        "{}",
+        end.message
+    );
+    let job = get(&server, &job.id).await;
+    assert_eq!(job.stop_reason(), pb::StopReason::Diverged);
+    for epoch in epochs(&events) {
+        let health = epoch
+            .gradient_health
+            .expect("every epoch reports its health");
+        let names: Vec<_> = health.layers.iter().map(|l| l.layer.as_str()).collect();
+        assert_eq!(names, ["hidden1", "output"]);
+    }
+}
+
+/// Every epoch event carries per-layer gradient health.
+#[tokio::test]
+async fn epoch_events_carry_gradient_health() {
+    let server = Server::start();
+    let mut spec = long_job(64);
+    spec.training.as_mut().unwrap().epochs = 2;
+    let job = submit(&server, spec).await.unwrap();
+    let events = watch_all(&server, &job.id).await;
+    let epochs = epochs(&events);
+    assert_eq!(epochs.len(), 2);
+    for epoch in epochs {
+        let health = epoch.gradient_health.expect("gradient health");
+        assert_eq!(health.layers.len(), 2);
+        let hidden = &health.layers[0];
+        assert_eq!(hidden.layer, "hidden1");
+        assert!(hidden.grad_norm > 0.0 && hidden.weight_norm > 0.0 && hidden.update_ratio > 0.0);
+        // layer() is ReLU by default: its dead units are counted.
+        assert!((0.0..=1.0).contains(&hidden.dead_fraction.expect("ReLU")));
+        assert_eq!(health.layers[1].dead_fraction, None);
+    }
 }

@@ -250,7 +250,7 @@ async fn early_stopping_stops_and_serves_the_best_epoch() {
     });
     assert_eq!(stopped.unwrap().best_epoch, done.best_epoch);
     let best = done.best.unwrap();
-    let last = *epochs.last().unwrap();
+    let last = epochs.last().unwrap().clone();
     assert!(best.val_loss < last.val_loss);
 
     // Rebuild the validation split exactly as the server did, and score the

@@ -167,7 +167,7 @@ pub fn epochs(events: &[pb::JobEvent]) -> Vec<pb::EpochMetrics> {
     events
         .iter()
         .filter_map(|e| match &e.kind {
-            Some(pb::job_event::Kind::Epoch(m)) => Some(*m),
+            Some(pb::job_event::Kind::Epoch(m)) => Some(m.clone()),
             _ => None,
         })
         .collect()

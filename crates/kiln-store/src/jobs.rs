@@ -196,6 +196,7 @@ pub fn cancelled_event(message: &str) -> Kind {
         reason: pb::StopReason::Cancelled as i32,
         message: message.to_string(),
         state: pb::JobState::Cancelled as i32,
+        ..Default::default()
     })
 }
 
@@ -243,14 +244,14 @@ fn apply(job: &mut pb::Job, event: &pb::JobEvent) {
         Some(Kind::Epoch(m)) => {
             job.epochs_completed = m.epoch;
             if m.improved {
-                job.best = Some(*m);
+                job.best = Some(m.clone());
             }
         }
         Some(Kind::EarlyStopped(_)) => {}
         Some(Kind::Finished(f)) => {
             job.state = pb::JobState::Succeeded as i32;
             job.stop_reason = f.reason;
-            job.best = f.best;
+            job.best = f.best.clone();
             job.epochs_completed = f.epochs_completed;
             job.finished_at = event.time;
             job.message = match f.reason() {

@@ -5,6 +5,7 @@
 pub mod artifact;
 pub mod device;
 pub mod early_stop;
+pub mod health;
 pub mod loss;
 pub mod model;
 pub mod optim;
@@ -14,4 +15,5 @@ pub mod train;
 
 pub use artifact::{ModelArtifact, ModelMeta, Output, Predictor};
 pub use burn::tensor::Device;
-pub use train::{train, EpochReport, StopReason, TrainError, TrainEvent, Trained};
+pub use health::{GradientHealth, LayerHealth};
+pub use train::{train, EpochReport, NonFinite, StopReason, TrainError, TrainEvent, Trained};

@@ -100,36 +100,112 @@ impl Mlp {
     /// target units) after the output activation, since the loss is taken on them.
     pub fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
         let training = x.device().is_autodiff();
-        let linear = |layer: &Linear, x: Tensor<2>| match training {
-            true => libtorch_ops::linear(layer, &x).unwrap_or_else(|| layer.forward(x)),
-            false => layer.forward(x),
-        };
         for block in &self.blocks {
-            x = linear(&block.linear, x);
-            if let Some(norm) = &block.norm {
-                x = norm.forward(x);
-            }
-            x = match (&block.prelu, block.activation) {
-                (Some(slope), _) => activation::prelu(x, slope.val()),
-                (None, Activation::Relu) if training => {
-                    libtorch_ops::relu(&x).unwrap_or_else(|| activation::relu(x))
-                }
-                (None, activation) => activate(activation, x),
-            };
-            if let Some(dropout) = &block.dropout {
-                x = standard_dropout(dropout, x);
-            }
-            if let Some(dropout) = &block.alpha_dropout {
-                x = dropout.forward(x);
-            }
+            x = block.forward(x, training);
         }
-        let out = linear(&self.output, x);
+        self.output_forward(x, training)
+    }
+
+    fn output_forward(&self, x: Tensor<2>, training: bool) -> Tensor<2> {
+        let out = linear_forward(&self.output, x, training);
         match self.output_activation {
             OutputActivation::Identity => out,
             OutputActivation::Tanh => activation::tanh(out),
             OutputActivation::Sigmoid => activation::sigmoid(out),
             OutputActivation::Softplus => activation::softplus(out, 1.0),
         }
+    }
+
+    /// Each linear layer's name, input side first: "hidden1", "hidden2", ...,
+    /// "output".
+    pub fn layer_names(&self) -> Vec<String> {
+        (1..=self.blocks.len())
+            .map(|i| format!("hidden{i}"))
+            .chain(["output".to_string()])
+            .collect()
+    }
+
+    /// Each linear layer's weight, in [`Mlp::layer_names`]' order.
+    pub fn layer_weights(&self) -> Vec<&Param<Tensor<2>>> {
+        self.blocks
+            .iter()
+            .map(|b| &b.linear.weight)
+            .chain([&self.output.weight])
+            .collect()
+    }
+
+    /// Whether each layer's activation is ReLU, whose units can die (output
+    /// and gradient zero for every input); the output layer's is `false`.
+    pub fn relu_layers(&self) -> Vec<bool> {
+        self.blocks
+            .iter()
+            .map(|b| b.prelu.is_none() && b.activation == Activation::Relu)
+            .chain([false])
+            .collect()
+    }
+
+    /// Each layer's output for `x`, in [`Mlp::layer_names`]' order: every
+    /// hidden block's after its activation (and dropout), then the network's.
+    pub fn layer_outputs(&self, mut x: Tensor<2>) -> Vec<Tensor<2>> {
+        let training = x.device().is_autodiff();
+        let mut outputs = Vec::with_capacity(self.blocks.len() + 1);
+        for block in &self.blocks {
+            x = block.forward(x, training);
+            outputs.push(x.clone());
+        }
+        outputs.push(self.output_forward(x, training));
+        outputs
+    }
+
+    /// The first layer, input side first, whose weight or bias holds a NaN
+    /// or an infinity.
+    pub fn first_non_finite_layer(&self) -> Option<String> {
+        let finite = |t: Tensor<2>| {
+            !t.clone().is_nan().any().into_scalar::<bool>()
+                && !t.is_inf().any().into_scalar::<bool>()
+        };
+        let linears = self.blocks.iter().map(|b| &b.linear).chain([&self.output]);
+        self.layer_names()
+            .into_iter()
+            .zip(linears)
+            .find_map(|(name, layer)| {
+                let bias_finite = layer
+                    .bias
+                    .as_ref()
+                    .is_none_or(|b| finite(b.val().unsqueeze()));
+                (!(finite(layer.weight.val()) && bias_finite)).then_some(name)
+            })
+    }
+}
+
+/// A linear layer; in training on LibTorch, as one `addmm` operation.
+fn linear_forward(layer: &Linear, x: Tensor<2>, training: bool) -> Tensor<2> {
+    match training {
+        true => libtorch_ops::linear(layer, &x).unwrap_or_else(|| layer.forward(x)),
+        false => layer.forward(x),
+    }
+}
+
+impl Block {
+    fn forward(&self, mut x: Tensor<2>, training: bool) -> Tensor<2> {
+        x = linear_forward(&self.linear, x, training);
+        if let Some(norm) = &self.norm {
+            x = norm.forward(x);
+        }
+        x = match (&self.prelu, self.activation) {
+            (Some(slope), _) => activation::prelu(x, slope.val()),
+            (None, Activation::Relu) if training => {
+                libtorch_ops::relu(&x).unwrap_or_else(|| activation::relu(x))
+            }
+            (None, activation) => activate(activation, x),
+        };
+        if let Some(dropout) = &self.dropout {
+            x = standard_dropout(dropout, x);
+        }
+        if let Some(dropout) = &self.alpha_dropout {
+            x = dropout.forward(x);
+        }
+        x
     }
 }
 

@@ -12,6 +12,7 @@ use kiln_core::spec::{JobSpec, Metric, Task};
 use rand::{seq::SliceRandom, SeedableRng};
 
 use crate::early_stop::EarlyStopping;
+use crate::health::{self, GradientHealth, StepProbe};
 use crate::loss::{Loss, TargetTensor};
 use crate::model::{Mlp, ModelArch};
 use crate::optim;
@@ -55,6 +56,8 @@ impl EpochReport {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainEvent {
+    /// The epoch's gradient health; sent just before its `Epoch` event.
+    Health(GradientHealth),
     Epoch(EpochReport),
     EarlyStopped {
         epoch: u32,
@@ -91,8 +94,37 @@ pub struct Trained {
 pub enum TrainError {
     #[error("cancelled after {epochs_completed} epochs")]
     Cancelled { epochs_completed: u32 },
-    #[error("training diverged at epoch {epoch}: the training loss is {loss}")]
-    Diverged { epoch: u32, loss: f64 },
+    #[error("training diverged at epoch {epoch}: the training loss is {loss}{}", located(.layer))]
+    Diverged {
+        epoch: u32,
+        loss: f64,
+        /// The first layer, input side first, that went non-finite: its
+        /// weights, or else its output on a training batch.
+        layer: Option<NonFinite>,
+    },
+}
+
+/// Where a diverged network first holds a NaN or an infinity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NonFinite {
+    /// "hidden1", ..., "output".
+    pub layer: String,
+    /// Its weights or bias (true), or only its output (false).
+    pub in_weights: bool,
+}
+
+fn located(layer: &Option<NonFinite>) -> String {
+    match layer {
+        Some(NonFinite {
+            layer,
+            in_weights: true,
+        }) => format!("; {layer} is the first layer with non-finite weights"),
+        Some(NonFinite {
+            layer,
+            in_weights: false,
+        }) => format!("; {layer} is the first layer with a non-finite output"),
+        None => String::new(),
+    }
 }
 
 /// Trains `spec`'s network on `data`. `cancelled` is polled before every
@@ -163,6 +195,7 @@ pub fn train(
         let mut batch_losses: Vec<Tensor<1>> = Vec::with_capacity(steps_per_epoch);
         let mut batch_rows: Vec<f32> = Vec::with_capacity(steps_per_epoch);
         let mut rows_seen = 0usize;
+        let mut probe: Option<StepProbe> = None;
         for start in (0..order.len()).step_by(batch) {
             if cancelled() {
                 return Err(TrainError::Cancelled { epochs_completed });
@@ -186,7 +219,14 @@ pub fn train(
                 Some(s) => (s.lr(), None),
                 None => (schedule.lr(), schedule.momentum()),
             };
+            let probing = probe.is_none();
+            if probing {
+                probe = Some(StepProbe::before_step(&model, &grads));
+            }
             model = optimizer.step(lr, momentum, model, grads);
+            if let Some(probe) = probe.as_mut().filter(|_| probing) {
+                probe.after_step(&model);
+            }
             schedule.after_batch();
             rows_seen += end - start;
         }
@@ -195,10 +235,23 @@ pub fn train(
             return Err(TrainError::Diverged {
                 epoch,
                 loss: train_loss,
+                layer: first_non_finite(&model, train_x.clone().slice(0..batch.min(rows))),
             });
         }
         let eval_model = model.valid();
         let mut report = evaluate(&eval_model, &val_loss_fn, spec.task, &val_x, &val_y, data);
+        if let Some(probe) = probe {
+            let sample = data.validation.rows.min(health::DEAD_UNIT_ROWS);
+            let outputs = match sample {
+                0 => Vec::new(),
+                n => eval_model.layer_outputs(val_x.clone().slice(0..n)),
+            };
+            emit(TrainEvent::Health(probe.finish(
+                epoch,
+                &eval_model,
+                &outputs,
+            )));
+        }
         report.epoch = epoch;
         report.train_loss = train_loss;
         report.learning_rate = lr;
@@ -291,6 +344,31 @@ pub fn train(
         swa: swa_report,
         served_swa,
     })
+}
+
+/// The first layer with non-finite weights, or else the first whose output
+/// on `x` is non-finite.
+fn first_non_finite(model: &Mlp, x: Tensor<2>) -> Option<NonFinite> {
+    if let Some(layer) = model.first_non_finite_layer() {
+        return Some(NonFinite {
+            layer,
+            in_weights: true,
+        });
+    }
+    let outputs = model.layer_outputs(x.detach());
+    model
+        .layer_names()
+        .into_iter()
+        .zip(outputs)
+        .find(|(_, out)| {
+            let out = out.clone().detach();
+            out.clone().is_nan().any().into_scalar::<bool>()
+                || out.is_inf().any().into_scalar::<bool>()
+        })
+        .map(|(layer, _)| NonFinite {
+            layer,
+            in_weights: false,
+        })
 }
 
 /// The sum of each batch's mean loss times its rows, read from the device.

@@ -14,7 +14,9 @@ use kiln_core::spec::JobSpec;
 use kiln_serve::ModelRegistry;
 use kiln_store::jobs::cancelled_event;
 use kiln_store::JobStore;
-use kiln_train::{Device, EpochReport, ModelArtifact, StopReason, TrainError, TrainEvent};
+use kiln_train::{
+    Device, EpochReport, GradientHealth, ModelArtifact, StopReason, TrainError, TrainEvent,
+};
 use pb::job_event::Kind;
 
 /// A validated job waiting for its device.
@@ -94,13 +96,25 @@ impl Context {
         }
         tracing::info!(job = %id, device = %job.device_name, "training started");
         let outcome = catch_unwind(AssertUnwindSafe(|| {
+            // An epoch's gradient health arrives just before it and travels in its event.
+            let mut health = None;
             kiln_train::train(
                 &job.spec,
                 &job.data,
                 &job.device,
                 &|| cancel.is_set(),
-                &mut |event| {
-                    let _ = self.store.append(&id, event_kind(event));
+                &mut |event| match event {
+                    TrainEvent::Health(h) => health = Some(h),
+                    TrainEvent::Epoch(report) => {
+                        let mut metrics = epoch_metrics(&report);
+                        metrics.gradient_health = health.take().map(|h| gradient_health(&h));
+                        let _ = self.store.append(&id, Kind::Epoch(metrics));
+                    }
+                    event => {
+                        if let Some(kind) = event_kind(event) {
+                            let _ = self.store.append(&id, kind);
+                        }
+                    }
                 },
             )
         }));
@@ -122,9 +136,15 @@ impl Context {
                 Err(message) => failed(pb::StopReason::Error, message),
             },
             Ok(Err(e @ TrainError::Cancelled { .. })) => cancelled_event(&e.to_string()),
-            Ok(Err(e @ TrainError::Diverged { .. })) => {
-                failed(pb::StopReason::Diverged, e.to_string())
-            }
+            Ok(Err(
+                ref e @ TrainError::Diverged {
+                    epoch, ref layer, ..
+                },
+            )) => Kind::Failed(pb::Failed {
+                epoch,
+                layer: layer.as_ref().map(|l| l.layer.clone()).unwrap_or_default(),
+                ..failed_message(pb::StopReason::Diverged, e.to_string())
+            }),
             Err(panic) => {
                 let message = panic_message(panic.as_ref());
                 let reason = if message.to_lowercase().contains("out of memory") {
@@ -160,11 +180,16 @@ impl Context {
 }
 
 fn failed(reason: pb::StopReason, message: String) -> Kind {
-    Kind::Failed(pb::Failed {
+    Kind::Failed(failed_message(reason, message))
+}
+
+fn failed_message(reason: pb::StopReason, message: String) -> pb::Failed {
+    pb::Failed {
         reason: reason as i32,
         message,
         state: pb::JobState::Failed as i32,
-    })
+        ..Default::default()
+    }
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -175,9 +200,11 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-fn event_kind(event: TrainEvent) -> Kind {
-    match event {
+/// The event to record; `None` for health, which travels inside its epoch's.
+fn event_kind(event: TrainEvent) -> Option<Kind> {
+    Some(match event {
         TrainEvent::Epoch(report) => Kind::Epoch(epoch_metrics(&report)),
+        TrainEvent::Health(_) => return None,
         TrainEvent::EarlyStopped {
             epoch,
             best_epoch,
@@ -189,7 +216,7 @@ fn event_kind(event: TrainEvent) -> Kind {
             monitor: monitor.name().into(),
             best_value,
         }),
-    }
+    })
 }
 
 pub fn epoch_metrics(r: &EpochReport) -> pb::EpochMetrics {
@@ -206,5 +233,25 @@ pub fn epoch_metrics(r: &EpochReport) -> pb::EpochMetrics {
         samples_per_second: r.samples_per_second,
         improved: r.improved,
         momentum: r.momentum,
+        gradient_health: None,
+    }
+}
+
+fn gradient_health(h: &GradientHealth) -> pb::GradientHealth {
+    pb::GradientHealth {
+        layers: h
+            .layers
+            .iter()
+            .map(|l| pb::LayerHealth {
+                layer: l.layer.clone(),
+                grad_norm: l.grad_norm,
+                weight_norm: l.weight_norm,
+                update_ratio: l.update_ratio,
+                dead_fraction: l.dead_fraction,
+            })
+            .collect(),
+        vanishing: h.vanishing,
+        exploding: h.exploding,
+        detail: h.detail.clone(),
     }
 }
