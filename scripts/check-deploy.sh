@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Checks deploy/ (part of `make test`):
+#   1. hadolint lints deploy/Dockerfile; any finding, style included, fails;
+#   2. kubectl's built-in kustomize renders each overlay in deploy/k8s/overlays;
+#   3. kubernetes-validate checks every rendered resource against the
+#      Kubernetes API schemas (shipped with it, offline), in strict mode, so an
+#      unknown or misspelt field fails too;
+#   4. a few checks of what ties the manifests to kiln-server: kiln.toml's keys
+#      are the server's (it refuses unknown ones), the termination grace period
+#      covers the preStop sleep plus shutdown_grace_seconds, the probes are
+#      gRPC on the server's port, the gpu overlay asks for a GPU and the cpu
+#      overlay does not.
+# The tools are in the venv that scripts/setup.sh fills ($KILN_CACHE/venv).
+# KILN_K8S_VERSION picks the Kubernetes version to validate against.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache=${KILN_CACHE:-$HOME/.cache/kiln}
+bin=$cache/venv/bin
+k8s_version=${KILN_K8S_VERSION:-1.30.0}
+
+for tool in python hadolint kubectl kubernetes-validate; do
+  if [[ ! -x $bin/$tool ]]; then
+    echo "check-deploy: $bin/$tool is missing; run scripts/setup.sh" >&2
+    exit 1
+  fi
+done
+
+cd "$root"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+echo "check-deploy: hadolint deploy/Dockerfile"
+"$bin/hadolint" --no-color --failure-threshold style deploy/Dockerfile
+
+overlays=()
+for dir in deploy/k8s/overlays/*/; do
+  name=$(basename "$dir")
+  overlays+=("$name")
+  echo "check-deploy: kubectl kustomize ${dir%/}"
+  "$bin/kubectl" kustomize "${dir%/}" >"$tmp/$name.yaml"
+  echo "check-deploy: kubernetes-validate --strict (Kubernetes $k8s_version) $name"
+  "$bin/kubernetes-validate" --strict --kubernetes-version "$k8s_version" "$tmp/$name.yaml"
+done
+if [[ ${#overlays[@]} -eq 0 ]]; then
+  echo "check-deploy: no overlays under deploy/k8s/overlays" >&2
+  exit 1
+fi
+
+echo "check-deploy: kiln-specific checks"
+"$bin/python" - "$tmp" services/kiln-server/src/config.rs "${overlays[@]}" <<'EOF'
+import os
+import re
+import sys
+import tomllib
+
+import yaml
+
+out, config_rs, overlays = sys.argv[1], sys.argv[2], sys.argv[3:]
+
+# The server's configuration keys: the fields of `pub struct Config`.
+source = open(config_rs).read()
+struct = re.search(r"pub struct Config \{(.*?)\n\}", source, re.S)
+keys = set(re.findall(r"^\s*pub (\w+):", struct.group(1), re.M))
+assert "shutdown_grace_seconds" in keys, f"could not read the keys of {config_rs}"
+
+def cpu(quantity):
+    q = str(quantity)
+    return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+failures = []
+for name in overlays:
+    docs = [d for d in yaml.safe_load_all(open(os.path.join(out, f"{name}.yaml"))) if d]
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+
+    def check(ok, what):
+        if not ok:
+            failures.append(f"{name}: {what}")
+
+    deployments = by_kind.get("Deployment", [])
+    check(len(deployments) == 1, f"expected one Deployment, got {len(deployments)}")
+    if len(deployments) != 1:
+        continue
+    dep = deployments[0]
+    spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
+    check(spec.get("replicas") == 1, "replicas must be 1 (jobs and models are in memory)")
+    check(spec.get("strategy", {}).get("type") == "Recreate",
+          "strategy must be Recreate (ReadWriteOnce data volume)")
+    containers = [c for c in pod["containers"] if c["name"] == "kiln-server"]
+    check(len(containers) == 1, "no container named kiln-server")
+    if not containers:
+        continue
+    c = containers[0]
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    port = int(env.get("KILN_LISTEN", "0.0.0.0:50051").rsplit(":", 1)[1])
+    check(any(p["containerPort"] == port and p.get("name") == "grpc" for p in c.get("ports", [])),
+          f"no container port named grpc on {port}")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        check(c.get(probe, {}).get("grpc", {}).get("port") == port,
+              f"{probe} must be a gRPC probe on port {port}")
+
+    # --config FILE must be a key of a mounted ConfigMap that this overlay renders.
+    args = c.get("args", [])
+    check("--config" in args, "kiln-server is not given --config")
+    if "--config" not in args:
+        continue
+    config_path = args[args.index("--config") + 1]
+    mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    volume = volumes.get(mounts.get(os.path.dirname(config_path)), {})
+    cm_name = volume.get("configMap", {}).get("name")
+    cms = {d["metadata"]["name"]: d for d in by_kind.get("ConfigMap", [])}
+    toml_text = cms.get(cm_name, {}).get("data", {}).get(os.path.basename(config_path))
+    check(toml_text is not None,
+          f"{config_path} is not a key of a ConfigMap mounted at {os.path.dirname(config_path)}")
+    if toml_text is None:
+        continue
+    config = tomllib.loads(toml_text)
+    unknown = sorted(set(config) - keys)
+    check(not unknown, f"kiln.toml has keys kiln-server does not know: {unknown}")
+
+    # The data directory is on the PersistentVolumeClaim that this overlay renders.
+    data_dir = env.get("KILN_DATA_DIR") or config.get("data_dir")
+    claim = volumes.get(mounts.get(data_dir), {}).get("persistentVolumeClaim", {}).get("claimName")
+    pvcs = {d["metadata"]["name"] for d in by_kind.get("PersistentVolumeClaim", [])}
+    check(claim in pvcs, f"data_dir {data_dir} is not mounted from a rendered PersistentVolumeClaim")
+
+    # Shutdown: preStop sleep + shutdown_grace_seconds < terminationGracePeriodSeconds.
+    pre_stop = c.get("lifecycle", {}).get("preStop", {})
+    if "exec" in pre_stop:
+        command = pre_stop["exec"]["command"]
+        sleep = float(command[1]) if command[0] == "sleep" else 0.0
+    else:
+        sleep = float(pre_stop.get("sleep", {}).get("seconds", 0))
+    check(sleep > 0, "no preStop sleep (endpoints need a moment to drain)")
+    grace = float(config.get("shutdown_grace_seconds", 10))
+    period = pod.get("terminationGracePeriodSeconds", 30)
+    check(period > sleep + grace,
+          f"terminationGracePeriodSeconds {period} must exceed preStop {sleep:g} s "
+          f"+ shutdown_grace_seconds {grace:g} s")
+
+    # Security: non-root, read-only root filesystem with /tmp writable.
+    check(pod.get("securityContext", {}).get("runAsNonRoot") is True, "runAsNonRoot must be true")
+    check(c.get("securityContext", {}).get("readOnlyRootFilesystem") is True,
+          "readOnlyRootFilesystem must be true")
+    check("/tmp" in mounts, "/tmp must be a volume (read-only root filesystem)")
+
+    # Resources: GPU for the gpu overlay only; torch_threads within the CPU request.
+    resources = c.get("resources", {})
+    gpus = resources.get("limits", {}).get("nvidia.com/gpu", 0)
+    if name == "gpu":
+        check(int(gpus) >= 1, "the gpu overlay must limit nvidia.com/gpu")
+        check("nvidia.com/gpu" in {t.get("key") for t in pod.get("tolerations", [])},
+              "the gpu overlay must tolerate the nvidia.com/gpu taint")
+    else:
+        check(not gpus, f"the {name} overlay must not ask for a GPU")
+    request = resources.get("requests", {}).get("cpu")
+    threads = config.get("torch_threads", 2)
+    check(request is not None and threads <= cpu(request),
+          f"torch_threads {threads} exceeds the CPU request {request}")
+
+    # The Service reaches the pod's grpc port.
+    for svc in by_kind.get("Service", []):
+        labels = dep["spec"]["template"]["metadata"].get("labels", {})
+        selector = svc["spec"].get("selector", {})
+        check(selector and all(labels.get(k) == v for k, v in selector.items()),
+              f"Service {svc['metadata']['name']} does not select the kiln pod")
+        check(any(p.get("targetPort") in ("grpc", port) and p.get("appProtocol") == "grpc"
+                  for p in svc["spec"]["ports"]),
+              f"Service {svc['metadata']['name']} has no grpc port")
+    check(by_kind.get("PodDisruptionBudget"), "no PodDisruptionBudget")
+    print(f"check-deploy: {name}: replicas 1, gRPC probes on {port}, preStop {sleep:g} s + "
+          f"grace {grace:g} s < {period} s, torch_threads {threads}, GPUs {gpus}")
+
+if failures:
+    for f in failures:
+        print(f"check-deploy: FAIL {f}", file=sys.stderr)
+    sys.exit(1)
+EOF
+echo "check-deploy: ok (${overlays[*]})"
