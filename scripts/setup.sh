@@ -56,3 +56,23 @@ if [[ -n $missing ]]; then
   "$py" -m pip install --quiet --disable-pip-version-check "${deploy_tools[@]}"
 fi
 
+# Python SDK (sdk/python, `kiln_sdk`) and pytest, for tests/python_sdk.rs.
+# Reinstalled when the SDK's sources or proto/ change (its gRPC stubs are
+# generated from proto/ when pip builds it; see sdk/python/README.md).
+sdk_hash=$("$py" - "$root" <<'PY'
+import hashlib, pathlib, sys
+root = pathlib.Path(sys.argv[1])
+files = ["sdk/python/pyproject.toml", "sdk/python/setup.py", "sdk/python/kiln_sdk/*.py",
+         "sdk/python/kiln_sdk/_proto/*.py", "proto/**/*.proto"]
+h = hashlib.sha256()
+for path in sorted(p for pattern in files for p in root.glob(pattern)):
+    h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+print(h.hexdigest())
+PY
+)
+if [[ $(cat "$cache/kiln-sdk.sha256" 2>/dev/null) != "$sdk_hash" ]] \
+  || ! "$py" -c 'import kiln_sdk, pytest' 2>/dev/null; then
+  echo "setup: installing the Python SDK (sdk/python) and pytest"
+  "$py" -m pip install --quiet --disable-pip-version-check pytest "$root/sdk/python"
+  echo "$sdk_hash" >"$cache/kiln-sdk.sha256"
+fi
