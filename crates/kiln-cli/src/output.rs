@@ -1,0 +1,402 @@
+//! What `kiln` prints: tables, the live progress of a job and its summary.
+
+use std::io::Write;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kiln_client::{epoch_metrics, pb, planned_epochs, state_name, stop_reason_name};
+use prost_types::Timestamp;
+
+/// Writes to stdout; a closed pipe comes back as an error (BrokenPipe) instead of a panic.
+pub fn print(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// Columns padded to their widest cell, two spaces apart.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut text = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i > 0 {
+                l.push_str("  ");
+            }
+            l.push_str(cell);
+            if i + 1 < cells.len() {
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                l.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        text.push_str(l.trim_end());
+        text.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    text
+}
+
+fn num(v: f64) -> String {
+    if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e5) {
+        format!("{v:.3e}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+fn time(t: &Option<Timestamp>) -> String {
+    match t {
+        Some(t) => Timestamp {
+            seconds: t.seconds,
+            nanos: 0,
+        }
+        .to_string(),
+        None => "-".into(),
+    }
+}
+
+fn seconds(t: &Timestamp) -> f64 {
+    t.seconds as f64 + f64::from(t.nanos) * 1e-9
+}
+
+fn first_metric(m: Option<&pb::EpochMetrics>) -> String {
+    m.and_then(|m| epoch_metrics(m).into_iter().next())
+        .map(|(name, v)| format!("{name}={}", num(v)))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn abbreviate(items: &[String], max: usize) -> String {
+    let text = items.join(",");
+    if text.chars().count() <= max {
+        text
+    } else {
+        let mut t: String = text.chars().take(max.saturating_sub(3)).collect();
+        t.push_str("...");
+        t
+    }
+}
+
+pub fn jobs_table(jobs: &[pb::Job]) -> String {
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.clone(),
+                j.model_name.clone(),
+                state_name(j.state()).to_string(),
+                format!("{}/{}", j.epochs_completed, planned_epochs(j)),
+                j.best
+                    .as_ref()
+                    .map(|b| b.epoch.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                j.best
+                    .as_ref()
+                    .map(|b| num(b.val_loss))
+                    .unwrap_or_else(|| "-".into()),
+                first_metric(j.best.as_ref()),
+                time(&j.created_at),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID", "MODEL", "STATE", "EPOCHS", "BEST", "VAL_LOSS", "METRIC", "CREATED",
+        ],
+        &rows,
+    )
+}
+
+pub fn models_table(models: &[pb::ModelInfo]) -> String {
+    let rows: Vec<Vec<String>> = models
+        .iter()
+        .map(|m| {
+            let task = m.task().as_str_name();
+            let outputs = if m.classes.is_empty() {
+                &m.target_columns
+            } else {
+                &m.classes
+            };
+            vec![
+                m.name.clone(),
+                m.version.to_string(),
+                m.job_id.clone(),
+                task.strip_prefix("TASK_").unwrap_or(task).to_lowercase(),
+                if m.loaded { "yes" } else { "no" }.to_string(),
+                if m.aliases.is_empty() {
+                    "-".into()
+                } else {
+                    m.aliases.join(",")
+                },
+                abbreviate(&m.input_columns, 40),
+                abbreviate(outputs, 30),
+                m.metrics
+                    .as_ref()
+                    .map(|b| num(b.val_loss))
+                    .unwrap_or_else(|| "-".into()),
+                first_metric(m.metrics.as_ref()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME", "VERSION", "JOB", "TASK", "LOADED", "ALIASES", "INPUTS", "OUTPUTS", "VAL_LOSS",
+            "METRIC",
+        ],
+        &rows,
+    )
+}
+
+pub fn datasets_table(datasets: &[pb::Dataset]) -> String {
+    let rows: Vec<Vec<String>> = datasets
+        .iter()
+        .map(|d| {
+            let format = d.format().as_str_name();
+            vec![
+                d.id.clone(),
+                d.name.clone(),
+                format
+                    .strip_prefix("DATASET_FORMAT_")
+                    .unwrap_or(format)
+                    .to_lowercase(),
+                d.rows.to_string(),
+                abbreviate(&d.columns, 50),
+                d.size_bytes.to_string(),
+                time(&d.created_at),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID", "NAME", "FORMAT", "ROWS", "COLUMNS", "BYTES", "CREATED",
+        ],
+        &rows,
+    )
+}
+
+/// The final state of a job, one field per line.
+pub fn job_summary(job: &pb::Job, model: Option<&pb::ModelInfo>) -> String {
+    let mut rows: Vec<Vec<String>> = vec![
+        vec!["job".into(), job.id.clone()],
+        vec!["state".into(), state_name(job.state()).into()],
+    ];
+    if job.stop_reason != 0 {
+        rows.push(vec![
+            "stop reason".into(),
+            stop_reason_name(job.stop_reason()).into(),
+        ]);
+    }
+    if !job.message.is_empty() {
+        rows.push(vec!["message".into(), job.message.clone()]);
+    }
+    rows.push(vec![
+        "epochs".into(),
+        format!("{}/{}", job.epochs_completed, planned_epochs(job)),
+    ]);
+    if let Some(best) = &job.best {
+        rows.push(vec!["best epoch".into(), best.epoch.to_string()]);
+        rows.push(vec!["train_loss".into(), num(best.train_loss)]);
+        rows.push(vec!["val_loss".into(), num(best.val_loss)]);
+        for (name, v) in epoch_metrics(best) {
+            rows.push(vec![name.into(), num(v)]);
+        }
+    }
+    match model {
+        Some(m) => rows.push(vec![
+            "model".into(),
+            format!("{} version {}", m.name, m.version),
+        ]),
+        None => rows.push(vec![
+            "model".into(),
+            format!("{} (not served)", job.model_name),
+        ]),
+    }
+    if !job.device.is_empty() {
+        rows.push(vec!["device".into(), job.device.clone()]);
+    }
+    if let (Some(start), Some(end)) = (&job.started_at, &job.finished_at) {
+        rows.push(vec![
+            "train time".into(),
+            format!("{:.1}s", seconds(end) - seconds(start)),
+        ]);
+    }
+    let width = rows.iter().map(|r| r[0].len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|r| format!("{:width$}  {}\n", r[0], r[1]))
+        .collect()
+}
+
+/// A job's live progress on stderr: a bar per epoch on a terminal, one line
+/// per event otherwise.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    total: u32,
+}
+
+impl Progress {
+    pub fn new(job: &pb::Job, terminal: bool) -> Progress {
+        let total = planned_epochs(job);
+        let bar = terminal.then(|| {
+            let bar =
+                ProgressBar::with_draw_target(Some(u64::from(total)), ProgressDrawTarget::stderr());
+            let style = ProgressStyle::with_template(
+                "{elapsed:>4} [{bar:25}] epoch {pos}/{len} {wide_msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_message(state_name(job.state()).to_string());
+            bar
+        });
+        Progress { bar, total }
+    }
+
+    pub fn event(&mut self, event: &pb::JobEvent) {
+        use pb::job_event::Kind;
+        let Some(kind) = &event.kind else { return };
+        match (&self.bar, kind) {
+            (Some(bar), Kind::Epoch(m)) => {
+                bar.set_position(u64::from(m.epoch));
+                bar.set_message(epoch_bar_text(m));
+                if let Some(warning) = gradient_warning(m) {
+                    bar.println(warning);
+                }
+            }
+            (None, Kind::Epoch(m)) => {
+                eprintln!("{}", event_text(kind, self.total));
+                if let Some(warning) = gradient_warning(m) {
+                    eprintln!("{warning}");
+                }
+            }
+            (Some(bar), Kind::StateChanged(s)) => bar.set_message(state_text(s)),
+            (Some(bar), other) => bar.println(event_text(other, self.total)),
+            (None, other) => eprintln!("{}", event_text(other, self.total)),
+        }
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            // The summary that follows repeats the final numbers.
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn epoch_text(m: &pb::EpochMetrics) -> String {
+    let mut text = format!(
+        "train_loss {} val_loss {}",
+        num(m.train_loss),
+        num(m.val_loss)
+    );
+    for (name, v) in epoch_metrics(m) {
+        text.push_str(&format!(" {name} {}", num(v)));
+    }
+    if m.improved {
+        text.push_str(" *");
+    }
+    text
+}
+
+/// The bar's short form of an epoch's numbers, to fit a terminal line.
+fn epoch_bar_text(m: &pb::EpochMetrics) -> String {
+    let mut text = format!("loss {} val {}", num(m.train_loss), num(m.val_loss));
+    for (name, v) in epoch_metrics(m) {
+        let short = name.strip_prefix("val_").unwrap_or(name);
+        let short = if short == "accuracy" { "acc" } else { short };
+        text.push_str(&format!(" {short} {}", num(v)));
+    }
+    if m.improved {
+        text.push_str(" *");
+    }
+    text
+}
+
+/// A line for an epoch whose gradients were flagged as vanishing or exploding.
+fn gradient_warning(m: &pb::EpochMetrics) -> Option<String> {
+    let health = m.gradient_health.as_ref()?;
+    let kind = match (health.vanishing, health.exploding) {
+        (true, true) => "vanishing and exploding",
+        (true, false) => "vanishing",
+        (false, true) => "exploding",
+        (false, false) => return None,
+    };
+    Some(format!(
+        "warning: epoch {}: {kind} gradients: {}",
+        m.epoch, health.detail
+    ))
+}
+
+fn state_text(s: &pb::StateChanged) -> String {
+    let mut text = state_name(s.state()).to_string();
+    if !s.device.is_empty() {
+        text.push_str(" on ");
+        text.push_str(&s.device);
+    }
+    text
+}
+
+fn event_text(kind: &pb::job_event::Kind, total: u32) -> String {
+    use pb::job_event::Kind;
+    match kind {
+        Kind::StateChanged(s) => format!("state {}", state_text(s)),
+        Kind::Epoch(m) => format!("epoch {}/{total} {}", m.epoch, epoch_text(m)),
+        Kind::EarlyStopped(e) => format!(
+            "early stopped after epoch {}: best epoch {} ({} {})",
+            e.epoch,
+            e.best_epoch,
+            e.monitor,
+            num(e.best_value)
+        ),
+        Kind::Finished(f) => format!(
+            "finished ({}): best epoch {} of {}, model {}",
+            stop_reason_name(f.reason()),
+            f.best_epoch,
+            f.epochs_completed,
+            f.model_name
+        ),
+        Kind::Failed(f) => format!(
+            "{} ({}): {}",
+            state_name(f.state()),
+            stop_reason_name(f.reason()),
+            f.message
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_pad_columns() {
+        let t = table(
+            &["A", "BB"],
+            &[vec!["xxx".into(), "y".into()], vec!["z".into(), "".into()]],
+        );
+        assert_eq!(t, "A    BB\nxxx  y\nz\n");
+    }
+
+    #[test]
+    fn flagged_gradients_get_a_warning_line() {
+        let mut m = pb::EpochMetrics {
+            epoch: 3,
+            gradient_health: Some(pb::GradientHealth::default()),
+            ..Default::default()
+        };
+        assert_eq!(gradient_warning(&m), None);
+        let health = m.gradient_health.as_mut().unwrap();
+        health.vanishing = true;
+        health.detail = "hidden1: gradient norm 1e-9".into();
+        assert_eq!(
+            gradient_warning(&m).unwrap(),
+            "warning: epoch 3: vanishing gradients: hidden1: gradient norm 1e-9"
+        );
+    }
+}

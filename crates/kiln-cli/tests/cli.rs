@@ -1,0 +1,312 @@
+//! End to end: the `kiln` binary against a real kiln-server (started as
+//! tests/common/mod.rs at the workspace root does: a free port, its own data
+//! directory, one torch thread).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+struct Server {
+    child: Child,
+    addr: String,
+    data_dir: PathBuf,
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("KILN_SERVER_BIN") {
+        return path.into();
+    }
+    // Integration tests run from target/<profile>/deps; the server sits in target/<profile>.
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .join("kiln-server");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first with `cargo build -p kiln-server` (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// A fresh temporary directory for this test process.
+fn temp_dir(tag: &str) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "kiln-cli-{tag}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Server {
+    fn start() -> Server {
+        let data_dir = temp_dir("data");
+        let mut child = Command::new(server_binary())
+            .env("KILN_LISTEN", "127.0.0.1:0")
+            .env("KILN_DATA_DIR", &data_dir)
+            .env("KILN_TORCH_THREADS", "1")
+            .env("KILN_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start kiln-server");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read server banner");
+        let addr = line
+            .trim()
+            .strip_prefix("kiln-server listening on ")
+            .unwrap_or_else(|| panic!("unexpected server banner {line:?}"))
+            .to_string();
+        Server {
+            child,
+            addr,
+            data_dir,
+        }
+    }
+
+    /// Runs `kiln --server <this server> args...`.
+    fn kiln(&self, args: &[&str]) -> Output {
+        kiln(&[&["--server", &format!("http://{}", self.addr)], args].concat())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env_remove("KILN_SERVER")
+        .output()
+        .expect("run kiln")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    );
+}
+
+/// The one line a failing command prints.
+fn error_line(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected a failure, got:\n{}",
+        stdout(out)
+    );
+    let err = stderr(out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line on stderr, got:\n{err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    lines[0].to_string()
+}
+
+/// examples/rings.yaml with 3 epochs and its own model name.
+fn short_rings_job(dir: &Path, model: &str) -> PathBuf {
+    let yaml = std::fs::read_to_string(repo_root().join("examples/rings.yaml")).unwrap();
+    assert!(yaml.contains("epochs: 60") && yaml.contains("modelName: rings"));
+    let yaml = yaml
+        .replace("epochs: 60", "epochs: 3")
+        .replace("modelName: rings", &format!("modelName: {model}"));
+    let path = dir.join("rings.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+#[test]
+fn submit_watch_list_and_predict() {
+    let server = Server::start();
+    let dir = temp_dir("job");
+    let job_file = short_rings_job(&dir, "cli-rings");
+
+    let out = server.kiln(&["submit", job_file.to_str().unwrap(), "--watch"]);
+    assert_ok(&out, "kiln submit --watch");
+    let summary = stdout(&out);
+    let field = |name: &str| -> String {
+        summary
+            .lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| panic!("no {name:?} in the summary:\n{summary}"))
+    };
+    assert_eq!(field("state"), "SUCCEEDED", "{summary}");
+    let job_id = field("job");
+    assert!(job_id.starts_with("job-"), "{summary}");
+    assert_eq!(field("epochs"), "3/3", "{summary}");
+    assert!(!field("best epoch").is_empty());
+    assert!(!field("val_accuracy").is_empty());
+    assert_eq!(field("model"), "cli-rings version 1", "{summary}");
+    // Without a terminal the progress comes as one line per event.
+    let progress = stderr(&out);
+    assert!(progress.contains("epoch 3/3"), "{progress}");
+    assert!(progress.contains("finished"), "{progress}");
+
+    let out = server.kiln(&["jobs"]);
+    assert_ok(&out, "kiln jobs");
+    let jobs = stdout(&out);
+    let line = jobs
+        .lines()
+        .find(|l| l.starts_with(&job_id))
+        .unwrap_or_else(|| panic!("{job_id} not listed:\n{jobs}"));
+    assert!(
+        line.contains("cli-rings") && line.contains("SUCCEEDED"),
+        "{jobs}"
+    );
+
+    let out = server.kiln(&["models"]);
+    assert_ok(&out, "kiln models");
+    let models = stdout(&out);
+    assert!(
+        models
+            .lines()
+            .any(|l| l.starts_with("cli-rings ") && l.contains(&job_id)),
+        "{models}"
+    );
+
+    // Columns by name, in any order; the label column is ignored.
+    let csv = dir.join("rows.csv");
+    std::fs::write(&csv, "label,y,x\n0,0.0,1.0\n1,2.2,0.0\n1,-2.1,0.3\n").unwrap();
+    let out = server.kiln(&["predict", "cli-rings", "--csv", csv.to_str().unwrap()]);
+    assert_ok(&out, "kiln predict");
+    let predictions = stdout(&out);
+    let lines: Vec<&str> = predictions.lines().collect();
+    assert_eq!(lines[0], "class,p_0,p_1", "{predictions}");
+    assert_eq!(lines.len(), 4, "{predictions}");
+    for line in &lines[1..] {
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(cells.len(), 3, "{predictions}");
+        assert!(cells[0] == "0" || cells[0] == "1", "{predictions}");
+        let p: f64 = cells[1].parse::<f64>().unwrap() + cells[2].parse::<f64>().unwrap();
+        assert!((p - 1.0).abs() < 1e-5, "{predictions}");
+    }
+
+    // The same by job id, and by version; a version that does not exist is NOT_FOUND.
+    let out = server.kiln(&["predict", &job_id, "--csv", csv.to_str().unwrap()]);
+    assert_ok(&out, "kiln predict by job id");
+    assert_eq!(stdout(&out), predictions);
+    let out = server.kiln(&[
+        "predict",
+        "cli-rings",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--version",
+        "1",
+    ]);
+    assert_ok(&out, "kiln predict --version 1");
+    assert_eq!(stdout(&out), predictions);
+    let out = server.kiln(&[
+        "predict",
+        "cli-rings",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--version",
+        "9",
+    ]);
+    assert!(error_line(&out).contains("NOT_FOUND"));
+
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_job_file_is_one_line_naming_the_field() {
+    let dir = temp_dir("bad");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "spec:\n  modelName: x\n  training:\n    epochz: 3\n").unwrap();
+    // The file is read before connecting, so no server is needed.
+    let out = kiln(&[
+        "--server",
+        "http://127.0.0.1:9",
+        "submit",
+        bad.to_str().unwrap(),
+    ]);
+    let line = error_line(&out);
+    assert!(line.contains("epochz"), "{line}");
+    assert!(line.contains("spec.training"), "{line}");
+
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, r#"{"spec": {"task": "TASK_CLUSTERING"}}"#).unwrap();
+    let out = kiln(&["submit", bad.to_str().unwrap()]);
+    let line = error_line(&out);
+    assert!(
+        line.contains("spec.task") && line.contains("TASK_CLUSTERING"),
+        "{line}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn server_errors_carry_the_status_code() {
+    let server = Server::start();
+    let out = server.kiln(&["cancel", "job-does-not-exist"]);
+    let line = error_line(&out);
+    assert!(line.contains("NOT_FOUND"), "{line}");
+    assert!(line.contains("job-does-not-exist"), "{line}");
+
+    let out = server.kiln(&["watch", "job-does-not-exist"]);
+    assert!(error_line(&out).contains("NOT_FOUND"));
+
+    // A job the server rejects: INVALID_ARGUMENT with the server's message.
+    let dir = temp_dir("invalid");
+    let job = dir.join("job.json");
+    std::fs::write(&job, r#"{"spec": {"modelName": "x"}}"#).unwrap();
+    let out = server.kiln(&["submit", job.to_str().unwrap()]);
+    assert!(error_line(&out).contains("INVALID_ARGUMENT"));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Nothing listening: one line, no panic.
+    drop(server);
+    let out = kiln(&["--server", "http://127.0.0.1:9", "jobs"]);
+    assert!(error_line(&out).contains("cannot connect"));
+}
+
+#[test]
+fn datasets_upload_and_list() {
+    let server = Server::start();
+    let csv = repo_root().join("examples/spirals.csv");
+    let out = server.kiln(&[
+        "datasets",
+        "upload",
+        csv.to_str().unwrap(),
+        "--name",
+        "spirals",
+    ]);
+    assert_ok(&out, "kiln datasets upload");
+    let uploaded = stdout(&out);
+    assert!(
+        uploaded.contains("spirals") && uploaded.contains("900"),
+        "{uploaded}"
+    );
+    let out = server.kiln(&["datasets", "list"]);
+    assert_ok(&out, "kiln datasets list");
+    assert!(stdout(&out).contains("x,y,arm"), "{}", stdout(&out));
+}
