@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/kiln/v1/common.proto",
         "proto/kiln/v1/spec.proto",
         "proto/kiln/v1/jobs.proto",
+        "proto/kiln/v1/sweeps.proto",
         "proto/kiln/v1/datasets.proto",
         "proto/kiln/v1/inference.proto",
         // The Open Inference Protocol v2 (package `inference`).

@@ -186,6 +186,7 @@ async fn watchers_replay_from_the_start_and_see_the_same_events() {
         .await
         .list_jobs(pb::ListJobsRequest {
             state: pb::JobState::Succeeded as i32,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -484,4 +485,103 @@ async fn epoch_events_carry_gradient_health() {
         assert!((0.0..=1.0).contains(&hidden.dead_fraction.expect("ReLU")));
         assert_eq!(health.layers[1].dead_fraction, None);
     }
+}
+
+fn lr_range_points(events: &[pb::JobEvent]) -> Vec<pb::LrRangePoint> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::LrRangePoint(p)) => Some(*p),
+            _ => None,
+        })
+        .collect()
+}
+
+fn lr_range_result(events: &[pb::JobEvent]) -> pb::LrRangeResult {
+    let results: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::LrRangeResult(r)) => Some(*r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results.len(), 1, "one LR range result");
+    results[0]
+}
+
+/// JOB_KIND_LR_RANGE_TEST streams the curve, ends SUCCEEDED with the
+/// suggestions on the job, and serves no model.
+#[tokio::test]
+async fn the_lr_range_test_job_streams_its_curve_and_suggestions() {
+    let server = Server::start();
+    let mut spec = long_job(400);
+    spec.kind = pb::JobKind::LrRangeTest as i32;
+    spec.lr_range_test = Some(pb::LrRangeTest {
+        iterations: Some(40),
+        ..Default::default()
+    });
+    let job = submit(&server, spec).await.unwrap();
+    let events = watch_all(&server, &job.id).await;
+    let points = lr_range_points(&events);
+    let result = lr_range_result(&events);
+    assert_eq!(points.len() as u32, result.iterations);
+    assert!(result.iterations <= 40);
+    assert_eq!(points[0].learning_rate, 1e-7);
+    for (i, p) in points.iter().enumerate() {
+        assert_eq!(p.iteration as usize, i);
+        assert!(i == 0 || p.learning_rate > points[i - 1].learning_rate);
+    }
+    assert!(result.valley > 1e-7 && result.valley < 10.0);
+    assert_eq!(result.chosen, None);
+    assert!(
+        epochs(&events).is_empty(),
+        "the range test trains no epochs"
+    );
+    let done = get(&server, &job.id).await;
+    assert_eq!(done.state(), pb::JobState::Succeeded);
+    assert_eq!(done.lr_range, Some(result));
+    assert!(list_models(&server)
+        .await
+        .iter()
+        .all(|m| m.job_id != job.id && m.name != job.model_name));
+}
+
+/// Learning rate "auto": the range test, then training at its suggestion.
+#[tokio::test]
+async fn auto_learning_rate_trains_at_the_range_tests_suggestion() {
+    let server = Server::start();
+    let mut spec = long_job(400);
+    let training = spec.training.as_mut().unwrap();
+    training.epochs = 2;
+    training.batch_size = 16;
+    training.optimizer = Some(pb::Optimizer {
+        auto_learning_rate: true,
+        ..Default::default()
+    });
+    let job = submit(&server, spec.clone()).await.unwrap();
+    let events = watch_all(&server, &job.id).await;
+    let result = lr_range_result(&events);
+    let chosen = result.chosen.expect("auto reports the chosen rate");
+    assert_eq!(chosen, result.valley);
+    let epochs = epochs(&events);
+    assert_eq!(epochs.len(), 2);
+    assert!(epochs.iter().all(|e| e.learning_rate == chosen));
+    assert_eq!(finished(&events).reason(), pb::StopReason::Completed);
+    assert_eq!(get(&server, &job.id).await.lr_range, Some(result));
+
+    // A learning rate and "auto" together are refused, naming the field.
+    spec.training.as_mut().unwrap().optimizer = Some(pb::Optimizer {
+        auto_learning_rate: true,
+        learning_rate: Some(0.1),
+        ..Default::default()
+    });
+    let status = submit(&server, spec).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .starts_with("spec.training.optimizer.learning_rate: "),
+        "{}",
+        status.message()
+    );
 }

@@ -31,12 +31,17 @@ fn python_sdk_pytest_suite() {
     );
 
     let server = Server::start();
+    let token = "sdk-test-token";
+    let guarded = Server::start_with(&[("KILN_AUTH_TOKEN", token)]);
     let out = Command::new(&python)
         .args(["-m", "pytest", "sdk/python/tests", "-q"])
         // Report skips (they count as failures here); no .pytest_cache in the checkout.
         .args(["-rs", "-p", "no:cacheprovider"])
         .current_dir(repo_root())
         .env("KILN_ADDR", &server.addr)
+        .env("KILN_AUTH_ADDR", &guarded.addr)
+        .env("KILN_AUTH_TOKEN", token)
+        .env_remove("KILN_TOKEN")
         .output()
         .expect("run pytest");
     let report = text(&out);

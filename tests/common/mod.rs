@@ -51,26 +51,40 @@ impl Server {
     pub fn start_with(env: &[(&str, &str)]) -> Server {
         let data_dir =
             std::env::temp_dir().join(format!("kiln-test-{}-{}", std::process::id(), uuid_like()));
+        Self::start_in(data_dir, env)
+    }
+
+    /// Starts a server on `data_dir` (e.g. one a killed server left behind).
+    pub fn start_in(data_dir: PathBuf, env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(server_binary())
             .env("KILN_LISTEN", "127.0.0.1:0")
             .env("KILN_DATA_DIR", &data_dir)
             .env("KILN_TORCH_THREADS", "1")
             .env("KILN_LOG", "warn")
+            // Many test servers run at once: no Prometheus listener unless a test asks.
+            .env("KILN_METRICS_LISTEN", "")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start kiln-server");
         let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read server banner");
-        let addr = line
-            .trim()
-            .strip_prefix("kiln-server listening on ")
-            .unwrap_or_else(|| panic!("unexpected server banner {line:?}"))
-            .to_string();
+        let mut reader = BufReader::new(stdout);
+        // Log lines written before the banner (e.g. a model that a restart
+        // could not load) are passed on to stderr.
+        let addr = loop {
+            let mut line = String::new();
+            let read = reader.read_line(&mut line).expect("read server banner");
+            if read == 0 {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("kiln-server exited before its banner");
+            }
+            match line.trim().strip_prefix("kiln-server listening on ") {
+                Some(addr) => break addr.to_string(),
+                None => eprint!("{line}"),
+            }
+        };
         Server {
             child,
             addr,
@@ -99,11 +113,23 @@ impl Server {
     }
 }
 
+impl Server {
+    /// SIGKILLs the server (no shutdown of any kind) and returns its data
+    /// directory, left in place for [`Server::start_in`].
+    pub fn kill_keeping_data(mut self) -> PathBuf {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::take(&mut self.data_dir)
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data_dir);
+        if !self.data_dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use kiln_client::{load_job_file, pb, Client, Error};
+use kiln_client::{load_job_file, load_sweep_file, pb, Client, Error};
 
 mod output;
 
@@ -20,6 +20,9 @@ struct Cli {
     /// The kiln server's address.
     #[arg(long, global = true, env = "KILN_SERVER", default_value = kiln_client::DEFAULT_SERVER)]
     server: String,
+    /// The server's bearer token, for a server with `auth_token` set.
+    #[arg(long, global = true, env = "KILN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,6 +42,25 @@ enum Command {
         /// Only jobs in this state (queued, running, succeeded, failed, cancelled).
         #[arg(long)]
         state: Option<String>,
+        /// Only the trials of this sweep.
+        #[arg(long)]
+        sweep: Option<String>,
+        /// Only jobs with this label (KEY=VALUE; repeat for several).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Sort by a best-epoch metric: val_loss (ascending), -val_accuracy (descending), ...
+        #[arg(long, allow_hyphen_values = true)]
+        order_by: Option<String>,
+    },
+    /// Hyper-parameter sweeps: submit, follow, inspect, cancel.
+    Sweep {
+        #[command(subcommand)]
+        command: SweepCommand,
+    },
+    /// Compare jobs side by side: the spec fields that differ, best metrics, curves.
+    Compare {
+        #[arg(required = true, num_args = 2..)]
+        job_ids: Vec<String>,
     },
     /// Follow a job until it ends (replaying its events from the first), then summarize it.
     Watch { job_id: String },
@@ -62,6 +84,23 @@ enum Command {
         #[arg(long)]
         version: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum SweepCommand {
+    /// Submit a sweep file (a SubmitSweepRequest as YAML or JSON); prints the sweep id.
+    Submit {
+        sweep_file: PathBuf,
+        /// Follow the sweep (trials starting, pruned, finishing), then print the leaderboard.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Show a sweep's leaderboard.
+    Get { sweep_id: String },
+    /// Follow a sweep until it ends, then print the leaderboard.
+    Watch { sweep_id: String },
+    /// Cancel a sweep's unfinished trials.
+    Cancel { sweep_id: String },
 }
 
 #[derive(Subcommand)]
@@ -131,13 +170,28 @@ fn is_broken_pipe(e: &CliError) -> bool {
     matches!(e, CliError::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
+/// Where to connect, and with which token.
+struct Server {
+    address: String,
+    token: Option<String>,
+}
+
+impl Server {
+    async fn connect(&self) -> Result<Client, kiln_client::Error> {
+        Client::connect_with_token(&self.address, self.token.as_deref()).await
+    }
+}
+
 async fn run(cli: Cli) -> Outcome {
-    let server = cli.server;
+    let server = Server {
+        address: cli.server,
+        token: cli.token,
+    };
     match cli.command {
         Command::Submit { job_file, watch } => {
             // Read the file before connecting: a bad file needs no server.
             let request = load_job_file(&job_file)?;
-            let client = Client::connect(&server).await?;
+            let client = server.connect().await?;
             let job = client.submit(request).await?;
             if watch {
                 eprintln!("submitted {} (model {})", job.id, job.model_name);
@@ -147,23 +201,52 @@ async fn run(cli: Cli) -> Outcome {
                 Ok(ExitCode::SUCCESS)
             }
         }
-        Command::Jobs { state } => {
+        Command::Jobs {
+            state,
+            sweep,
+            labels,
+            order_by,
+        } => {
             let state = match state {
                 Some(s) => parse_state(&s)?,
                 None => pb::JobState::Unspecified,
             };
-            let client = Client::connect(&server).await?;
-            let jobs = client.jobs_in_state(state).await?;
+            let labels = labels
+                .iter()
+                .map(|l| {
+                    l.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| {
+                            CliError::Usage(format!("--label {l:?}: write it as KEY=VALUE"))
+                        })
+                })
+                .collect::<Result<_, _>>()?;
+            let client = server.connect().await?;
+            let jobs = client
+                .list_jobs(pb::ListJobsRequest {
+                    state: state as i32,
+                    sweep_id: sweep.unwrap_or_default(),
+                    labels,
+                    order_by: order_by.unwrap_or_default(),
+                })
+                .await?;
             output::print(&output::jobs_table(&jobs))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sweep { command } => sweep(&server, command).await,
+        Command::Compare { job_ids } => {
+            let client = server.connect().await?;
+            let comparison = client.compare(&job_ids).await?;
+            output::print(&output::comparison(&comparison))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Watch { job_id } => {
-            let client = Client::connect(&server).await?;
+            let client = server.connect().await?;
             let job = client.get_job(&job_id).await?;
             follow(&client, job).await
         }
         Command::Cancel { job_id } => {
-            let client = Client::connect(&server).await?;
+            let client = server.connect().await?;
             let job = client.cancel(&job_id).await?;
             output::print(&format!(
                 "{} {}\n",
@@ -174,7 +257,7 @@ async fn run(cli: Cli) -> Outcome {
         }
         Command::Datasets { command } => datasets(&server, command).await,
         Command::Models => {
-            let client = Client::connect(&server).await?;
+            let client = server.connect().await?;
             let models = client.models().await?;
             output::print(&output::models_table(&models))?;
             Ok(ExitCode::SUCCESS)
@@ -185,7 +268,7 @@ async fn run(cli: Cli) -> Outcome {
             version,
         } => {
             let bytes = read_input(&csv)?;
-            let client = Client::connect(&server).await?;
+            let client = server.connect().await?;
             let table = client
                 .predict_csv(&model, version.as_deref().unwrap_or(""), &bytes)
                 .await?;
@@ -197,8 +280,66 @@ async fn run(cli: Cli) -> Outcome {
     }
 }
 
-async fn datasets(server: &str, command: DatasetsCommand) -> Outcome {
-    let client = Client::connect(server).await?;
+async fn sweep(server: &Server, command: SweepCommand) -> Outcome {
+    match command {
+        SweepCommand::Submit { sweep_file, watch } => {
+            // Read the file before connecting: a bad file needs no server.
+            let request = load_sweep_file(&sweep_file)?;
+            let client = server.connect().await?;
+            let sweep = client.submit_sweep(request).await?;
+            if watch {
+                eprintln!(
+                    "submitted {} ({} trials, model {})",
+                    sweep.id, sweep.total_trials, sweep.model_name
+                );
+                follow_sweep(&client, &sweep.id).await
+            } else {
+                output::print(&format!("{}\n", sweep.id))?;
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+        SweepCommand::Get { sweep_id } => {
+            let client = server.connect().await?;
+            let sweep = client.get_sweep(&sweep_id).await?;
+            output::print(&output::sweep_summary(&sweep))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        SweepCommand::Watch { sweep_id } => {
+            let client = server.connect().await?;
+            follow_sweep(&client, &sweep_id).await
+        }
+        SweepCommand::Cancel { sweep_id } => {
+            let client = server.connect().await?;
+            let sweep = client.cancel_sweep(&sweep_id).await?;
+            output::print(&format!("{} cancelling\n", sweep.id))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Follows a sweep: one line per trial event on stderr, the leaderboard on
+/// stdout. Exits non-zero unless the sweep succeeded.
+async fn follow_sweep(client: &Client, sweep_id: &str) -> Outcome {
+    let sweep = client
+        .wait_sweep_with(sweep_id, |e| {
+            if let Some(line) = e.kind.as_ref().and_then(output::sweep_event_text) {
+                eprintln!("{line}");
+            }
+        })
+        .await?;
+    output::print(&output::sweep_summary(&sweep))?;
+    if sweep.state() == pb::SweepState::Succeeded {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(CliError::Usage(format!(
+            "sweep {}: {}",
+            sweep.id, sweep.message
+        )))
+    }
+}
+
+async fn datasets(server: &Server, command: DatasetsCommand) -> Outcome {
+    let client = server.connect().await?;
     match command {
         DatasetsCommand::Upload { files, name } => {
             let name = name.unwrap_or_else(|| file_stem(&files[0]));

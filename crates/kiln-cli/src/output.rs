@@ -208,6 +208,14 @@ pub fn job_summary(job: &pb::Job, model: Option<&pb::ModelInfo>) -> String {
             rows.push(vec![name.into(), num(v)]);
         }
     }
+    if let Some(r) = &job.lr_range {
+        rows.push(vec!["lr valley".into(), num(r.valley)]);
+        rows.push(vec!["lr steepest".into(), num(r.steepest)]);
+        rows.push(vec!["lr minimum/10".into(), num(r.minimum)]);
+        if let Some(chosen) = r.chosen {
+            rows.push(vec!["lr chosen".into(), num(chosen)]);
+        }
+    }
     match model {
         Some(m) => rows.push(vec![
             "model".into(),
@@ -367,7 +375,239 @@ fn event_text(kind: &pb::job_event::Kind, total: u32) -> String {
             stop_reason_name(f.reason()),
             f.message
         ),
+        Kind::LrRangePoint(p) => format!(
+            "lr range test: iteration {} lr {} loss {} smoothed {}",
+            p.iteration,
+            num(p.learning_rate),
+            num(p.loss),
+            num(p.smoothed_loss)
+        ),
+        Kind::LrRangeResult(r) => {
+            let mut text = format!(
+                "lr range test: {} iterations{}; suggestions: valley {}, steepest {}, minimum/10 {}",
+                r.iterations,
+                if r.diverged { " (stopped: loss diverged)" } else { "" },
+                num(r.valley),
+                num(r.steepest),
+                num(r.minimum)
+            );
+            if let Some(chosen) = r.chosen {
+                text.push_str(&format!("; training at lr {}", num(chosen)));
+            }
+            text
+        }
     }
+}
+
+fn value_text(v: &Option<prost_types::Value>) -> String {
+    use prost_types::value::Kind;
+    match v.as_ref().and_then(|v| v.kind.as_ref()) {
+        Some(Kind::NumberValue(x)) if x.fract() == 0.0 && x.abs() < 1e15 => {
+            format!("{}", *x as i64)
+        }
+        Some(Kind::NumberValue(x)) => format!("{x}"),
+        Some(Kind::StringValue(s)) => s.clone(),
+        Some(Kind::BoolValue(b)) => b.to_string(),
+        _ => "-".into(),
+    }
+}
+
+/// The last path segment, for a column header: `learning_rate`,
+/// `hidden_layers[0].units` keeps its index.
+fn short_path(path: &str) -> String {
+    let parts: Vec<&str> = path.split('.').collect();
+    match parts.as_slice() {
+        [.., parent, last] if parent.contains('[') => format!("{parent}.{last}"),
+        [.., last] => last.to_string(),
+        [] => path.to_string(),
+    }
+}
+
+/// A sweep's state and its leaderboard, best first.
+pub fn sweep_summary(sweep: &pb::Sweep) -> String {
+    let state = sweep.state().as_str_name();
+    let mut text = format!(
+        "sweep {}  {}  model {}  {} {} ({} trials)\n",
+        sweep.id,
+        state.strip_prefix("SWEEP_STATE_").unwrap_or(state),
+        sweep.model_name,
+        match sweep.goal() {
+            pb::Goal::Maximize => "maximize",
+            _ => "minimize",
+        },
+        sweep.metric,
+        sweep.total_trials,
+    );
+    if !sweep.message.is_empty() {
+        text.push_str(&sweep.message);
+        text.push('\n');
+    }
+    let paths: Vec<String> = sweep
+        .trials
+        .first()
+        .map(|t| t.parameters.iter().map(|p| p.path.clone()).collect())
+        .unwrap_or_default();
+    let mut header: Vec<String> = vec!["RANK".into(), "TRIAL".into(), "JOB".into(), "STATE".into()];
+    header.extend(paths.iter().map(|p| short_path(p)));
+    header.extend([sweep.metric.to_uppercase(), "BEST".into(), "EPOCHS".into()]);
+    let rows: Vec<Vec<String>> = sweep
+        .trials
+        .iter()
+        .map(|t| {
+            let mut row = vec![
+                if t.rank == 0 {
+                    "-".into()
+                } else {
+                    t.rank.to_string()
+                },
+                t.number.to_string(),
+                if t.job_id.is_empty() {
+                    "-".into()
+                } else {
+                    t.job_id.clone()
+                },
+                if t.pruned {
+                    "PRUNED".into()
+                } else {
+                    state_name(t.state()).to_string()
+                },
+            ];
+            row.extend(t.parameters.iter().map(|p| value_text(&p.value)));
+            row.push(t.best_value.map(num).unwrap_or_else(|| "-".into()));
+            row.push(
+                t.best
+                    .as_ref()
+                    .map(|b| b.epoch.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            );
+            row.push(t.epochs_completed.to_string());
+            row
+        })
+        .collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    text.push_str(&table(&header, &rows));
+    text
+}
+
+/// One line per sweep event worth a line while following.
+pub fn sweep_event_text(kind: &pb::sweep_event::Kind) -> Option<String> {
+    use pb::sweep_event::Kind;
+    let params = |t: &pb::Trial| {
+        t.parameters
+            .iter()
+            .map(|p| format!("{}={}", short_path(&p.path), value_text(&p.value)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    Some(match kind {
+        Kind::TrialStarted(t) => {
+            format!("trial {} started: {} ({})", t.number, t.job_id, params(t))
+        }
+        Kind::TrialPruned(p) => format!("trial {} {}", p.trial, p.reason),
+        Kind::TrialFinished(t) => format!(
+            "trial {} {}: best {} after {} epochs",
+            t.number,
+            if t.pruned {
+                "PRUNED"
+            } else {
+                state_name(t.state())
+            },
+            t.best_value.map(num).unwrap_or_else(|| "-".into()),
+            t.epochs_completed
+        ),
+        Kind::SweepFinished(s) => format!("sweep ended: {}", s.message),
+        Kind::TrialEpoch(_) | Kind::Leaderboard(_) => return None,
+    })
+}
+
+/// Jobs side by side: the differing spec fields, the best metrics, and the
+/// validation loss per epoch.
+pub fn comparison(c: &pb::CompareJobsResponse) -> String {
+    let mut header: Vec<String> = vec!["".into()];
+    header.extend(c.jobs.iter().map(|j| j.id.clone()));
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut row = |name: String, cells: Vec<String>| {
+        let mut r = vec![name];
+        r.extend(cells);
+        rows.push(r);
+    };
+    row(
+        "model".into(),
+        c.jobs.iter().map(|j| j.model_name.clone()).collect(),
+    );
+    row(
+        "state".into(),
+        c.jobs
+            .iter()
+            .map(|j| state_name(j.state()).to_string())
+            .collect(),
+    );
+    for d in &c.differences {
+        row(
+            d.path.clone(),
+            d.values
+                .iter()
+                .map(|v| {
+                    if v.is_empty() {
+                        "(default)".into()
+                    } else {
+                        v.clone()
+                    }
+                })
+                .collect(),
+        );
+    }
+    row(
+        "best epoch".into(),
+        c.jobs
+            .iter()
+            .map(|j| j.best.as_ref().map_or("-".into(), |b| b.epoch.to_string()))
+            .collect(),
+    );
+    row(
+        "best val_loss".into(),
+        c.jobs
+            .iter()
+            .map(|j| j.best.as_ref().map_or("-".into(), |b| num(b.val_loss)))
+            .collect(),
+    );
+    let metric_names: Vec<&str> = c
+        .jobs
+        .iter()
+        .filter_map(|j| j.best.as_ref())
+        .flat_map(|b| epoch_metrics(b).into_iter().map(|(n, _)| n))
+        .fold(Vec::new(), |mut names, n| {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+            names
+        });
+    for name in metric_names {
+        row(
+            format!("best {name}"),
+            c.jobs
+                .iter()
+                .map(|j| {
+                    j.best
+                        .as_ref()
+                        .and_then(|b| epoch_metrics(b).into_iter().find(|(n, _)| *n == name))
+                        .map_or("-".into(), |(_, v)| num(v))
+                })
+                .collect(),
+        );
+    }
+    let longest = c.curves.iter().map(|k| k.epochs.len()).max().unwrap_or(0);
+    for e in 0..longest {
+        row(
+            format!("epoch {} val_loss", e + 1),
+            c.curves
+                .iter()
+                .map(|k| k.epochs.get(e).map_or("".into(), |m| num(m.val_loss)))
+                .collect(),
+        );
+    }
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    table(&header, &rows)
 }
 
 #[cfg(test)]

@@ -50,26 +50,39 @@ fn temp_dir(tag: &str) -> PathBuf {
 
 impl Server {
     fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    fn start_with(env: &[(&str, &str)]) -> Server {
         let data_dir = temp_dir("data");
         let mut child = Command::new(server_binary())
             .env("KILN_LISTEN", "127.0.0.1:0")
             .env("KILN_DATA_DIR", &data_dir)
             .env("KILN_TORCH_THREADS", "1")
             .env("KILN_LOG", "warn")
+            // Tests run servers side by side: no Prometheus listener.
+            .env("KILN_METRICS_LISTEN", "")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start kiln-server");
         let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read server banner");
-        let addr = line
-            .trim()
-            .strip_prefix("kiln-server listening on ")
-            .unwrap_or_else(|| panic!("unexpected server banner {line:?}"))
-            .to_string();
+        let mut reader = BufReader::new(stdout);
+        // Log lines before the banner are passed on to stderr.
+        let addr = loop {
+            let mut line = String::new();
+            let read = reader.read_line(&mut line).expect("read server banner");
+            if read == 0 {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("kiln-server exited before its banner");
+            }
+            match line.trim().strip_prefix("kiln-server listening on ") {
+                Some(addr) => break addr.to_string(),
+                None => eprint!("{line}"),
+            }
+        };
         Server {
             child,
             addr,
@@ -95,6 +108,7 @@ fn kiln(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(args)
         .env_remove("KILN_SERVER")
+        .env_remove("KILN_TOKEN")
         .output()
         .expect("run kiln")
 }
@@ -309,4 +323,89 @@ fn datasets_upload_and_list() {
     let out = server.kiln(&["datasets", "list"]);
     assert_ok(&out, "kiln datasets list");
     assert!(stdout(&out).contains("x,y,arm"), "{}", stdout(&out));
+}
+
+#[test]
+fn sweep_submit_watch_get_and_compare() {
+    let server = Server::start();
+    let dir = temp_dir("sweep");
+    let yaml = std::fs::read_to_string(repo_root().join("examples/sweep.yaml")).unwrap();
+    assert!(yaml.contains("epochs: 30"));
+    let file = dir.join("sweep.yaml");
+    std::fs::write(&file, yaml.replace("epochs: 30", "epochs: 3")).unwrap();
+
+    let out = server.kiln(&["sweep", "submit", file.to_str().unwrap(), "--watch"]);
+    assert_ok(&out, "kiln sweep submit --watch");
+    let text = stdout(&out);
+    assert!(
+        text.contains("SUCCEEDED") && text.contains("rings-sweep"),
+        "{text}"
+    );
+    let header = text
+        .lines()
+        .find(|l| l.starts_with("RANK"))
+        .expect("a leaderboard");
+    assert!(
+        header.contains("learning_rate") && header.contains("VAL_ACCURACY"),
+        "{header}"
+    );
+    let rows: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("RANK"))
+        .skip(1)
+        .collect();
+    assert_eq!(rows.len(), 6, "{text}");
+    assert!(rows[0].starts_with("1 "), "{text}");
+    assert!(stderr(&out).contains("trial 6 started"), "{}", stderr(&out));
+    let sweep_id = text.split_whitespace().nth(1).unwrap().to_string();
+    assert!(sweep_id.starts_with("sweep-"), "{text}");
+
+    let got = server.kiln(&["sweep", "get", &sweep_id]);
+    assert_ok(&got, "kiln sweep get");
+    assert_eq!(stdout(&got), text);
+
+    let jobs: Vec<&str> = rows
+        .iter()
+        .map(|r| r.split_whitespace().nth(2).unwrap())
+        .collect();
+    let compared = server.kiln(&["compare", jobs[0], jobs[5]]);
+    assert_ok(&compared, "kiln compare");
+    let table = stdout(&compared);
+    assert!(table.contains("labels.trial"), "{table}");
+    assert!(table.contains("epoch 1 val_loss"), "{table}");
+
+    let listed = server.kiln(&["jobs", "--sweep", &sweep_id, "--order-by", "-val_accuracy"]);
+    assert_ok(&listed, "kiln jobs --sweep");
+    assert_eq!(stdout(&listed).lines().count(), 7, "{}", stdout(&listed));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A server with an auth token: the CLI sends `--token` or `KILN_TOKEN`;
+/// without it, one UNAUTHENTICATED line and exit code 1.
+#[test]
+fn the_token_comes_from_the_flag_or_kiln_token() {
+    let server = Server::start_with(&[("KILN_AUTH_TOKEN", "cli-secret")]);
+    let without = server.kiln(&["jobs"]);
+    assert_eq!(without.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&without.stderr);
+    assert!(
+        err.starts_with("error: ") && err.contains("UNAUTHENTICATED") && err.lines().count() == 1,
+        "{err}"
+    );
+    let flag = server.kiln(&["--token", "cli-secret", "jobs"]);
+    assert!(
+        flag.status.success(),
+        "{}",
+        String::from_utf8_lossy(&flag.stderr)
+    );
+    let env = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["--server", &format!("http://{}", server.addr), "jobs"])
+        .env("KILN_TOKEN", "cli-secret")
+        .output()
+        .unwrap();
+    assert!(
+        env.status.success(),
+        "{}",
+        String::from_utf8_lossy(&env.stderr)
+    );
 }

@@ -1,5 +1,7 @@
 //! Job files: a `SubmitJobRequest` in the proto3 JSON mapping (what grpcurl
-//! takes), written as JSON or YAML, read through the proto descriptors.
+//! takes), written as JSON or YAML, read through the proto descriptors. The
+//! same machinery reads any kiln message ([`load_message_file`]), e.g. a
+//! `SubmitSweepRequest` ([`load_sweep_file`]).
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -33,6 +35,26 @@ impl JobFileFormat {
 /// as in the proto, enums by name). An unknown field or enum value is an
 /// error naming it, e.g. `job.yaml: spec.training: unrecognized field name 'epoch'`.
 pub fn load_job_file(path: impl AsRef<Path>) -> Result<pb::SubmitJobRequest> {
+    load_message_file(path, "kiln.v1.SubmitJobRequest")
+}
+
+/// Reads a sweep file: a `SubmitSweepRequest` in the proto3 JSON mapping, as
+/// JSON or YAML (see [`load_job_file`]).
+pub fn load_sweep_file(path: impl AsRef<Path>) -> Result<pb::SubmitSweepRequest> {
+    load_message_file(path, "kiln.v1.SubmitSweepRequest")
+}
+
+/// Parses a sweep from text; see [`load_sweep_file`].
+pub fn parse_sweep(text: &str, format: JobFileFormat) -> Result<pb::SubmitSweepRequest> {
+    parse_message(text, format, "kiln.v1.SubmitSweepRequest")
+}
+
+/// Reads a file holding the kiln message `message_name` (a full name such as
+/// `kiln.v1.SubmitSweepRequest`) in the proto3 JSON mapping, as JSON or YAML.
+pub fn load_message_file<M: Message + Default>(
+    path: impl AsRef<Path>,
+    message_name: &str,
+) -> Result<M> {
     let path = path.as_ref();
     let job_error = |message: String| Error::JobFile {
         path: path.to_path_buf(),
@@ -45,7 +67,7 @@ pub fn load_job_file(path: impl AsRef<Path>) -> Result<pb::SubmitJobRequest> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse_job(&text, format).map_err(|e| match e {
+    parse_message(&text, format, message_name).map_err(|e| match e {
         Error::JobFile { message, .. } => job_error(message),
         other => other,
     })
@@ -73,6 +95,16 @@ pub fn load_job_file(path: impl AsRef<Path>) -> Result<pb::SubmitJobRequest> {
 /// # Ok::<(), kiln_client::Error>(())
 /// ```
 pub fn parse_job(text: &str, format: JobFileFormat) -> Result<pb::SubmitJobRequest> {
+    parse_message(text, format, "kiln.v1.SubmitJobRequest")
+}
+
+/// Parses the kiln message `message_name` from JSON or YAML text in the
+/// proto3 JSON mapping; errors name the field path.
+pub fn parse_message<M: Message + Default>(
+    text: &str,
+    format: JobFileFormat,
+    message_name: &str,
+) -> Result<M> {
     let job_error = |message: String| Error::JobFile {
         path: "<job>".into(),
         message,
@@ -85,8 +117,10 @@ pub fn parse_job(text: &str, format: JobFileFormat) -> Result<pb::SubmitJobReque
     };
     let options = DeserializeOptions::new().deny_unknown_fields(true);
     let mut track = serde_path_to_error::Track::new();
+    let descriptor = descriptor(message_name)
+        .ok_or_else(|| job_error(format!("no message {message_name} in kiln's protos")))?;
     let message = DynamicMessage::deserialize_with_options(
-        submit_job_descriptor(),
+        descriptor,
         serde_path_to_error::Deserializer::new(&value, &mut track),
         &options,
     )
@@ -98,21 +132,18 @@ pub fn parse_job(text: &str, format: JobFileFormat) -> Result<pb::SubmitJobReque
             job_error(format!("{path}: {e}"))
         }
     })?;
-    pb::SubmitJobRequest::decode(message.encode_to_vec().as_slice())
-        .map_err(|e| job_error(format!("cannot convert the job: {e}")))
+    M::decode(message.encode_to_vec().as_slice())
+        .map_err(|e| job_error(format!("cannot convert the message: {e}")))
 }
 
-/// `kiln.v1.SubmitJobRequest` from the descriptors compiled into the `kiln` crate.
-fn submit_job_descriptor() -> MessageDescriptor {
-    static DESCRIPTOR: OnceLock<MessageDescriptor> = OnceLock::new();
-    DESCRIPTOR
-        .get_or_init(|| {
-            DescriptorPool::decode(kiln::FILE_DESCRIPTOR_SET)
-                .expect("kiln's file descriptor set decodes")
-                .get_message_by_name("kiln.v1.SubmitJobRequest")
-                .expect("kiln.v1.SubmitJobRequest is in kiln's descriptor set")
-        })
-        .clone()
+/// A message of the descriptors compiled into the `kiln` crate.
+fn descriptor(name: &str) -> Option<MessageDescriptor> {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(kiln::FILE_DESCRIPTOR_SET)
+            .expect("kiln's file descriptor set decodes")
+    })
+    .get_message_by_name(name)
 }
 
 #[cfg(test)]
@@ -129,12 +160,32 @@ mod tests {
     }
 
     #[test]
+    fn the_example_sweep_loads() {
+        let sweep = load_sweep_file(examples().join("sweep.yaml")).unwrap();
+        assert_eq!(sweep.method(), pb::SearchMethod::Grid);
+        assert_eq!(sweep.search_space.len(), 2);
+        assert!(sweep
+            .search_space
+            .contains_key("training.optimizer.learning_rate"));
+        assert!(sweep.base.unwrap().data.is_some());
+        assert!(matches!(
+            sweep.early_termination.and_then(|e| e.policy),
+            Some(pb::early_termination::Policy::Asha(_))
+        ));
+        let e = parse_sweep("base: {}\nsearch_spaec: {}\n", JobFileFormat::Yaml).unwrap_err();
+        assert!(e.to_string().contains("search_spaec"), "{e}");
+    }
+
+    #[test]
     fn every_example_job_loads() {
         let mut loaded = 0;
         for entry in std::fs::read_dir(examples()).unwrap() {
             let path = entry.unwrap().path();
             if JobFileFormat::from_path(&path).is_none() {
                 continue;
+            }
+            if path.file_stem().is_some_and(|s| s == "sweep") {
+                continue; // a SubmitSweepRequest, tested above
             }
             let request = load_job_file(&path).unwrap_or_else(|e| panic!("{e}"));
             let spec = request.spec.expect("a spec");

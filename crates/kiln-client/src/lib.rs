@@ -69,12 +69,16 @@ use std::path::{Path, PathBuf};
 
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 mod jobfile;
 pub mod table;
 
-pub use jobfile::{load_job_file, parse_job, JobFileFormat};
+pub use jobfile::{
+    load_job_file, load_message_file, load_sweep_file, parse_job, parse_message, parse_sweep,
+    JobFileFormat,
+};
 
 /// The generated `kiln.v1` messages and clients (re-exported from the `kiln` crate).
 pub use kiln::v1 as pb;
@@ -82,6 +86,7 @@ pub use kiln::v1 as pb;
 use pb::dataset_service_client::DatasetServiceClient;
 use pb::inference_service_client::InferenceServiceClient;
 use pb::job_service_client::JobServiceClient;
+use pb::sweep_service_client::SweepServiceClient;
 
 /// The address `kiln` and the SDK use when none is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
@@ -242,18 +247,60 @@ impl IntoJobRequest for pb::JobSpec {
     }
 }
 
+/// The channel every generated client uses: plain, or adding the bearer token.
+pub type AuthChannel = InterceptedService<Channel, BearerToken>;
+
+/// Adds `authorization: Bearer <token>` to every call when a token is set.
+#[derive(Debug, Clone, Default)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl BearerToken {
+    /// A token for a server with `auth_token` set; `None` sends none.
+    pub fn new(token: Option<&str>) -> Result<BearerToken> {
+        token
+            .map(|t| {
+                format!("Bearer {}", t.trim())
+                    .parse()
+                    .map_err(|_| Error::Invalid("the token must be printable ASCII".into()))
+            })
+            .transpose()
+            .map(BearerToken)
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
 /// A connection to a kiln server. Clones share the connection.
 #[derive(Debug, Clone)]
 pub struct Client {
-    jobs: JobServiceClient<Channel>,
-    datasets: DatasetServiceClient<Channel>,
-    inference: InferenceServiceClient<Channel>,
+    jobs: JobServiceClient<AuthChannel>,
+    datasets: DatasetServiceClient<AuthChannel>,
+    inference: InferenceServiceClient<AuthChannel>,
+    sweeps: SweepServiceClient<AuthChannel>,
 }
 
 impl Client {
     /// Connects to `addr`, e.g. `http://127.0.0.1:50051` (`127.0.0.1:50051`
     /// means the same: plaintext HTTP/2).
     pub async fn connect(addr: impl AsRef<str>) -> Result<Client> {
+        Self::connect_with_token(addr, None).await
+    }
+
+    /// Connects to a server that checks a bearer token (its `auth_token`).
+    pub async fn connect_with_token(addr: impl AsRef<str>, token: Option<&str>) -> Result<Client> {
+        let token = BearerToken::new(token)?;
         let addr = addr.as_ref().trim();
         let uri = if addr.contains("://") {
             addr.to_string()
@@ -266,30 +313,37 @@ impl Client {
             .connect()
             .await
             .map_err(|source| Error::Transport { addr: uri, source })?;
-        Ok(Client::from_channel(channel))
+        Ok(Client::from_channel_with_token(channel, token))
     }
 
-    /// Uses an existing channel (for TLS, timeouts or interceptors set up by the caller).
+    /// Uses an existing channel (for TLS or timeouts set up by the caller).
     pub fn from_channel(channel: Channel) -> Client {
+        Self::from_channel_with_token(channel, BearerToken::default())
+    }
+
+    /// Uses an existing channel and sends `token` with every call.
+    pub fn from_channel_with_token(channel: Channel, token: BearerToken) -> Client {
+        let with = |c: &Channel| InterceptedService::new(c.clone(), token.clone());
         Client {
-            jobs: JobServiceClient::new(channel.clone()),
-            datasets: DatasetServiceClient::new(channel.clone()),
-            inference: InferenceServiceClient::new(channel),
+            jobs: JobServiceClient::new(with(&channel)),
+            datasets: DatasetServiceClient::new(with(&channel)),
+            sweeps: SweepServiceClient::new(with(&channel)),
+            inference: InferenceServiceClient::new(with(&channel)),
         }
     }
 
     /// The generated JobService client, for calls the SDK does not wrap.
-    pub fn job_service(&self) -> JobServiceClient<Channel> {
+    pub fn job_service(&self) -> JobServiceClient<AuthChannel> {
         self.jobs.clone()
     }
 
     /// The generated DatasetService client.
-    pub fn dataset_service(&self) -> DatasetServiceClient<Channel> {
+    pub fn dataset_service(&self) -> DatasetServiceClient<AuthChannel> {
         self.datasets.clone()
     }
 
     /// The generated InferenceService client (registry calls: aliases, load, export...).
-    pub fn inference_service(&self) -> InferenceServiceClient<Channel> {
+    pub fn inference_service(&self) -> InferenceServiceClient<AuthChannel> {
         self.inference.clone()
     }
 
@@ -372,10 +426,98 @@ impl Client {
             .clone()
             .list_jobs(pb::ListJobsRequest {
                 state: state as i32,
+                ..Default::default()
             })
             .await?
             .into_inner()
             .jobs)
+    }
+
+    /// ListJobs with filters (state, sweep id, labels) and an order
+    /// (`order_by: "val_loss"`, `"-val_accuracy"`).
+    pub async fn list_jobs(&self, request: pb::ListJobsRequest) -> Result<Vec<pb::Job>> {
+        Ok(self
+            .jobs
+            .clone()
+            .list_jobs(request)
+            .await?
+            .into_inner()
+            .jobs)
+    }
+
+    /// The spec fields that differ between jobs, their best metrics and
+    /// per-epoch curves.
+    pub async fn compare(&self, job_ids: &[String]) -> Result<pb::CompareJobsResponse> {
+        Ok(self
+            .jobs
+            .clone()
+            .compare_jobs(pb::CompareJobsRequest {
+                job_ids: job_ids.to_vec(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    // ---- sweeps ----
+
+    /// The generated SweepService client.
+    pub fn sweep_service(&self) -> SweepServiceClient<AuthChannel> {
+        self.sweeps.clone()
+    }
+
+    /// Starts a sweep; answers with it RUNNING (its trials not started yet).
+    pub async fn submit_sweep(&self, request: pb::SubmitSweepRequest) -> Result<pb::Sweep> {
+        Ok(self
+            .sweeps
+            .clone()
+            .submit_sweep(request)
+            .await?
+            .into_inner())
+    }
+
+    /// A sweep with its leaderboard.
+    pub async fn get_sweep(&self, sweep_id: &str) -> Result<pb::Sweep> {
+        Ok(self
+            .sweeps
+            .clone()
+            .get_sweep(pb::GetSweepRequest {
+                sweep_id: sweep_id.to_string(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Follows a sweep until it ends, calling `on_event` with each event
+    /// (from the first); returns the final sweep.
+    pub async fn wait_sweep_with(
+        &self,
+        sweep_id: &str,
+        mut on_event: impl FnMut(&pb::SweepEvent),
+    ) -> Result<pb::Sweep> {
+        let mut stream = self
+            .sweeps
+            .clone()
+            .watch_sweep(pb::WatchSweepRequest {
+                sweep_id: sweep_id.to_string(),
+            })
+            .await?
+            .into_inner();
+        while let Some(event) = stream.message().await? {
+            on_event(&event);
+        }
+        self.get_sweep(sweep_id).await
+    }
+
+    /// Stops a sweep: cancels its unfinished trials and starts no more.
+    pub async fn cancel_sweep(&self, sweep_id: &str) -> Result<pb::Sweep> {
+        Ok(self
+            .sweeps
+            .clone()
+            .cancel_sweep(pb::CancelSweepRequest {
+                sweep_id: sweep_id.to_string(),
+            })
+            .await?
+            .into_inner())
     }
 
     /// Stops a queued or running job; answers with the job as it is then.

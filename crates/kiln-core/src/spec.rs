@@ -24,6 +24,47 @@ pub struct JobSpec {
     pub model: ModelSpec,
     pub training: TrainingSpec,
     pub device: DeviceChoice,
+    pub kind: JobKind,
+    /// For [`JobKind::LrRangeTest`] and `training.auto_learning_rate`.
+    pub lr_range_test: LrRangeSpec,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Train,
+    /// fastai's lr_find alone: the curve and the suggestions, no model.
+    LrRangeTest,
+}
+
+/// fastai `lr_find`'s settings (DESIGN.md): exponential from `start_lr` to
+/// `end_lr` over `iterations` mini-batches, stop at 4x the minimum smoothed loss.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LrRangeSpec {
+    pub start_lr: f64,
+    pub end_lr: f64,
+    pub iterations: u32,
+    pub stop_on_divergence: bool,
+    /// The suggestion `auto_learning_rate` trains with.
+    pub suggestion: LrSuggestion,
+}
+
+impl Default for LrRangeSpec {
+    fn default() -> Self {
+        Self {
+            start_lr: 1e-7,
+            end_lr: 10.0,
+            iterations: 100,
+            stop_on_divergence: true,
+            suggestion: LrSuggestion::Valley,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LrSuggestion {
+    Valley,
+    Steepest,
+    Minimum,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,6 +221,8 @@ pub struct TrainingSpec {
     pub early_stopping: Option<EarlyStoppingSpec>,
     pub seed: u64,
     pub swa: Option<SwaSpec>,
+    /// Train with the LR range test's suggestion instead of `optimizer.learning_rate`.
+    pub auto_learning_rate: bool,
 }
 
 /// Stochastic Weight Averaging (torch.optim.swa_utils: AveragedModel, SWALR,
@@ -439,6 +482,17 @@ impl JobSpec {
         let model = validate_model(spec.model.as_ref(), task)?;
         let training =
             validate_training(spec.training.as_ref().cloned().unwrap_or_default(), task)?;
+        let kind = match pb::JobKind::try_from(spec.kind) {
+            Ok(pb::JobKind::Default | pb::JobKind::Train) => JobKind::Train,
+            Ok(pb::JobKind::LrRangeTest) => JobKind::LrRangeTest,
+            Err(_) => return Err(unknown_enum("spec.kind", spec.kind)),
+        };
+        ensure(
+            !(training.auto_learning_rate && kind == JobKind::LrRangeTest),
+            "spec.training.optimizer.auto_learning_rate",
+            "applies to training jobs, not to JOB_KIND_LR_RANGE_TEST",
+        )?;
+        let lr_range_test = validate_lr_range_test(spec.lr_range_test.as_ref())?;
         let device = match pb::Device::try_from(spec.device) {
             Ok(pb::Device::Auto) => DeviceChoice::Auto,
             Ok(pb::Device::Cpu) => DeviceChoice::Cpu,
@@ -460,8 +514,40 @@ impl JobSpec {
             model,
             training,
             device,
+            kind,
+            lr_range_test,
         })
     }
+}
+
+fn validate_lr_range_test(test: Option<&pb::LrRangeTest>) -> Result<LrRangeSpec> {
+    let default = LrRangeSpec::default();
+    let Some(t) = test else {
+        return Ok(default);
+    };
+    let f = |name: &str| format!("spec.lr_range_test.{name}");
+    let start_lr = positive(&f("start_lr"), t.start_lr, default.start_lr)?;
+    let end_lr = positive(&f("end_lr"), t.end_lr, default.end_lr)?;
+    ensure(end_lr > start_lr, &f("end_lr"), "must be above start_lr")?;
+    let iterations = t.iterations.unwrap_or(default.iterations);
+    ensure(
+        (6..=10_000).contains(&iterations),
+        &f("iterations"),
+        "must be between 6 and 10000",
+    )?;
+    let suggestion = match pb::LrSuggestion::try_from(t.suggestion) {
+        Ok(pb::LrSuggestion::Default | pb::LrSuggestion::Valley) => LrSuggestion::Valley,
+        Ok(pb::LrSuggestion::Steepest) => LrSuggestion::Steepest,
+        Ok(pb::LrSuggestion::Minimum) => LrSuggestion::Minimum,
+        Err(_) => return Err(unknown_enum(&f("suggestion"), t.suggestion)),
+    };
+    Ok(LrRangeSpec {
+        start_lr,
+        end_lr,
+        iterations,
+        stop_on_divergence: t.stop_on_divergence.unwrap_or(true),
+        suggestion,
+    })
 }
 
 impl JobSpec {
@@ -899,6 +985,7 @@ fn validate_training(t: pb::TrainingSpec, task: Task) -> Result<TrainingSpec> {
         early_stopping,
         seed: t.seed,
         swa,
+        auto_learning_rate: t.optimizer.as_ref().is_some_and(|o| o.auto_learning_rate),
     })
 }
 
@@ -1147,6 +1234,11 @@ fn validate_optimizer(opt: Option<&pb::Optimizer>) -> Result<OptimizerSpec> {
             0.0,
         ),
     };
+    ensure(
+        !(opt.auto_learning_rate && opt.learning_rate.is_some()),
+        &f("learning_rate"),
+        "must be unset when auto_learning_rate is true",
+    )?;
     Ok(OptimizerSpec {
         learning_rate: positive(&f("learning_rate"), opt.learning_rate, default_lr)?,
         weight_decay: non_negative(&f("weight_decay"), opt.weight_decay.unwrap_or(default_wd))?,
@@ -1393,6 +1485,84 @@ mod tests {
 
     fn err(spec: &pb::JobSpec) -> String {
         JobSpec::from_proto(spec).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn lr_range_test_defaults_are_fastais_and_bad_settings_name_the_field() {
+        let spec = JobSpec::from_proto(&minimal()).unwrap();
+        assert_eq!(spec.kind, JobKind::Train);
+        assert_eq!(spec.lr_range_test, LrRangeSpec::default());
+        assert_eq!(
+            (spec.lr_range_test.start_lr, spec.lr_range_test.end_lr),
+            (1e-7, 10.0)
+        );
+        assert_eq!(spec.lr_range_test.iterations, 100);
+        assert!(!spec.training.auto_learning_rate);
+
+        let with = |t: pb::LrRangeTest| pb::JobSpec {
+            kind: pb::JobKind::LrRangeTest as i32,
+            lr_range_test: Some(t),
+            ..minimal()
+        };
+        let ok = JobSpec::from_proto(&with(pb::LrRangeTest {
+            iterations: Some(50),
+            suggestion: pb::LrSuggestion::Steepest as i32,
+            stop_on_divergence: Some(false),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(ok.kind, JobKind::LrRangeTest);
+        assert_eq!(ok.lr_range_test.iterations, 50);
+        assert_eq!(ok.lr_range_test.suggestion, LrSuggestion::Steepest);
+        assert!(!ok.lr_range_test.stop_on_divergence);
+        assert_eq!(
+            err(&with(pb::LrRangeTest {
+                start_lr: Some(1.0),
+                end_lr: Some(0.5),
+                ..Default::default()
+            })),
+            "spec.lr_range_test.end_lr: must be above start_lr"
+        );
+        assert_eq!(
+            err(&with(pb::LrRangeTest {
+                iterations: Some(5),
+                ..Default::default()
+            })),
+            "spec.lr_range_test.iterations: must be between 6 and 10000"
+        );
+        assert_eq!(
+            err(&pb::JobSpec {
+                kind: 9,
+                ..minimal()
+            }),
+            "spec.kind: unknown value 9"
+        );
+    }
+
+    #[test]
+    fn auto_learning_rate_leaves_the_rate_unset() {
+        let auto = |learning_rate: Option<f64>, kind: pb::JobKind| pb::JobSpec {
+            kind: kind as i32,
+            training: Some(pb::TrainingSpec {
+                optimizer: Some(pb::Optimizer {
+                    auto_learning_rate: true,
+                    learning_rate,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..minimal()
+        };
+        let spec = JobSpec::from_proto(&auto(None, pb::JobKind::Train)).unwrap();
+        assert!(spec.training.auto_learning_rate);
+        assert_eq!(
+            err(&auto(Some(0.1), pb::JobKind::Train)),
+            "spec.training.optimizer.learning_rate: must be unset when auto_learning_rate is true"
+        );
+        assert_eq!(
+            err(&auto(None, pb::JobKind::LrRangeTest)),
+            "spec.training.optimizer.auto_learning_rate: applies to training jobs, not to JOB_KIND_LR_RANGE_TEST"
+        );
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct VersionInfo {
     pub aliases: Vec<String>,
     /// The batcher's counters while loaded.
     pub stats: Option<StatsSnapshot>,
+    /// Why the version cannot be loaded (see [`ModelRegistry::restore`]).
+    pub error: Option<String>,
 }
 
 pub struct ModelRegistry {
@@ -61,6 +63,19 @@ struct Slot {
     device: kiln_train::Device,
     device_name: String,
     loaded: Option<Arc<ServedModel>>,
+    /// Set when the version cannot be served (its artifact failed its
+    /// checks); `artifact` then holds only the metadata.
+    error: Option<String>,
+}
+
+impl Slot {
+    fn unservable(&self, name: &str, version: u32) -> Option<ServeError> {
+        self.error.as_ref().map(|e| {
+            ServeError::NotLoaded(format!(
+                "model \"{name}\" version {version} cannot be served: {e}"
+            ))
+        })
+    }
 }
 
 /// Which version a request means.
@@ -129,6 +144,7 @@ impl ModelRegistry {
                 device,
                 device_name: device_name.to_string(),
                 loaded: Some(model.clone()),
+                error: None,
             },
         );
         if !job_id.is_empty() {
@@ -136,6 +152,66 @@ impl ModelRegistry {
             self.by_job.write().unwrap().insert(job_id.to_string(), key);
         }
         Ok(model)
+    }
+
+    /// Puts back a version kept from before a restart under its own number,
+    /// loaded. `artifact` is `Err((meta, why))` for a version that cannot be
+    /// served (e.g. its files failed their checksums): it is listed, not
+    /// loaded, with `why`, and every attempt to use it answers `why`. A
+    /// version that fails to load is kept the same way; its error is returned.
+    pub fn restore(
+        &self,
+        name: &str,
+        version: u32,
+        job_id: &str,
+        artifact: Result<ModelArtifact, (ModelMeta, String)>,
+        device: kiln_train::Device,
+        device_name: &str,
+    ) -> Result<(), ServeError> {
+        let (artifact, loaded, error, result) = match artifact {
+            Ok(artifact) => {
+                match BatcherHandle::spawn(name, &artifact, device.clone(), self.config) {
+                    Ok(batcher) => {
+                        let model = Arc::new(ServedModel {
+                            name: name.to_string(),
+                            version,
+                            job_id: job_id.to_string(),
+                            meta: artifact.meta.clone(),
+                            device: device_name.to_string(),
+                            batcher,
+                        });
+                        (artifact, Some(model), None, Ok(()))
+                    }
+                    Err(e) => (artifact, None, Some(e.to_string()), Err(e)),
+                }
+            }
+            Err((meta, why)) => (
+                ModelArtifact {
+                    meta,
+                    weights: Vec::new(),
+                },
+                None,
+                Some(why),
+                Ok(()),
+            ),
+        };
+        let mut inner = self.inner.write().unwrap();
+        inner.entry(name.to_string()).or_default().slots.insert(
+            version,
+            Slot {
+                job_id: job_id.to_string(),
+                artifact,
+                device,
+                device_name: device_name.to_string(),
+                loaded,
+                error,
+            },
+        );
+        if !job_id.is_empty() {
+            let key = (name.to_string(), version);
+            self.by_job.write().unwrap().insert(job_id.to_string(), key);
+        }
+        result
     }
 
     /// The loaded model answering for `name` (a model name, or the id of the
@@ -154,11 +230,27 @@ impl ModelRegistry {
                 .rev()
                 .find_map(|s| s.loaded.clone())
                 .ok_or_else(|| {
-                    ServeError::NotLoaded(format!("no version of model \"{name}\" is loaded"))
+                    let why = versions
+                        .slots
+                        .iter()
+                        .rev()
+                        .find_map(|(&v, s)| s.unservable(&name, v));
+                    match why {
+                        Some(ServeError::NotLoaded(why)) => ServeError::NotLoaded(format!(
+                            "no version of model \"{name}\" is loaded; {why}"
+                        )),
+                        _ => ServeError::NotLoaded(format!(
+                            "no version of model \"{name}\" is loaded"
+                        )),
+                    }
                 });
         }
         let number = versions.select(&name, &version)?;
-        versions.slots[&number].loaded.clone().ok_or_else(|| {
+        let slot = &versions.slots[&number];
+        if let Some(error) = slot.unservable(&name, number) {
+            return Err(error);
+        }
+        slot.loaded.clone().ok_or_else(|| {
             ServeError::NotLoaded(format!(
                 "model \"{name}\" version {number} is not loaded (LoadModel loads it)"
             ))
@@ -203,6 +295,9 @@ impl ModelRegistry {
             let slot = &versions.slots[&number];
             if let Some(model) = &slot.loaded {
                 return Ok(model.clone());
+            }
+            if let Some(error) = slot.unservable(&name, number) {
+                return Err(error);
             }
             let s = (slot.job_id.clone(), slot.artifact.clone());
             (
@@ -275,7 +370,11 @@ impl ModelRegistry {
             .get(&name)
             .ok_or_else(|| ServeError::NotFound(format!("model \"{name}\" not found")))?;
         let number = versions.select(&name, &version)?;
-        Ok((number, versions.slots[&number].artifact.clone()))
+        let slot = &versions.slots[&number];
+        if let Some(error) = slot.unservable(&name, number) {
+            return Err(error);
+        }
+        Ok((number, slot.artifact.clone()))
     }
 
     /// Every version of every model, by name then version.
@@ -301,6 +400,7 @@ impl ModelRegistry {
                         .map(|(a, _)| a.clone())
                         .collect(),
                     stats: slot.loaded.as_ref().map(|m| m.batcher.stats()),
+                    error: slot.error.clone(),
                 });
             }
         }

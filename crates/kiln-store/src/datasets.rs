@@ -2,16 +2,25 @@
 //! `<id>.npy` (NumPy arrays combined into one float32 matrix), next to
 //! `<id>.json`, the metadata. Files are written to a temporary name, synced,
 //! then renamed, so a crash never leaves a half-written dataset behind a valid id.
+//!
+//! Each file's SHA-256 is recorded in its metadata and checked whenever the
+//! dataset is read: a damaged file is reported ([`DatasetError::Corrupt`]),
+//! never trained on. With a database ([`DatasetStore::open_with_db`]) the
+//! metadata lives in SQLite; the `<id>.json` files are then only read once, to
+//! take in datasets stored before the database existed.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use kiln_core::data::Table;
 use kiln_core::{npy, FieldError};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::db::Db;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetMeta {
@@ -24,6 +33,9 @@ pub struct DatasetMeta {
     pub created_unix: i64,
     #[serde(default)]
     pub format: DatasetFormat,
+    /// Hex SHA-256 of the data file; `None` for datasets stored before checksums.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,11 +63,24 @@ pub enum DatasetError {
     Invalid(#[from] FieldError),
     #[error("dataset storage: {0}")]
     Io(#[from] std::io::Error),
+    #[error("dataset \"{id}\" is corrupted: {why}; upload it again")]
+    Corrupt { id: String, why: String },
+    #[error("dataset storage: {0}")]
+    Db(#[from] crate::db::DbError),
 }
 
 pub struct DatasetStore {
     dir: PathBuf,
     metas: RwLock<HashMap<String, DatasetMeta>>,
+    db: Option<Arc<Db>>,
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl DatasetStore {
@@ -68,7 +93,10 @@ impl DatasetStore {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "json") {
                 match fs::read(&path).map(|b| serde_json::from_slice::<DatasetMeta>(&b)) {
-                    Ok(Ok(meta)) if dir.join(data_file(&meta)).exists() => {
+                    Ok(Ok(meta))
+                        if check_dataset_id(&meta.id).is_ok()
+                            && is_regular_file(&dir.join(data_file(&meta))) =>
+                    {
                         metas.insert(meta.id.clone(), meta);
                     }
                     _ => {
@@ -80,7 +108,35 @@ impl DatasetStore {
         Ok(Self {
             dir,
             metas: RwLock::new(metas),
+            db: None,
         })
+    }
+
+    /// Opens `dir` with the metadata kept in `db`; `<id>.json` files of
+    /// datasets the database does not know yet are taken in.
+    pub fn open_with_db(dir: impl Into<PathBuf>, db: Arc<Db>) -> Result<Self, DatasetError> {
+        let mut store = Self::open(dir)?;
+        let legacy = std::mem::take(store.metas.get_mut().unwrap());
+        let mut metas = HashMap::new();
+        for json in db.datasets()? {
+            match serde_json::from_str::<DatasetMeta>(&json) {
+                Ok(meta) => {
+                    metas.insert(meta.id.clone(), meta);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping unreadable dataset metadata in the database")
+                }
+            }
+        }
+        for (id, meta) in legacy {
+            if let std::collections::hash_map::Entry::Vacant(slot) = metas.entry(id) {
+                put_meta(&db, &meta)?;
+                slot.insert(meta);
+            }
+        }
+        store.metas = RwLock::new(metas);
+        store.db = Some(db);
+        Ok(store)
     }
 
     /// Validates a CSV (header, rectangular rows) and stores it as uploaded.
@@ -123,10 +179,16 @@ impl DatasetStore {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64),
             format,
+            sha256: Some(sha256_hex(file)),
         };
         write_atomically(&self.dir.join(data_file(&meta)), file)?;
-        let json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
-        write_atomically(&self.dir.join(format!("{}.json", meta.id)), &json)?;
+        match &self.db {
+            Some(db) => put_meta(db, &meta)?,
+            None => {
+                let json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
+                write_atomically(&self.dir.join(format!("{}.json", meta.id)), &json)?;
+            }
+        }
         self.metas
             .write()
             .unwrap()
@@ -135,6 +197,7 @@ impl DatasetStore {
     }
 
     pub fn get(&self, id: &str) -> Result<DatasetMeta, DatasetError> {
+        check_dataset_id(id).map_err(|m| FieldError::new("dataset_id", m))?;
         self.metas
             .read()
             .unwrap()
@@ -150,10 +213,36 @@ impl DatasetStore {
         all
     }
 
-    /// Reads and parses a stored dataset.
+    /// Reads and parses a stored dataset, checking it against its checksum.
     pub fn load(&self, id: &str) -> Result<Table, DatasetError> {
         let meta = self.get(id)?;
-        let bytes = fs::read(self.dir.join(data_file(&meta)))?;
+        let path = self.dir.join(data_file(&meta));
+        // Only regular files inside the datasets directory: a symlink put
+        // there could point anywhere on the server.
+        if fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
+            tracing::warn!(path = %path.display(), "refusing a dataset file that is not a regular file");
+            return Err(DatasetError::NotFound(id.to_string()));
+        }
+        let corrupt = |why: String| DatasetError::Corrupt {
+            id: meta.id.clone(),
+            why,
+        };
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(corrupt(format!("its file {} is missing", path.display())))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(expected) = &meta.sha256 {
+            let actual = sha256_hex(&bytes);
+            if &actual != expected {
+                return Err(corrupt(format!(
+                    "the SHA-256 of {} is {actual}, but {expected} was recorded when it was stored",
+                    path.display()
+                )));
+            }
+        }
         Ok(match meta.format {
             DatasetFormat::Csv => Table::from_csv(&bytes)?,
             DatasetFormat::Npy => {
@@ -162,6 +251,38 @@ impl DatasetStore {
             }
         })
     }
+}
+
+fn put_meta(db: &Db, meta: &DatasetMeta) -> Result<(), DatasetError> {
+    let json = serde_json::to_string(meta).expect("metadata serializes");
+    Ok(db.put_dataset(&meta.id, &meta.name, meta.created_unix, &json)?)
+}
+
+/// Longest dataset id accepted.
+pub const MAX_DATASET_ID_LEN: usize = 128;
+
+/// Dataset ids are names inside the datasets directory, never paths: 1 to
+/// [`MAX_DATASET_ID_LEN`] ASCII letters, digits, '-' and '_' (so no '/', no
+/// "..", nothing absolute). The server makes them as `ds-<hex>`.
+pub fn check_dataset_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_DATASET_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be a dataset id (1 to {MAX_DATASET_ID_LEN} letters, digits, '-' or '_', \
+             as UploadDataset returns), not a path"
+        ))
+    }
+}
+
+/// A regular file, not a symlink (nor a directory).
+fn is_regular_file(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
 }
 
 fn data_file(meta: &DatasetMeta) -> String {
@@ -228,6 +349,80 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("arrays[\"x\"]: not a .npy file"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn keeps_metadata_in_the_database_and_detects_corruption() {
+        let dir = temp_dir("db");
+        let db = Arc::new(Db::open_in_memory().unwrap());
+        // A dataset stored before the database is taken in.
+        let legacy = DatasetStore::open(&dir)
+            .unwrap()
+            .put_csv("old", b"a,b\n1,2\n")
+            .unwrap();
+        let store = DatasetStore::open_with_db(&dir, db.clone()).unwrap();
+        let meta = store.put_csv("rings", b"x,y\n1,2\n3,4\n").unwrap();
+        assert!(!dir.join(format!("{}.json", meta.id)).exists());
+        let reopened = DatasetStore::open_with_db(&dir, db).unwrap();
+        assert_eq!(reopened.get(&meta.id).unwrap(), meta);
+        assert_eq!(reopened.get(&legacy.id).unwrap(), legacy);
+        assert_eq!(reopened.load(&meta.id).unwrap().rows(), 2);
+
+        let file = dir.join(format!("{}.csv", meta.id));
+        fs::write(&file, b"x,y\n1,2\n3,5\n").unwrap();
+        let err = reopened.load(&meta.id).unwrap_err();
+        assert!(matches!(err, DatasetError::Corrupt { .. }), "{err}");
+        assert!(
+            err.to_string().contains("is corrupted: the SHA-256 of"),
+            "{err}"
+        );
+        fs::remove_file(&file).unwrap();
+        let err = reopened.load(&meta.id).unwrap_err();
+        assert!(err.to_string().contains("is missing"), "{err}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn ids_are_never_paths_and_symlinks_are_refused() {
+        let dir = temp_dir("paths");
+        let store = DatasetStore::open(&dir).unwrap();
+        for id in ["../x", "..", "/etc/passwd", "a/b", "ds-1.csv", "", "a\\b"] {
+            let err = store.get(id).unwrap_err();
+            assert!(matches!(err, DatasetError::Invalid(_)), "{id:?}: {err}");
+            assert!(err
+                .to_string()
+                .starts_with("dataset_id: must be a dataset id"));
+            assert!(matches!(store.load(id), Err(DatasetError::Invalid(_))));
+        }
+        // Metadata planted in the directory: an escaping id, and a data
+        // file that is a symlink to a file outside.
+        let outside = dir.with_extension("outside.csv");
+        fs::write(&outside, b"a,b\n1,2\n").unwrap();
+        let meta = |id: &str| {
+            format!(
+                r#"{{"id":"{id}","name":"x","columns":["a","b"],"rows":1,"size_bytes":8,"created_unix":0}}"#
+            )
+        };
+        fs::write(dir.join("escape.json"), meta("../outside")).unwrap();
+        fs::write(dir.join("ds-link.json"), meta("ds-link")).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("ds-link.csv")).unwrap();
+        let reopened = DatasetStore::open(&dir).unwrap();
+        assert!(reopened.list().is_empty());
+        assert!(matches!(
+            reopened.get("ds-link"),
+            Err(DatasetError::NotFound(_))
+        ));
+        // A file swapped for a symlink after the store opened.
+        let stored = reopened.put_csv("ok", b"a,b\n1,2\n").unwrap();
+        let file = dir.join(format!("{}.csv", stored.id));
+        fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink(&outside, &file).unwrap();
+        assert!(matches!(
+            reopened.load(&stored.id),
+            Err(DatasetError::NotFound(_))
+        ));
+        fs::remove_file(outside).unwrap();
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -4,6 +4,12 @@
 //! from its events (`apply`), so what a watcher replays and what GetJob shows
 //! can never disagree. Watchers read the log by position and wait on a counter,
 //! so a slow or late watcher sees every event exactly once.
+//!
+//! Reads are served from memory. A store opened on a database
+//! ([`JobStore::open`], [`JobStore::with_db`]) also writes every event, with
+//! the job record it produced, through to SQLite in one transaction, and loads
+//! them all back at start; [`JobStore::recover`] then decides what becomes of
+//! the jobs the previous process left unfinished.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +19,8 @@ use std::time::SystemTime;
 use kiln::v1 as pb;
 use pb::job_event::Kind;
 use tokio::sync::watch;
+
+use crate::db::{Db, DbError};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum JobError {
@@ -39,11 +47,53 @@ struct Entry {
     /// Number of events in `events`; watchers wait on it.
     published: watch::Sender<usize>,
     cancel: Arc<CancelFlag>,
+    /// Set by [`JobStore::stop`]: the reason and message the cancellation
+    /// ends with instead of a plain CANCELLED.
+    stop: Option<(pb::StopReason, String)>,
 }
+
+/// What ListJobs keeps and how it orders them.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub state: Option<pb::JobState>,
+    /// spec.labels must hold every pair.
+    pub labels: Vec<(String, String)>,
+    /// A best-epoch metric name (see [`metric_value`]) or "epochs_completed",
+    /// "-" first for descending. Empty: newest first.
+    pub order_by: String,
+}
+
+/// A metric of an epoch by name: train_loss, val_loss, val_accuracy,
+/// val_mae, val_rmse, val_r2, learning_rate.
+pub fn metric_value(m: &pb::EpochMetrics, name: &str) -> Option<f64> {
+    match name {
+        "train_loss" => Some(m.train_loss),
+        "val_loss" => Some(m.val_loss),
+        "val_accuracy" => m.val_accuracy,
+        "val_mae" => m.val_mae,
+        "val_rmse" => m.val_rmse,
+        "val_r2" => m.val_r2,
+        "learning_rate" => Some(m.learning_rate),
+        _ => None,
+    }
+}
+
+pub const ORDER_BY_NAMES: [&str; 8] = [
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "val_mae",
+    "val_rmse",
+    "val_r2",
+    "learning_rate",
+    "epochs_completed",
+];
 
 #[derive(Default)]
 pub struct JobStore {
     inner: Mutex<Inner>,
+    /// The durable copy; `None`: in memory only (unit tests).
+    db: Option<Arc<Db>>,
 }
 
 #[derive(Default)]
@@ -65,6 +115,108 @@ pub fn is_terminal(state: pb::JobState) -> bool {
 }
 
 impl JobStore {
+    /// A store backed by the SQLite database at `path` (created if missing),
+    /// with every job and event already there loaded.
+    pub fn open(path: &std::path::Path) -> Result<Self, DbError> {
+        Self::with_db(Arc::new(Db::open(path)?))
+    }
+
+    /// A store backed by `db`, with every job and event already there loaded.
+    pub fn with_db(db: Arc<Db>) -> Result<Self, DbError> {
+        let mut inner = Inner::default();
+        for stored in db.jobs()? {
+            let id = stored.job.id.clone();
+            if let Some(gap) = stored
+                .events
+                .iter()
+                .enumerate()
+                .find(|(i, e)| e.sequence != *i as u64)
+            {
+                return Err(DbError::Other(format!(
+                    "job {id}: event at position {} has sequence {}",
+                    gap.0, gap.1.sequence
+                )));
+            }
+            let (published, _) = watch::channel(stored.events.len());
+            inner.order.push(id.clone());
+            inner.jobs.insert(
+                id,
+                Entry {
+                    job: stored.job,
+                    events: stored.events,
+                    published,
+                    cancel: Arc::default(),
+                    stop: None,
+                },
+            );
+        }
+        Ok(Self {
+            inner: Mutex::new(inner),
+            db: Some(db),
+        })
+    }
+
+    /// The database this store writes through to, if any.
+    pub fn db(&self) -> Option<&Arc<Db>> {
+        self.db.as_ref()
+    }
+
+    /// What becomes of the jobs a previous process left unfinished (call once,
+    /// at start, before anything runs). QUEUED jobs stay as they are. A job
+    /// that was RUNNING was interrupted: it gets a `StateChanged(QUEUED)`
+    /// event (its record then reads "restarted after an interruption" and its
+    /// progress is reset) to run again from scratch, unless that would be its
+    /// interruption number `max_restarts + 1`: then it ends FAILED, saying so.
+    /// Returns the jobs to run again, in submission order.
+    pub fn recover(&self, max_restarts: u32) -> Vec<pb::Job> {
+        let unfinished: Vec<(String, pb::JobState, u32)> = {
+            let inner = self.inner.lock().unwrap();
+            inner
+                .order
+                .iter()
+                .map(|id| &inner.jobs[id])
+                .filter(|e| !is_terminal(e.job.state()))
+                .map(|e| {
+                    let restarts = e.events.iter().filter(|e| is_restart(e)).count() as u32;
+                    (e.job.id.clone(), e.job.state(), restarts)
+                })
+                .collect()
+        };
+        let mut again = Vec::new();
+        for (id, state, restarts) in unfinished {
+            let job = if state == pb::JobState::Queued {
+                self.get(&id)
+            } else if restarts + 1 > max_restarts {
+                self.append(
+                    &id,
+                    Kind::Failed(pb::Failed {
+                        reason: pb::StopReason::Error as i32,
+                        state: pb::JobState::Failed as i32,
+                        message: format!(
+                            "interrupted {} times while running (the server stopped); \
+                             max_job_restarts is {max_restarts}, so it is not run again",
+                            restarts + 1
+                        ),
+                        ..Default::default()
+                    }),
+                )
+            } else {
+                self.append(
+                    &id,
+                    Kind::StateChanged(pb::StateChanged {
+                        state: pb::JobState::Queued as i32,
+                        device: String::new(),
+                    }),
+                )
+            };
+            match job {
+                Ok(job) if job.state() == pb::JobState::Queued => again.push(job),
+                _ => {}
+            }
+        }
+        again
+    }
+
     /// Records a new QUEUED job and returns it.
     pub fn create(&self, mut job: pb::Job) -> pb::Job {
         job.state = pb::JobState::Unspecified as i32;
@@ -76,6 +228,7 @@ impl JobStore {
             events: Vec::new(),
             published,
             cancel: Arc::default(),
+            stop: None,
         };
         {
             let mut inner = self.inner.lock().unwrap();
@@ -103,13 +256,36 @@ impl JobStore {
         if is_terminal(entry.job.state()) {
             return Ok(entry.job.clone());
         }
+        let kind = match (kind, &entry.stop) {
+            (Kind::Failed(f), Some((reason, message)))
+                if f.reason() == pb::StopReason::Cancelled =>
+            {
+                Kind::Failed(pb::Failed {
+                    reason: *reason as i32,
+                    message: message.clone(),
+                    ..f
+                })
+            }
+            (kind, _) => kind,
+        };
         let event = pb::JobEvent {
             job_id: id.to_string(),
             sequence: entry.events.len() as u64,
             time: Some(now()),
             kind: Some(kind),
         };
-        apply(&mut entry.job, &event);
+        let mut job = entry.job.clone();
+        apply(&mut job, &event);
+        if let Some(db) = &self.db {
+            // Durable first; should the disk fail, keep serving from memory
+            // (the log on disk then ends here) rather than stall the job.
+            let spec = job.spec.take();
+            if let Err(e) = db.append_event(&job, spec.as_ref(), &event) {
+                tracing::error!(job = %id, sequence = event.sequence, error = %e, "event not persisted");
+            }
+            job.spec = spec;
+        }
+        entry.job = job;
         entry.events.push(event);
         entry.published.send_replace(entry.events.len());
         Ok(entry.job.clone())
@@ -135,6 +311,85 @@ impl JobStore {
             .filter(|j| state.is_none_or(|s| j.state() == s))
             .cloned()
             .collect()
+    }
+
+    /// Filtered by state and labels; newest first, or by a best-epoch metric
+    /// (jobs without it last, newest first among themselves). An unknown
+    /// `order_by` is an error naming the choices.
+    pub fn list_filtered(&self, filter: &ListFilter) -> Result<Vec<pb::Job>, String> {
+        let (descending, key) = match filter.order_by.strip_prefix('-') {
+            Some(key) => (true, key),
+            None => (false, filter.order_by.as_str()),
+        };
+        if !key.is_empty() && !ORDER_BY_NAMES.contains(&key) {
+            return Err(format!(
+                "\"{}\" is not a metric; one of {} (\"-\" first for descending)",
+                filter.order_by,
+                ORDER_BY_NAMES.join(", ")
+            ));
+        }
+        let mut jobs: Vec<pb::Job> = self
+            .list(filter.state)
+            .into_iter()
+            .filter(|j| {
+                let labels = j.spec.as_ref().map(|s| &s.labels);
+                filter
+                    .labels
+                    .iter()
+                    .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            })
+            .collect();
+        if !key.is_empty() {
+            let value = |j: &pb::Job| -> Option<f64> {
+                if key == "epochs_completed" {
+                    return Some(j.epochs_completed as f64);
+                }
+                j.best
+                    .as_ref()
+                    .and_then(|m| metric_value(m, key))
+                    .filter(|v| !v.is_nan())
+            };
+            // Stable: ties keep newest first.
+            jobs.sort_by(|a, b| match (value(a), value(b)) {
+                (Some(x), Some(y)) if descending => y.total_cmp(&x),
+                (Some(x), Some(y)) => x.total_cmp(&y),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            });
+        }
+        Ok(jobs)
+    }
+
+    /// Every event of a job so far.
+    pub fn events(&self, id: &str) -> Result<Vec<pb::JobEvent>, JobError> {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .jobs
+            .get(id)
+            .map(|e| e.events.clone())
+            .ok_or_else(|| JobError::NotFound(id.to_string()))
+    }
+
+    /// Cancels a job on behalf of a policy: it ends CANCELLED with `reason`
+    /// (e.g. PRUNED) and `message` instead of a plain cancellation.
+    pub fn stop(
+        &self,
+        id: &str,
+        reason: pb::StopReason,
+        message: &str,
+    ) -> Result<pb::Job, JobError> {
+        {
+            let mut inner = self.inner.lock().unwrap();
+            let entry = inner
+                .jobs
+                .get_mut(id)
+                .ok_or_else(|| JobError::NotFound(id.to_string()))?;
+            if entry.stop.is_none() {
+                entry.stop = Some((reason, message.to_string()));
+            }
+        }
+        self.cancel(id)
     }
 
     pub fn cancel_flag(&self, id: &str) -> Result<Arc<CancelFlag>, JobError> {
@@ -231,9 +486,28 @@ impl EventCursor<'_> {
     }
 }
 
+/// The message of a job re-queued by [`JobStore::recover`].
+pub const RESTARTED: &str = "restarted after an interruption (the server stopped while it ran)";
+
+/// A QUEUED event after the first: recovery re-queued an interrupted job.
+fn is_restart(event: &pb::JobEvent) -> bool {
+    event.sequence > 0
+        && matches!(&event.kind, Some(Kind::StateChanged(s)) if s.state == pb::JobState::Queued as i32)
+}
+
 /// Folds one event into the job record.
 fn apply(job: &mut pb::Job, event: &pb::JobEvent) {
     match event.kind.as_ref() {
+        Some(Kind::StateChanged(s)) if is_restart(event) => {
+            // The interrupted run's progress is gone; the new run starts over.
+            job.state = s.state;
+            job.message = RESTARTED.to_string();
+            job.device.clear();
+            job.started_at = None;
+            job.epochs_completed = 0;
+            job.best = None;
+            job.lr_range = None;
+        }
         Some(Kind::StateChanged(s)) => {
             job.state = s.state;
             if s.state == pb::JobState::Running as i32 {
@@ -247,7 +521,8 @@ fn apply(job: &mut pb::Job, event: &pb::JobEvent) {
                 job.best = Some(m.clone());
             }
         }
-        Some(Kind::EarlyStopped(_)) => {}
+        Some(Kind::EarlyStopped(_) | Kind::LrRangePoint(_)) => {}
+        Some(Kind::LrRangeResult(r)) => job.lr_range = Some(*r),
         Some(Kind::Finished(f)) => {
             job.state = pb::JobState::Succeeded as i32;
             job.stop_reason = f.reason;
@@ -255,6 +530,9 @@ fn apply(job: &mut pb::Job, event: &pb::JobEvent) {
             job.epochs_completed = f.epochs_completed;
             job.finished_at = event.time;
             job.message = match f.reason() {
+                _ if job.lr_range.is_some() && f.model_name.is_empty() => {
+                    "LR range test completed".to_string()
+                }
                 pb::StopReason::EarlyStopped => {
                     format!(
                         "early stopped at epoch {}; best epoch {}",
@@ -347,6 +625,93 @@ mod tests {
         assert_eq!(job.epochs_completed, 50);
     }
 
+    fn running() -> Kind {
+        Kind::StateChanged(pb::StateChanged {
+            state: pb::JobState::Running as i32,
+            device: "cpu".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_reopened_store_has_every_job_and_event_and_recovers_them() {
+        let dir = std::env::temp_dir().join(format!("kiln-jobs-db-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("kiln.db");
+        let ids = ["done", "queued", "running", "doomed"];
+        {
+            let store = JobStore::open(&path).unwrap();
+            for id in ids {
+                store.create(pb::Job {
+                    id: id.into(),
+                    ..Default::default()
+                });
+            }
+            for id in ["done", "running", "doomed"] {
+                store.append(id, running()).unwrap();
+                store.append(id, epoch(1)).unwrap();
+            }
+            store
+                .append(
+                    "done",
+                    Kind::Finished(pb::Finished {
+                        reason: pb::StopReason::Completed as i32,
+                        epochs_completed: 1,
+                        ..Default::default()
+                    }),
+                )
+                .unwrap();
+        }
+        // Two earlier interruptions of "doomed": appended through a store.
+        {
+            let store = JobStore::open(&path).unwrap();
+            for _ in 0..2 {
+                store.recover(5);
+                store.append("doomed", running()).unwrap();
+            }
+            store.append("running", running()).unwrap();
+        }
+        let before = {
+            let store = JobStore::open(&path).unwrap();
+            let all: Vec<_> = ids.iter().map(|id| store.events(id).unwrap()).collect();
+            for (id, events) in ids.iter().zip(&all) {
+                let seq: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+                assert_eq!(seq, (0..events.len() as u64).collect::<Vec<_>>(), "{id}");
+            }
+            all
+        };
+        let store = JobStore::open(&path).unwrap();
+        assert_eq!(
+            store
+                .list(None)
+                .iter()
+                .map(|j| j.id.as_str())
+                .collect::<Vec<_>>(),
+            ["doomed", "running", "queued", "done"]
+        );
+        assert_eq!(store.get("done").unwrap().state(), pb::JobState::Succeeded);
+        // "doomed" was interrupted twice before; a third time is over a budget
+        // of 2. "running" was interrupted once before: this is its second.
+        let again: Vec<_> = store.recover(2).into_iter().map(|j| j.id).collect();
+        assert_eq!(again, ["queued", "running"], "submission order");
+        let doomed = store.get("doomed").unwrap();
+        assert_eq!(doomed.state(), pb::JobState::Failed);
+        assert!(
+            doomed.message.contains("interrupted 3 times"),
+            "{}",
+            doomed.message
+        );
+        let job = store.get("running").unwrap();
+        assert_eq!(job.state(), pb::JobState::Queued);
+        assert_eq!((job.message.as_str(), job.epochs_completed), (RESTARTED, 0));
+        assert!(job.best.is_none() && job.started_at.is_none());
+        // The restart is one more event; a watcher sees the whole history.
+        let mut cursor = store.watch("running").unwrap();
+        let replay = cursor.next_batch().await.unwrap();
+        assert_eq!(replay[..before[2].len()], before[2][..]);
+        assert_eq!(replay.len(), before[2].len() + 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[test]
     fn events_after_the_end_are_dropped() {
         let store = store_with_job();
@@ -355,6 +720,121 @@ mod tests {
         store.append("j1", epoch(1)).unwrap();
         assert_eq!(store.get("j1").unwrap().epochs_completed, 0);
         assert!(store.cancel_flag("j1").unwrap().is_set());
+    }
+
+    fn job_with(id: &str, labels: &[(&str, &str)], val_loss: Option<f64>) -> pb::Job {
+        pb::Job {
+            id: id.into(),
+            spec: Some(pb::JobSpec {
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            }),
+            best: val_loss.map(|v| pb::EpochMetrics {
+                val_loss: v,
+                val_accuracy: Some(1.0 - v),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn list_filters_by_labels_and_sorts_by_metric() {
+        let store = JobStore::default();
+        store.create(job_with("a", &[("sweep", "s1")], Some(0.5)));
+        store.create(job_with("b", &[("sweep", "s1")], None));
+        store.create(job_with("c", &[("sweep", "s1"), ("x", "y")], Some(0.2)));
+        store.create(job_with("d", &[("sweep", "s2")], Some(0.1)));
+        let ids = |f: ListFilter| -> Vec<String> {
+            store
+                .list_filtered(&f)
+                .unwrap()
+                .into_iter()
+                .map(|j| j.id)
+                .collect()
+        };
+        let s1 = vec![("sweep".to_string(), "s1".to_string())];
+        assert_eq!(
+            ids(ListFilter {
+                labels: s1.clone(),
+                ..Default::default()
+            }),
+            ["c", "b", "a"]
+        );
+        assert_eq!(
+            ids(ListFilter {
+                labels: s1.clone(),
+                order_by: "val_loss".into(),
+                ..Default::default()
+            }),
+            ["c", "a", "b"]
+        );
+        assert_eq!(
+            ids(ListFilter {
+                labels: s1.clone(),
+                order_by: "-val_loss".into(),
+                ..Default::default()
+            }),
+            ["a", "c", "b"]
+        );
+        assert_eq!(
+            ids(ListFilter {
+                order_by: "-val_accuracy".into(),
+                ..Default::default()
+            }),
+            ["d", "c", "a", "b"]
+        );
+        let both = vec![
+            ("sweep".to_string(), "s1".to_string()),
+            ("x".to_string(), "y".to_string()),
+        ];
+        assert_eq!(
+            ids(ListFilter {
+                labels: both,
+                ..Default::default()
+            }),
+            ["c"]
+        );
+        let e = store
+            .list_filtered(&ListFilter {
+                order_by: "loss".into(),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(e.contains("val_loss"), "{e}");
+    }
+
+    #[test]
+    fn a_stop_ends_cancelled_with_its_reason() {
+        let store = store_with_job();
+        store
+            .append(
+                "j1",
+                Kind::StateChanged(pb::StateChanged {
+                    state: pb::JobState::Running as i32,
+                    device: "cpu".into(),
+                }),
+            )
+            .unwrap();
+        store
+            .stop(
+                "j1",
+                pb::StopReason::Pruned,
+                "stopped by ASHA at epoch 1 (rung 0)",
+            )
+            .unwrap();
+        assert!(store.cancel_flag("j1").unwrap().is_set());
+        // The trainer notices and reports a plain cancellation.
+        let job = store
+            .append("j1", cancelled_event("cancelled at epoch 2"))
+            .unwrap();
+        assert_eq!(job.state(), pb::JobState::Cancelled);
+        assert_eq!(job.stop_reason(), pb::StopReason::Pruned);
+        assert_eq!(job.message, "stopped by ASHA at epoch 1 (rung 0)");
+        assert_eq!(store.events("j1").unwrap().len(), 3);
     }
 
     #[test]

@@ -1,5 +1,12 @@
 //! A trained model as files (weights plus everything Predict needs to turn
 //! rows into answers), and the predictor that serves it.
+//!
+//! On disk a model is a directory: `weights.bpk`, `model.json` and
+//! `SHA256SUMS` (the SHA-256 of the other two, in `sha256sum` format, so
+//! `sha256sum -c SHA256SUMS` checks them too). Each file is written to a
+//! temporary name, fsynced, renamed and the directory fsynced; `SHA256SUMS`
+//! goes last. [`ModelArtifact::load`] verifies both files against it and
+//! reports a mismatch as [`ArtifactError::Corrupt`].
 
 use std::fs;
 use std::path::Path;
@@ -12,12 +19,14 @@ use kiln_core::prepare::Prepared;
 use kiln_core::scaler::Scaler;
 use kiln_core::spec::Task;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::model::{Mlp, ModelArch};
 use crate::train::Trained;
 
 const META_FILE: &str = "model.json";
 const WEIGHTS_FILE: &str = "weights.bpk";
+const SUMS_FILE: &str = "SHA256SUMS";
 /// The safetensors metadata key holding `ModelMeta` as JSON in an exported model.
 pub const SAFETENSORS_META_KEY: &str = "kiln.model";
 
@@ -53,6 +62,8 @@ pub enum ArtifactError {
     Weights(String),
     #[error("not a kiln model file: {0}")]
     NotAModel(String),
+    #[error("model artifact corrupted: {0}")]
+    Corrupt(String),
 }
 
 impl ModelArtifact {
@@ -78,21 +89,65 @@ impl ModelArtifact {
         })
     }
 
-    /// Writes `dir/model.json` and `dir/weights.bpk`, each through a temporary file.
+    /// Writes `dir/weights.bpk`, `dir/model.json` and then `dir/SHA256SUMS`,
+    /// each atomically (temporary file, fsync, rename, fsync of the directory).
     pub fn save(&self, dir: &Path) -> Result<(), ArtifactError> {
         fs::create_dir_all(dir)?;
+        if let Some(parent) = dir.parent() {
+            fs::File::open(parent)?.sync_all()?;
+        }
+        let meta = serde_json::to_vec_pretty(&self.meta)?;
+        // A stale checksum file must never vouch for half-replaced files.
+        if let Err(e) = fs::remove_file(dir.join(SUMS_FILE)) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(e.into());
+            }
+        }
         write_atomically(&dir.join(WEIGHTS_FILE), &self.weights)?;
-        write_atomically(
-            &dir.join(META_FILE),
-            &serde_json::to_vec_pretty(&self.meta)?,
-        )?;
+        write_atomically(&dir.join(META_FILE), &meta)?;
+        let sums = format!(
+            "{}  {WEIGHTS_FILE}\n{}  {META_FILE}\n",
+            sha256_hex(&self.weights),
+            sha256_hex(&meta)
+        );
+        write_atomically(&dir.join(SUMS_FILE), sums.as_bytes())?;
         Ok(())
     }
 
+    /// Reads a directory written by [`save`](Self::save), checking every file
+    /// against `SHA256SUMS`.
     pub fn load(dir: &Path) -> Result<Self, ArtifactError> {
+        let corrupt = |why: String| ArtifactError::Corrupt(format!("{}: {why}", dir.display()));
+        let read = |name: &str| {
+            fs::read(dir.join(name)).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => corrupt(format!("{name} is missing")),
+                _ => ArtifactError::Io(e),
+            })
+        };
+        let sums = String::from_utf8(read(SUMS_FILE)?)
+            .map_err(|_| corrupt(format!("{SUMS_FILE} is not text")))?;
+        let expected = |name: &str| {
+            sums.lines()
+                .find_map(|l| l.strip_suffix(name)?.strip_suffix("  "))
+                .map(str::to_string)
+                .ok_or_else(|| corrupt(format!("{SUMS_FILE} has no checksum for {name}")))
+        };
+        let mut files = Vec::new();
+        for name in [META_FILE, WEIGHTS_FILE] {
+            let bytes = read(name)?;
+            let (want, got) = (expected(name)?, sha256_hex(&bytes));
+            if want != got {
+                return Err(corrupt(format!(
+                    "{name} has SHA-256 {got}, but {want} was recorded when it was saved"
+                )));
+            }
+            files.push(bytes);
+        }
+        let weights = files.pop().expect("two files");
+        let meta = files.pop().expect("two files");
         Ok(Self {
-            meta: serde_json::from_slice(&fs::read(dir.join(META_FILE))?)?,
-            weights: fs::read(dir.join(WEIGHTS_FILE))?,
+            meta: serde_json::from_slice(&meta)?,
+            weights,
         })
     }
 
@@ -157,11 +212,23 @@ fn safetensors_metadata(bytes: &[u8]) -> Result<String, ArtifactError> {
         .ok_or_else(|| not_a_model("no \"kiln.model\" metadata in the safetensors header"))
 }
 
+/// Temporary file, fsync, rename over `path`, fsync of the directory.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, bytes)?;
     fs::File::open(&tmp)?.sync_all()?;
-    fs::rename(tmp, path)
+    fs::rename(tmp, path)?;
+    match path.parent() {
+        Some(dir) => fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// What a model answers for a batch of rows.

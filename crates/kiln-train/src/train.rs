@@ -14,6 +14,7 @@ use rand::{seq::SliceRandom, SeedableRng};
 use crate::early_stop::EarlyStopping;
 use crate::health::{self, GradientHealth, StepProbe};
 use crate::loss::{Loss, TargetTensor};
+use crate::lr_find::{lr_range_test, LrPoint, LrRangeReport};
 use crate::model::{Mlp, ModelArch};
 use crate::optim;
 use crate::schedule::LrScheduler;
@@ -58,6 +59,11 @@ impl EpochReport {
 pub enum TrainEvent {
     /// The epoch's gradient health; sent just before its `Epoch` event.
     Health(GradientHealth),
+    /// One iteration of the LR range test.
+    LrPoint(LrPoint),
+    /// The LR range test's suggestions; with `auto_learning_rate`, before
+    /// training starts at the chosen one.
+    LrRange(LrRangeReport),
     Epoch(EpochReport),
     EarlyStopped {
         epoch: u32,
@@ -94,6 +100,8 @@ pub struct Trained {
 pub enum TrainError {
     #[error("cancelled after {epochs_completed} epochs")]
     Cancelled { epochs_completed: u32 },
+    #[error("LR range test: {0}")]
+    LrRangeTest(String),
     #[error("training diverged at epoch {epoch}: the training loss is {loss}{}", located(.layer))]
     Diverged {
         epoch: u32,
@@ -136,15 +144,21 @@ pub fn train(
     cancelled: &dyn Fn() -> bool,
     emit: &mut dyn FnMut(TrainEvent),
 ) -> Result<Trained, TrainError> {
+    if spec.training.auto_learning_rate {
+        // Learning rate "auto": the range test on its own copy of the
+        // network, then training from the same seed at its suggestion.
+        let mut report = lr_range_test(spec, data, device, cancelled, emit)?;
+        let chosen = report.suggestions.pick(spec.lr_range_test.suggestion);
+        report.chosen = Some(chosen);
+        emit(TrainEvent::LrRange(report));
+        let mut spec = spec.clone();
+        spec.training.auto_learning_rate = false;
+        spec.training.optimizer.learning_rate = chosen;
+        return train(&spec, data, device, cancelled, emit);
+    }
     let started = Instant::now();
     let training = &spec.training;
-    let arch = ModelArch {
-        task: spec.task,
-        inputs: data.width,
-        hidden: spec.model.hidden.clone(),
-        outputs: ModelArch::output_units(spec.task, data.outputs),
-        output_activation: spec.model.output_activation,
-    };
+    let arch = model_arch(spec, data);
     device.seed(training.seed);
     let ad = device.clone().autodiff();
     let mut model = Mlp::new(&arch, &ad);
@@ -382,14 +396,25 @@ fn epoch_loss_sum(losses: Vec<Tensor<1>>, rows: Vec<f32>) -> f64 {
     (Tensor::cat(losses, 0) * rows).sum().into_scalar::<f64>()
 }
 
-fn features(split: &Split, width: usize, device: &Device) -> Tensor<2> {
+/// The network `spec` describes for `data`'s width and outputs.
+pub(crate) fn model_arch(spec: &JobSpec, data: &Prepared) -> ModelArch {
+    ModelArch {
+        task: spec.task,
+        inputs: data.width,
+        hidden: spec.model.hidden.clone(),
+        outputs: ModelArch::output_units(spec.task, data.outputs),
+        output_activation: spec.model.output_activation,
+    }
+}
+
+pub(crate) fn features(split: &Split, width: usize, device: &Device) -> Tensor<2> {
     Tensor::from_data(
         TensorData::new(split.x.clone(), [split.rows, width]),
         device,
     )
 }
 
-fn targets(split: &Split, outputs: usize, device: &Device) -> TargetTensor {
+pub(crate) fn targets(split: &Split, outputs: usize, device: &Device) -> TargetTensor {
     match &split.y {
         SplitTargets::Values(v) => TargetTensor::Values(Tensor::from_data(
             TensorData::new(v.clone(), [split.rows, outputs]),

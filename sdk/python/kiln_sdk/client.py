@@ -72,11 +72,55 @@ class Prediction:
     response: "pb.PredictResponse"
 
 
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds ``authorization: Bearer <token>`` to every call."""
+
+    def __init__(self, token: str):
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details):
+        metadata = list(details.metadata or []) + [self._header]
+        return _CallDetails(
+            details.method, details.timeout, metadata, details.credentials,
+            getattr(details, "wait_for_ready", None), getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
+        self.method = method
+        self.timeout = timeout
+        self.metadata = metadata
+        self.credentials = credentials
+        self.wait_for_ready = wait_for_ready
+        self.compression = compression
+
+
 class Client:
     """A connection to a kiln server.
 
-    ``address`` is ``host:port`` (plaintext). ``timeout`` is the deadline in
-    seconds of each unary call (None: none). The generated service stubs are
+    ``address`` is ``host:port``. ``token`` is the server's bearer token
+    (its ``auth_token``; default: the ``KILN_TOKEN`` environment variable, or
+    none). ``root_certificates`` (PEM bytes) makes the connection TLS, trusting
+    that CA; without it the connection is plaintext. ``timeout`` is the
+    deadline in seconds of each unary call (None: none). The generated service stubs are
     available as ``jobs_stub``, ``datasets_stub`` and ``inference_stub`` for
     anything this class does not wrap. Use it as a context manager, or call
     :meth:`close`.
@@ -86,20 +130,31 @@ class Client:
         self,
         address: str = "localhost:50051",
         *,
+        token: Optional[str] = None,
+        root_certificates: Optional[bytes] = None,
         timeout: Optional[float] = None,
         channel: Optional[grpc.Channel] = None,
     ):
         self.address = address
         self.timeout = timeout
-        self.channel = channel or grpc.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", -1)]
-        )
+        if channel is None:
+            options = [("grpc.max_receive_message_length", -1)]
+            if root_certificates is not None:
+                credentials = grpc.ssl_channel_credentials(root_certificates)
+                channel = grpc.secure_channel(address, credentials, options=options)
+            else:
+                channel = grpc.insecure_channel(address, options=options)
+        self._raw_channel = channel
+        token = os.environ.get("KILN_TOKEN") if token is None else token
+        if token:
+            channel = grpc.intercept_channel(channel, _BearerToken(token))
+        self.channel = channel
         self.jobs_stub = jobs_pb2_grpc.JobServiceStub(self.channel)
         self.datasets_stub = datasets_pb2_grpc.DatasetServiceStub(self.channel)
         self.inference_stub = inference_pb2_grpc.InferenceServiceStub(self.channel)
 
     def close(self) -> None:
-        self.channel.close()
+        self._raw_channel.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -144,7 +199,8 @@ class Client:
 
         Every event from the first, then live ones; the iterator ends when the
         job has ended. ``event.WhichOneof("kind")`` is ``"state_changed"``,
-        ``"epoch"``, ``"early_stopped"``, ``"finished"`` or ``"failed"``.
+        ``"epoch"``, ``"early_stopped"``, ``"finished"``, ``"failed"``, or for
+        an LR range test ``"lr_range_point"`` and ``"lr_range_result"``.
         ``timeout`` bounds the whole stream (DEADLINE_EXCEEDED past it).
         """
         stream = self.jobs_stub.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=timeout)

@@ -10,14 +10,42 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address the gRPC server listens on.
     pub listen: String,
-    /// Where datasets and model artifacts are kept.
+    /// Where everything is kept: the database `kiln.db` (jobs, events,
+    /// dataset metadata, the model registry), datasets and model artifacts.
     pub data_dir: PathBuf,
+    /// Root of every job's TensorBoard event log
+    /// (`<tensorboard_dir>/<model_name>/<job id>`). Unset: `<data_dir>/tensorboard`;
+    /// an empty string turns logging off.
+    pub tensorboard_dir: Option<PathBuf>,
     /// libtorch intra-op threads for the whole process (training and serving).
     pub torch_threads: usize,
+    /// Jobs that train at once on each device (trainer threads sharing the
+    /// device's queue); the rest wait QUEUED. Sweeps need more than 1 to run
+    /// trials concurrently.
+    pub max_concurrent_jobs: usize,
     /// Largest gRPC message accepted, in bytes (requests and upload chunks).
     pub max_message_bytes: usize,
     /// Largest dataset an upload may create, in bytes.
     pub max_dataset_bytes: u64,
+    /// Jobs that may wait QUEUED at once; SubmitJob beyond it gets
+    /// RESOURCE_EXHAUSTED (0: no limit).
+    pub max_queued_jobs: usize,
+    /// Budget of one training job: epochs x training rows; a job over it is
+    /// refused with INVALID_ARGUMENT (0: no limit).
+    pub max_epoch_rows: u64,
+    /// Concurrent gRPC calls (HTTP/2 streams) per client connection (0: no limit).
+    pub max_concurrent_streams: u32,
+    /// Bearer token every call but grpc.health.v1 must carry
+    /// (`authorization: Bearer <token>`); empty: no authentication.
+    pub auth_token: String,
+    /// File holding the bearer token (read at start; for Kubernetes Secrets).
+    /// Set this or `auth_token`, not both.
+    pub auth_token_file: Option<PathBuf>,
+    /// PEM certificate chain for TLS; set together with `tls_key_file`.
+    /// Neither set: plaintext.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for TLS; set together with `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
     /// Rows per prediction forward pass, at most.
     pub max_batch_rows: usize,
     /// Prediction requests that may wait per model; more get RESOURCE_EXHAUSTED.
@@ -29,8 +57,16 @@ pub struct Config {
     pub model_instances: usize,
     /// Log filter in `tracing` syntax, e.g. "info" or "kiln=debug".
     pub log: String,
+    /// OTLP/gRPC endpoint traces are exported to, e.g. "http://127.0.0.1:4317";
+    /// empty: no export.
+    pub otlp_endpoint: String,
+    /// Address of the Prometheus endpoint (`GET /metrics`); empty: off.
+    pub metrics_listen: String,
     /// Seconds open calls get to finish after SIGTERM/SIGINT before exit.
     pub shutdown_grace_seconds: f64,
+    /// Times a job interrupted while RUNNING (the server stopped) is run
+    /// again from scratch at restart; one interrupted more often ends FAILED.
+    pub max_job_restarts: u32,
 }
 
 impl Default for Config {
@@ -38,15 +74,27 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:50051".into(),
             data_dir: "data".into(),
+            tensorboard_dir: None,
             torch_threads: 2,
+            max_concurrent_jobs: 1,
             max_message_bytes: 64 << 20,
             max_dataset_bytes: 1 << 30,
+            max_queued_jobs: 1000,
+            max_epoch_rows: 10_000_000_000,
+            max_concurrent_streams: 256,
+            auth_token: String::new(),
+            auth_token_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             max_batch_rows: 1024,
             predict_queue_capacity: 1024,
             max_queue_delay_ms: 0.0,
             model_instances: 1,
             log: "info".into(),
+            otlp_endpoint: String::new(),
+            metrics_listen: "127.0.0.1:9464".into(),
             shutdown_grace_seconds: 10.0,
+            max_job_restarts: 2,
         }
     }
 }
@@ -65,7 +113,46 @@ impl Config {
             .try_parsing(true)
             .source(Some(Self::environment(std::env::vars())));
         let merged = builder.add_source(environment).build()?;
-        Ok(merged.try_deserialize()?)
+        let mut config: Config = merged.try_deserialize()?;
+        // The token as written: the environment source would parse a token
+        // such as "12e3" as a number.
+        if let Ok(token) = std::env::var("KILN_AUTH_TOKEN") {
+            config.auth_token = token;
+        }
+        if config.tensorboard_dir.is_none() {
+            config.tensorboard_dir = Some(config.data_dir.join("tensorboard"));
+        }
+        Ok(config)
+    }
+
+    /// The TLS certificate and key files: both, or neither (plaintext).
+    pub fn tls_files(&self) -> anyhow::Result<Option<(&Path, &Path)>> {
+        fn set(p: &Option<PathBuf>) -> Option<&Path> {
+            p.as_deref().filter(|p| !p.as_os_str().is_empty())
+        }
+        match (set(&self.tls_cert_file), set(&self.tls_key_file)) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some((cert, key))),
+            (Some(_), None) => {
+                anyhow::bail!(
+                    "tls_cert_file is set but tls_key_file is not: set both for TLS, or neither"
+                )
+            }
+            (None, Some(_)) => {
+                anyhow::bail!(
+                    "tls_key_file is set but tls_cert_file is not: set both for TLS, or neither"
+                )
+            }
+        }
+    }
+
+    /// Where job TensorBoard logs go; `None` when logging is off.
+    pub fn tensorboard_dir(&self) -> Option<PathBuf> {
+        match &self.tensorboard_dir {
+            None => Some(self.data_dir.join("tensorboard")),
+            Some(dir) if dir.as_os_str().is_empty() => None,
+            Some(dir) => Some(dir.clone()),
+        }
     }
 
     /// The `KILN_*` variables that name a configuration key. Other `KILN_*`
@@ -99,5 +186,49 @@ mod tests {
         let mut names: Vec<_> = env.keys().cloned().collect();
         names.sort();
         assert_eq!(names, ["KILN_LISTEN", "KILN_MAX_BATCH_ROWS"]);
+    }
+
+    #[test]
+    fn tls_needs_both_files_or_neither() {
+        let with = |cert: Option<&str>, key: Option<&str>| Config {
+            tls_cert_file: cert.map(Into::into),
+            tls_key_file: key.map(Into::into),
+            ..Config::default()
+        };
+        assert!(with(None, None).tls_files().unwrap().is_none());
+        assert!(with(Some(""), Some("")).tls_files().unwrap().is_none());
+        let both = with(Some("c.pem"), Some("k.pem"));
+        let files = both.tls_files().unwrap();
+        assert_eq!(files, Some((Path::new("c.pem"), Path::new("k.pem"))));
+        let err = with(Some("c.pem"), None).tls_files().unwrap_err();
+        assert!(err.to_string().contains("tls_key_file is not"), "{err}");
+        let err = with(None, Some("k.pem")).tls_files().unwrap_err();
+        assert!(err.to_string().contains("tls_cert_file is not"), "{err}");
+    }
+
+    #[test]
+    fn tensorboard_dir_defaults_under_data_dir_and_empty_turns_it_off() {
+        let dir = std::env::temp_dir().join(format!("kiln-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |toml: &str| {
+            let file = dir.join("kiln.toml");
+            std::fs::write(&file, toml).unwrap();
+            Config::load(Some(&file)).unwrap()
+        };
+        let default = load("data_dir = \"/srv/kiln\"\n");
+        assert_eq!(
+            default.tensorboard_dir(),
+            Some("/srv/kiln/tensorboard".into())
+        );
+        // --print-config shows the resolved directory.
+        assert_eq!(
+            default.tensorboard_dir,
+            Some("/srv/kiln/tensorboard".into())
+        );
+        let set = load("tensorboard_dir = \"/tb\"\n");
+        assert_eq!(set.tensorboard_dir(), Some("/tb".into()));
+        let off = load("tensorboard_dir = \"\"\n");
+        assert_eq!(off.tensorboard_dir(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -81,6 +81,7 @@ impl Inference {
                 queue_seconds: s.queue_seconds,
                 compute_seconds: s.compute_seconds,
             }),
+            load_error: v.error.unwrap_or_default(),
             name: v.name,
             version: v.version,
             job_id: v.job_id,
@@ -208,6 +209,10 @@ impl InferenceService for Inference {
             .models
             .set_alias(&r.model, &r.alias, &r.version)
             .map_err(status::serve)?;
+        if let Some(db) = self.0.store.db() {
+            db.set_alias(&r.model, &r.alias, version)
+                .map_err(|e| Status::internal(format!("the alias moved but was not saved: {e}")))?;
+        }
         tracing::info!(model = %r.model, alias = %r.alias, version, "alias moved");
         Ok(Response::new(self.info(&r.model, version)?))
     }
@@ -259,9 +264,18 @@ impl InferenceService for Inference {
             .map_err(|e| Status::invalid_argument(format!("chunk: {e}")))?;
         let (device, device_name) =
             kiln_train::device::resolve(DeviceChoice::Auto).map_err(Status::failed_precondition)?;
+        // Kept like a trained model's files, so a restart serves it again.
+        let dir_name = format!("import-{}", uuid::Uuid::new_v4().simple());
+        let dir = self.0.config.data_dir.join("models").join(&dir_name);
         let model = self
-            .blocking(move |models| models.register(&name, "", artifact, device, &device_name))
+            .blocking(move |models| {
+                artifact
+                    .save(&dir)
+                    .map_err(|e| ServeError::Load(e.to_string()))?;
+                models.register(&name, "", artifact, device, &device_name)
+            })
             .await?;
+        crate::runner::record_model(&self.0.store, &model, &dir_name);
         tracing::info!(model = %model.name, version = model.version, "model imported");
         Ok(Response::new(self.info(&model.name, model.version)?))
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use kiln::v1 as pb;
 use kiln_core::data::{Dataset, Table};
 use kiln_core::prepare::prepare;
-use kiln_core::spec::{DataSource, JobSpec};
+use kiln_core::spec::{DataSource, JobKind, JobSpec};
 use kiln_core::FieldError;
 use pb::job_service_server::JobService;
 use tokio_stream::wrappers::ReceiverStream;
@@ -27,55 +27,11 @@ impl JobService for Jobs {
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: required"))?;
         let spec = JobSpec::from_proto(&proto).map_err(status::invalid)?;
-        let (device, device_name) = kiln_train::device::resolve(spec.device)
-            .map_err(|m| status::invalid(FieldError::new("spec.device", m)))?;
-        // Reading and checking the data is CPU work: keep it off the async workers.
-        let kiln = self.0.clone();
-        let spec_for_data = spec.clone();
-        let data = tokio::task::spawn_blocking(move || {
-            let table = match &spec_for_data.data.source {
-                DataSource::Dataset(id) => kiln.datasets.load(id).map_err(|e| match e {
-                    kiln_store::DatasetError::NotFound(_) => {
-                        Status::not_found(format!("spec.data.dataset_id: {e}"))
-                    }
-                    other => status::dataset(other),
-                })?,
-                DataSource::Inline { columns, rows } => {
-                    Table::from_inline(columns, rows).map_err(status::invalid)?
-                }
-            };
-            let dataset = Dataset::from_table(&table, &spec_for_data.data, spec_for_data.task)
-                .map_err(status::invalid)?;
-            let prepared = prepare(&dataset, &spec_for_data.data);
-            spec_for_data
-                .check_against_data(prepared.outputs)
-                .map_err(status::invalid)?;
-            Ok::<_, Status>(prepared)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("data preparation panicked: {e}")))??;
-
-        let id = format!("job-{}", uuid_simple());
-        let model_name = spec.model_name.clone().unwrap_or_else(|| id.clone());
-        let job = self.0.store.create(pb::Job {
-            id: id.clone(),
-            model_name: model_name.clone(),
-            spec: Some(proto),
-            train_rows: data.train.rows as u64,
-            validation_rows: data.validation.rows as u64,
-            input_features: data.width as u32,
-            ..Default::default()
-        });
-        tracing::info!(job = %id, model = %model_name, rows = data.train.rows + data.validation.rows, "job queued");
-        self.0.runner.submit(QueuedJob {
-            id,
-            model_name,
-            spec,
-            data,
-            device,
-            device_name,
-        });
-        Ok(Response::new(job))
+        // A full queue is refused before the data is read.
+        check_queue(&self.0)?;
+        submit_checked(&self.0, proto, spec, true)
+            .await
+            .map(Response::new)
     }
 
     async fn get_job(
@@ -94,14 +50,27 @@ impl JobService for Jobs {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let state = match pb::JobState::try_from(request.into_inner().state) {
+        let request = request.into_inner();
+        let state = match pb::JobState::try_from(request.state) {
             Ok(pb::JobState::Unspecified) => None,
             Ok(s) => Some(s),
             Err(_) => return Err(Status::invalid_argument("state: unknown value")),
         };
-        Ok(Response::new(pb::ListJobsResponse {
-            jobs: self.0.store.list(state),
-        }))
+        let mut labels: Vec<(String, String)> = request.labels.into_iter().collect();
+        if !request.sweep_id.is_empty() {
+            labels.push(("sweep".into(), request.sweep_id));
+        }
+        let filter = kiln_store::ListFilter {
+            state,
+            labels,
+            order_by: request.order_by.trim().to_string(),
+        };
+        let jobs = self
+            .0
+            .store
+            .list_filtered(&filter)
+            .map_err(|m| Status::invalid_argument(format!("order_by: {m}")))?;
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
     async fn cancel_job(
@@ -139,6 +108,174 @@ impl JobService for Jobs {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn compare_jobs(
+        &self,
+        request: Request<pb::CompareJobsRequest>,
+    ) -> Result<Response<pb::CompareJobsResponse>, Status> {
+        let ids = request.into_inner().job_ids;
+        if ids.len() < 2 {
+            return Err(Status::invalid_argument("job_ids: name two or more jobs"));
+        }
+        let mut jobs = Vec::new();
+        let mut curves = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let job = self
+                .0
+                .store
+                .get(id)
+                .map_err(|e| Status::not_found(format!("job_ids[{i}]: {e}")))?;
+            let epochs = self
+                .0
+                .store
+                .events(id)
+                .map_err(status::job)?
+                .into_iter()
+                .filter_map(|e| match e.kind {
+                    Some(pb::job_event::Kind::Epoch(m)) => Some(m),
+                    _ => None,
+                })
+                .collect();
+            curves.push(pb::JobCurve {
+                job_id: id.clone(),
+                epochs,
+            });
+            jobs.push(job);
+        }
+        let specs: Vec<pb::JobSpec> = jobs
+            .iter()
+            .map(|j| j.spec.clone().unwrap_or_default())
+            .collect();
+        let differences = kiln_sweep::diff_specs(&specs)
+            .into_iter()
+            .map(|(path, values)| pb::ParameterDiff { path, values })
+            .collect();
+        Ok(Response::new(pb::CompareJobsResponse {
+            jobs,
+            differences,
+            curves,
+        }))
+    }
+}
+
+/// Checks the data of a validated spec, records the job QUEUED and hands it
+/// to the runner (SubmitJob, and each sweep trial).
+pub async fn submit(
+    kiln: &Arc<Kiln>,
+    proto: pb::JobSpec,
+    spec: JobSpec,
+) -> Result<pb::Job, Status> {
+    // Sweep trials: the sweep's own parallelism paces them, not the queue limit.
+    submit_checked(kiln, proto, spec, false).await
+}
+
+/// Held while the queue is counted and a job added, so concurrent
+/// SubmitJobs cannot overshoot `max_queued_jobs`.
+static QUEUE_GATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// RESOURCE_EXHAUSTED when `max_queued_jobs` jobs are already QUEUED.
+fn check_queue(kiln: &Kiln) -> Result<(), Status> {
+    let limit = kiln.config.max_queued_jobs;
+    if limit == 0 {
+        return Ok(());
+    }
+    let queued = kiln.store.list(Some(pb::JobState::Queued)).len();
+    if queued >= limit {
+        return Err(Status::resource_exhausted(format!(
+            "the job queue is full: {queued} jobs are QUEUED and the server's limit is {limit} \
+             (max_queued_jobs); wait for queued jobs to start, or cancel some"
+        )));
+    }
+    Ok(())
+}
+
+/// INVALID_ARGUMENT when epochs x training rows is over `max_epoch_rows`.
+fn check_budget(kiln: &Kiln, spec: &JobSpec, train_rows: usize) -> Result<(), Status> {
+    let budget = kiln.config.max_epoch_rows;
+    if budget == 0 || spec.kind != JobKind::Train {
+        return Ok(());
+    }
+    let epochs = u64::from(spec.training.epochs);
+    let cost = epochs.saturating_mul(train_rows as u64);
+    if cost > budget {
+        return Err(Status::invalid_argument(format!(
+            "spec.training.epochs: {epochs} epochs x {train_rows} training rows = {cost} row passes \
+             is over the server's budget of {budget} per job (max_epoch_rows); use fewer epochs or less data"
+        )));
+    }
+    Ok(())
+}
+
+async fn submit_checked(
+    kiln: &Arc<Kiln>,
+    proto: pb::JobSpec,
+    spec: JobSpec,
+    limit_queue: bool,
+) -> Result<pb::Job, Status> {
+    let shared = kiln;
+    {
+        let (device, device_name) = kiln_train::device::resolve(spec.device)
+            .map_err(|m| status::invalid(FieldError::new("spec.device", m)))?;
+        // Reading and checking the data is CPU work: keep it off the async workers.
+        let kiln = shared.clone();
+        let spec_for_data = spec.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            let table = match &spec_for_data.data.source {
+                DataSource::Dataset(id) => kiln_store::datasets::check_dataset_id(id)
+                    .map_err(|m| status::invalid(FieldError::new("spec.data.dataset_id", m)))
+                    .and_then(|()| {
+                        kiln.datasets.load(id).map_err(|e| match e {
+                            kiln_store::DatasetError::NotFound(_) => {
+                                Status::not_found(format!("spec.data.dataset_id: {e}"))
+                            }
+                            other => status::dataset(other),
+                        })
+                    })?,
+                DataSource::Inline { columns, rows } => {
+                    Table::from_inline(columns, rows).map_err(status::invalid)?
+                }
+            };
+            let dataset = Dataset::from_table(&table, &spec_for_data.data, spec_for_data.task)
+                .map_err(status::invalid)?;
+            let prepared = prepare(&dataset, &spec_for_data.data);
+            spec_for_data
+                .check_against_data(prepared.outputs)
+                .map_err(status::invalid)?;
+            Ok::<_, Status>(prepared)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("data preparation panicked: {e}")))??;
+        check_budget(shared, &spec, data.train.rows)?;
+
+        let _gate = if limit_queue {
+            let gate = QUEUE_GATE.lock().unwrap_or_else(|e| e.into_inner());
+            check_queue(shared)?;
+            Some(gate)
+        } else {
+            None
+        };
+        let id = format!("job-{}", uuid_simple());
+        let model_name = spec.model_name.clone().unwrap_or_else(|| id.clone());
+        let job = shared.store.create(pb::Job {
+            id: id.clone(),
+            model_name: model_name.clone(),
+            spec: Some(proto),
+            train_rows: data.train.rows as u64,
+            validation_rows: data.validation.rows as u64,
+            input_features: data.width as u32,
+            ..Default::default()
+        });
+        tracing::info!(job = %id, model = %model_name, rows = data.train.rows + data.validation.rows, "job queued");
+        shared.runner.submit(QueuedJob {
+            id,
+            model_name,
+            spec,
+            data,
+            device,
+            device_name,
+        });
+        Ok(job)
     }
 }
 

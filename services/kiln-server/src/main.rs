@@ -1,14 +1,19 @@
 //! kiln-server: reads the configuration, opens the stores, and serves
 //! kiln.v1 (jobs, datasets, inference), grpc.health.v1 and reflection.
 
+mod auth;
 mod config;
 mod datasets;
 mod deadline;
 mod inference;
 mod jobs;
+mod metrics;
 mod oip;
 mod runner;
 mod status;
+mod sweeps;
+mod telemetry;
+mod tensorboard;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +23,6 @@ use kiln::v1 as pb;
 use kiln_serve::{BatcherConfig, ModelRegistry};
 use kiln_store::{DatasetStore, JobStore};
 use tonic::transport::Server;
-use tracing_subscriber::EnvFilter;
 
 use crate::config::Config;
 
@@ -29,6 +33,7 @@ pub struct Kiln {
     pub datasets: Arc<DatasetStore>,
     pub models: Arc<ModelRegistry>,
     pub runner: runner::Runner,
+    pub sweeps: sweeps::Sweeps,
 }
 
 const USAGE: &str = "usage: kiln-server [--config FILE] [--print-config]
@@ -57,15 +62,19 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", toml_like(&config));
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
-    serve(config).await
+    let telemetry = telemetry::init(&config)?;
+    let result = serve(config).await;
+    // Flush the spans still buffered, also when serving failed.
+    telemetry.shutdown().await;
+    result
 }
 
 /// The effective configuration, one `key = value` a line.
 fn toml_like(config: &Config) -> String {
-    let value = serde_json::to_value(config).expect("config serializes");
+    let mut value = serde_json::to_value(config).expect("config serializes");
+    if !config.auth_token.is_empty() {
+        value["auth_token"] = "<redacted>".into();
+    }
     let mut out = String::new();
     for (k, v) in value.as_object().expect("config is a struct") {
         out.push_str(&format!("{k} = {v}\n"));
@@ -77,8 +86,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     kiln_train::device::set_threads(config.torch_threads);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-    let datasets = Arc::new(DatasetStore::open(config.data_dir.join("datasets"))?);
-    let store = Arc::new(JobStore::default());
+    // The durable state (see "Persistence and recovery" in the README).
+    let db_path = config.data_dir.join("kiln.db");
+    let db = Arc::new(
+        kiln_store::Db::open(&db_path)
+            .with_context(|| format!("opening the database {}", db_path.display()))?,
+    );
+    let datasets = Arc::new(DatasetStore::open_with_db(
+        config.data_dir.join("datasets"),
+        db.clone(),
+    )?);
+    let store = Arc::new(
+        JobStore::with_db(db)
+            .with_context(|| format!("loading jobs from {}", db_path.display()))?,
+    );
     let models = Arc::new(ModelRegistry::new(BatcherConfig {
         max_batch_rows: config.max_batch_rows,
         queue_capacity: config.predict_queue_capacity,
@@ -89,19 +110,39 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         store.clone(),
         models.clone(),
         config.data_dir.join("models"),
-    );
+        config.tensorboard_dir(),
+    )
+    .with_max_concurrent_jobs(config.max_concurrent_jobs);
     let addr: std::net::SocketAddr = config
         .listen
         .parse()
         .with_context(|| format!("listen address {}", config.listen))?;
     let max_message = config.max_message_bytes;
+    // Security settings are checked before anything listens.
+    let guards = auth::Guards {
+        auth: auth::Auth::from_config(&config.auth_token, config.auth_token_file.as_deref())?,
+        max_message_bytes: max_message,
+    };
+    let max_streams = (config.max_concurrent_streams > 0).then_some(config.max_concurrent_streams);
+    let mut builder = Server::builder().max_concurrent_streams(max_streams);
+    let tls = config.tls_files()?;
+    if let Some((cert, key)) = tls {
+        builder = builder
+            .tls_config(auth::tls_config(cert, key)?)
+            .context("tls_cert_file / tls_key_file: not a usable certificate and key")?;
+    }
+    let tls = tls.is_some();
     let kiln = Arc::new(Kiln {
         config,
         store,
         datasets,
         models,
         runner,
+        sweeps: sweeps::Sweeps::default(),
     });
+    // Before anything listens: serve the models kept from before, and run
+    // again the jobs the previous process left queued or running.
+    runner::recover(&kiln);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -109,6 +150,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await;
     health
         .set_serving::<pb::dataset_service_server::DatasetServiceServer<datasets::Datasets>>()
+        .await;
+    health
+        .set_serving::<pb::sweep_service_server::SweepServiceServer<sweeps::SweepSvc>>()
         .await;
     health
         .set_serving::<pb::inference_service_server::InferenceServiceServer<inference::Inference>>()
@@ -126,7 +170,32 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr()?;
-    tracing::info!(%local, cuda = kiln_train::device::cuda_available(), "kiln-server listening");
+    tracing::info!(
+        %local,
+        cuda = kiln_train::device::cuda_available(),
+        tls,
+        auth = guards.auth.enabled(),
+        "kiln-server listening"
+    );
+    if !kiln.config.metrics_listen.is_empty() {
+        let sources = Arc::new(metrics::Sources {
+            store: kiln.store.clone(),
+            models: kiln.models.clone(),
+        });
+        // A taken metrics port must not keep the service down: warn and go on.
+        match tokio::net::TcpListener::bind(&kiln.config.metrics_listen).await {
+            Ok(metrics_listener) => {
+                let at = metrics_listener.local_addr()?;
+                tracing::info!(%at, "Prometheus metrics at http://{at}/metrics");
+                tokio::spawn(metrics::serve(metrics_listener, sources));
+            }
+            Err(e) => tracing::warn!(
+                metrics_listen = %kiln.config.metrics_listen,
+                error = %e,
+                "cannot serve metrics"
+            ),
+        }
+    }
     // Tests and scripts read this line to learn the port when listening on :0.
     println!("kiln-server listening on {local}");
 
@@ -142,31 +211,50 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let grace = std::time::Duration::from_secs_f64(kiln.config.shutdown_grace_seconds);
-    let server = Server::builder()
+    // Every service but health is behind the guard (auth, message size).
+    let server = builder
+        .layer(telemetry::GrpcLayer)
         .add_service(health_service)
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?)
+        .add_service(guards.wrap(reflection().build_v1()?))
+        .add_service(guards.wrap(reflection().build_v1alpha()?))
         .add_service(
-            pb::job_service_server::JobServiceServer::new(jobs::Jobs(kiln.clone()))
+            guards.wrap(
+                pb::job_service_server::JobServiceServer::new(jobs::Jobs(kiln.clone()))
+                    .max_decoding_message_size(max_message),
+            ),
+        )
+        .add_service(
+            guards.wrap(
+                pb::dataset_service_server::DatasetServiceServer::new(datasets::Datasets(
+                    kiln.clone(),
+                ))
                 .max_decoding_message_size(max_message),
+            ),
         )
         .add_service(
-            pb::dataset_service_server::DatasetServiceServer::new(datasets::Datasets(kiln.clone()))
-                .max_decoding_message_size(max_message),
+            guards.wrap(
+                pb::sweep_service_server::SweepServiceServer::new(sweeps::SweepSvc(kiln.clone()))
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(max_message),
+            ),
         )
         .add_service(
-            pb::inference_service_server::InferenceServiceServer::new(inference::Inference(
-                kiln.clone(),
-            ))
-            .max_decoding_message_size(max_message)
-            .max_encoding_message_size(max_message),
+            guards.wrap(
+                pb::inference_service_server::InferenceServiceServer::new(inference::Inference(
+                    kiln.clone(),
+                ))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+            ),
         )
         .add_service(
-            kiln::inference::grpc_inference_service_server::GrpcInferenceServiceServer::new(
-                oip::Oip(kiln.clone()),
-            )
-            .max_decoding_message_size(max_message)
-            .max_encoding_message_size(max_message),
+            guards.wrap(
+                kiln::inference::grpc_inference_service_server::GrpcInferenceServiceServer::new(
+                    oip::Oip(kiln.clone()),
+                )
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+            ),
         )
         .serve_with_incoming_shutdown(
             // TCP_NODELAY: without it Nagle's algorithm holds small

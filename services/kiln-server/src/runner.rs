@@ -1,5 +1,6 @@
-//! Runs queued jobs: one trainer thread per device, so one job trains per
-//! device at a time and the rest wait QUEUED, in submission order. A finished
+//! Runs queued jobs: `max_concurrent_jobs` trainer threads per device (one by
+//! default, so one job trains per device at a time) sharing the device's
+//! queue; the rest wait QUEUED, in submission order. A finished
 //! job's best model is written to the data directory and registered for
 //! Predict before its final event is published.
 
@@ -10,12 +11,14 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use kiln::v1 as pb;
 use kiln_core::prepare::Prepared;
+use kiln_core::spec::JobKind;
 use kiln_core::spec::JobSpec;
 use kiln_serve::ModelRegistry;
 use kiln_store::jobs::cancelled_event;
 use kiln_store::JobStore;
 use kiln_train::{
-    Device, EpochReport, GradientHealth, ModelArtifact, StopReason, TrainError, TrainEvent,
+    Device, EpochReport, GradientHealth, LrRangeReport, ModelArtifact, StopReason, TrainError,
+    TrainEvent,
 };
 use pb::job_event::Kind;
 
@@ -32,40 +35,70 @@ pub struct QueuedJob {
 pub struct Runner {
     queues: Mutex<HashMap<String, mpsc::Sender<QueuedJob>>>,
     context: Arc<Context>,
+    /// Trainer threads per device (the `max_concurrent_jobs` config key).
+    threads_per_device: usize,
 }
 
 struct Context {
     store: Arc<JobStore>,
     models: Arc<ModelRegistry>,
     models_dir: PathBuf,
+    /// Root of the jobs' TensorBoard logs; `None`: off.
+    tensorboard_dir: Option<PathBuf>,
 }
 
 impl Runner {
-    pub fn new(store: Arc<JobStore>, models: Arc<ModelRegistry>, models_dir: PathBuf) -> Self {
+    pub fn new(
+        store: Arc<JobStore>,
+        models: Arc<ModelRegistry>,
+        models_dir: PathBuf,
+        tensorboard_dir: Option<PathBuf>,
+    ) -> Self {
         Self {
             queues: Mutex::default(),
+            threads_per_device: 1,
             context: Arc::new(Context {
                 store,
                 models,
                 models_dir,
+                tensorboard_dir,
             }),
         }
     }
 
     /// Queues a job on its device's trainer thread (started on first use).
+    /// Lets up to `jobs` jobs train at once on each device (at least 1).
+    pub fn with_max_concurrent_jobs(mut self, jobs: usize) -> Self {
+        self.threads_per_device = jobs.max(1);
+        self
+    }
+
     pub fn submit(&self, job: QueuedJob) {
         let mut queues = self.queues.lock().unwrap();
         let queue = queues.entry(job.device_name.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel::<QueuedJob>();
-            let context = self.context.clone();
-            std::thread::Builder::new()
-                .name(format!("train-{}", job.device_name))
-                .spawn(move || {
-                    for job in rx {
-                        context.run(job);
-                    }
-                })
-                .expect("spawn trainer thread");
+            // The device's trainer threads take jobs from one queue, in order.
+            let rx = Arc::new(Mutex::new(rx));
+            for n in 0..self.threads_per_device {
+                let context = self.context.clone();
+                let rx = rx.clone();
+                let name = if self.threads_per_device == 1 {
+                    format!("train-{}", job.device_name)
+                } else {
+                    format!("train-{}-{n}", job.device_name)
+                };
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || loop {
+                        // Hold the lock only while taking a job, not while training it.
+                        let next = rx.lock().unwrap().recv();
+                        match next {
+                            Ok(job) => context.run(job),
+                            Err(_) => return,
+                        }
+                    })
+                    .expect("spawn trainer thread");
+            }
             tx
         });
         queue
@@ -94,32 +127,73 @@ impl Context {
         if !running.is_ok_and(|j| j.state() == pb::JobState::Running) {
             return;
         }
+        // One span per job, from RUNNING to its final event (exported over
+        // OTLP when configured).
+        let span = tracing::info_span!(
+            "job",
+            otel.name = "kiln.job",
+            job.id = %id,
+            job.kind = ?job.spec.kind,
+            model = %job.model_name,
+            device = %job.device_name,
+            outcome = tracing::field::Empty,
+        );
+        let _span = span.enter();
         tracing::info!(job = %id, device = %job.device_name, "training started");
+        let labels = self
+            .store
+            .get(&id)
+            .ok()
+            .and_then(|j| j.spec)
+            .map(|s| s.labels);
+        let mut tensorboard = crate::tensorboard::JobLog::start(
+            self.tensorboard_dir.as_deref(),
+            &job,
+            &labels.unwrap_or_default(),
+        );
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             // An epoch's gradient health arrives just before it and travels in its event.
             let mut health = None;
-            kiln_train::train(
-                &job.spec,
-                &job.data,
-                &job.device,
-                &|| cancel.is_set(),
-                &mut |event| match event {
-                    TrainEvent::Health(h) => health = Some(h),
-                    TrainEvent::Epoch(report) => {
-                        let mut metrics = epoch_metrics(&report);
-                        metrics.gradient_health = health.take().map(|h| gradient_health(&h));
-                        let _ = self.store.append(&id, Kind::Epoch(metrics));
+            let mut on_event = |event| match event {
+                TrainEvent::Health(h) => health = Some(h),
+                TrainEvent::Epoch(report) => {
+                    crate::metrics::observe_epoch(report.epoch_seconds);
+                    let health = health.take();
+                    tensorboard.epoch(&report, health.as_ref());
+                    let mut metrics = epoch_metrics(&report);
+                    metrics.gradient_health = health.map(|h| gradient_health(&h));
+                    let _ = self.store.append(&id, Kind::Epoch(metrics));
+                }
+                event => {
+                    if let Some(kind) = event_kind(event) {
+                        let _ = self.store.append(&id, kind);
                     }
-                    event => {
-                        if let Some(kind) = event_kind(event) {
-                            let _ = self.store.append(&id, kind);
-                        }
-                    }
-                },
-            )
+                }
+            };
+            let (spec, data, device) = (&job.spec, &job.data, &job.device);
+            let cancelled = || cancel.is_set();
+            match spec.kind {
+                JobKind::Train => kiln_train::train(spec, data, device, &cancelled, &mut on_event)
+                    .map(|t| Outcome::Trained(Box::new(t))),
+                JobKind::LrRangeTest => {
+                    kiln_train::lr_range_test(spec, data, device, &cancelled, &mut on_event)
+                        .map(Outcome::LrRangeTest)
+                }
+            }
         }));
         let final_event = match outcome {
-            Ok(Ok(trained)) => match self.publish(&job, &trained) {
+            Ok(Ok(Outcome::LrRangeTest(report))) => {
+                let _ = self
+                    .store
+                    .append(&id, Kind::LrRangeResult(lr_range_result(&report)));
+                // No model: the job's answer is the curve and its suggestions.
+                Kind::Finished(pb::Finished {
+                    reason: pb::StopReason::Completed as i32,
+                    ..Default::default()
+                })
+            }
+            Ok(Err(e @ TrainError::LrRangeTest(_))) => failed(pb::StopReason::Error, e.to_string()),
+            Ok(Ok(Outcome::Trained(trained))) => match self.publish(&job, &trained) {
                 Ok(()) => Kind::Finished(pb::Finished {
                     reason: match trained.reason {
                         StopReason::Completed => pb::StopReason::Completed,
@@ -155,7 +229,16 @@ impl Context {
                 failed(reason, format!("training failed: {message}"))
             }
         };
+        span.record(
+            "outcome",
+            match &final_event {
+                Kind::Finished(_) => "succeeded",
+                Kind::Failed(f) if f.state() == pb::JobState::Cancelled => "cancelled",
+                _ => "failed",
+            },
+        );
         tracing::info!(job = %id, event = ?final_event, "job ended");
+        tensorboard.end(&final_event);
         let _ = self.store.append(&id, final_event);
     }
 
@@ -166,7 +249,8 @@ impl Context {
         artifact
             .save(&self.models_dir.join(&job.id))
             .map_err(|e| e.to_string())?;
-        self.models
+        let model = self
+            .models
             .register(
                 &job.model_name,
                 &job.id,
@@ -175,8 +259,143 @@ impl Context {
                 &job.device_name,
             )
             .map_err(|e| e.to_string())?;
+        record_model(&self.store, &model, &job.id);
         Ok(())
     }
+}
+
+/// Writes a registry version to the database, so a restart serves it again.
+pub fn record_model(store: &JobStore, model: &kiln_serve::ServedModel, artifact: &str) {
+    let Some(db) = store.db() else { return };
+    let row = kiln_store::ModelRow {
+        name: model.name.clone(),
+        version: model.version,
+        job_id: model.job_id.clone(),
+        artifact: artifact.to_string(),
+        meta: serde_json::to_string(&model.meta).expect("model metadata serializes"),
+    };
+    if let Err(e) = db.put_model(&row) {
+        tracing::error!(model = %row.name, version = row.version, error = %e, "model version not persisted");
+    }
+}
+
+/// At start, before anything listens: puts the registry back as it was (the
+/// models of SUCCEEDED jobs and imported models, under their versions, with
+/// their aliases; a version whose files fail their checksums is listed with
+/// the reason and never served), then runs again the jobs the previous
+/// process left QUEUED or RUNNING ([`JobStore::recover`]).
+pub fn recover(kiln: &crate::Kiln) {
+    restore_models(kiln);
+    let jobs = kiln.store.recover(kiln.config.max_job_restarts);
+    for job in jobs {
+        match requeue(kiln, &job) {
+            Ok(queued) => {
+                tracing::info!(job = %job.id, "job queued again after a restart");
+                kiln.runner.submit(queued);
+            }
+            Err(message) => {
+                tracing::warn!(job = %job.id, %message, "job cannot run again after a restart");
+                let _ = kiln.store.append(
+                    &job.id,
+                    failed(
+                        pb::StopReason::Error,
+                        format!("could not be run again after a restart: {message}"),
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn restore_models(kiln: &crate::Kiln) {
+    let Some(db) = kiln.store.db() else { return };
+    let models_dir = kiln.config.data_dir.join("models");
+    let (rows, aliases) = match (db.models(), db.aliases()) {
+        (Ok(rows), Ok(aliases)) => (rows, aliases),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot read the model registry from the database");
+            return;
+        }
+    };
+    for row in rows {
+        // A model registered by a job that then did not finish (the server
+        // stopped in between) goes: the job runs again and registers anew.
+        let succeeded = kiln
+            .store
+            .get(&row.job_id)
+            .is_ok_and(|j| j.state() == pb::JobState::Succeeded);
+        if !row.job_id.is_empty() && !succeeded {
+            let _ = db.delete_model(&row.name, row.version);
+            continue;
+        }
+        let artifact = ModelArtifact::load(&models_dir.join(&row.artifact));
+        let (device, device_name) =
+            match kiln_train::device::resolve(kiln_core::spec::DeviceChoice::Auto) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, "no device to serve models on");
+                    return;
+                }
+            };
+        let artifact = match artifact {
+            Ok(artifact) => Ok(artifact),
+            Err(e) => {
+                tracing::error!(model = %row.name, version = row.version, error = %e, "model not served");
+                match serde_json::from_str(&row.meta) {
+                    Ok(meta) => Err((meta, e.to_string())),
+                    Err(_) => continue,
+                }
+            }
+        };
+        if let Err(e) = kiln.models.restore(
+            &row.name,
+            row.version,
+            &row.job_id,
+            artifact,
+            device,
+            &device_name,
+        ) {
+            tracing::error!(model = %row.name, version = row.version, error = %e, "model not served");
+        }
+    }
+    for (name, alias, version) in aliases {
+        if let Err(e) = kiln.models.set_alias(&name, &alias, &version.to_string()) {
+            tracing::warn!(model = %name, %alias, version, error = %e, "alias not restored");
+        }
+    }
+}
+
+/// Reads and prepares a stored job's data again, as SubmitJob did.
+fn requeue(kiln: &crate::Kiln, job: &pb::Job) -> Result<QueuedJob, String> {
+    use kiln_core::data::{Dataset, Table};
+    use kiln_core::spec::DataSource;
+    let proto = job.spec.as_ref().ok_or("its spec was not stored")?;
+    let spec = JobSpec::from_proto(proto).map_err(|e| e.to_string())?;
+    let (device, device_name) = kiln_train::device::resolve(spec.device)?;
+    let table = match &spec.data.source {
+        DataSource::Dataset(id) => kiln.datasets.load(id).map_err(|e| e.to_string())?,
+        DataSource::Inline { columns, rows } => {
+            Table::from_inline(columns, rows).map_err(|e| e.to_string())?
+        }
+    };
+    let dataset = Dataset::from_table(&table, &spec.data, spec.task).map_err(|e| e.to_string())?;
+    let data = kiln_core::prepare::prepare(&dataset, &spec.data);
+    spec.check_against_data(data.outputs)
+        .map_err(|e| e.to_string())?;
+    Ok(QueuedJob {
+        id: job.id.clone(),
+        model_name: job.model_name.clone(),
+        spec,
+        data,
+        device,
+        device_name,
+    })
+}
+
+/// What a job produced.
+enum Outcome {
+    Trained(Box<kiln_train::Trained>),
+    LrRangeTest(LrRangeReport),
 }
 
 fn failed(reason: pb::StopReason, message: String) -> Kind {
@@ -205,6 +424,13 @@ fn event_kind(event: TrainEvent) -> Option<Kind> {
     Some(match event {
         TrainEvent::Epoch(report) => Kind::Epoch(epoch_metrics(&report)),
         TrainEvent::Health(_) => return None,
+        TrainEvent::LrPoint(p) => Kind::LrRangePoint(pb::LrRangePoint {
+            iteration: p.iteration,
+            learning_rate: p.learning_rate,
+            loss: p.loss,
+            smoothed_loss: p.smoothed_loss,
+        }),
+        TrainEvent::LrRange(r) => Kind::LrRangeResult(lr_range_result(&r)),
         TrainEvent::EarlyStopped {
             epoch,
             best_epoch,
@@ -234,6 +460,17 @@ pub fn epoch_metrics(r: &EpochReport) -> pb::EpochMetrics {
         improved: r.improved,
         momentum: r.momentum,
         gradient_health: None,
+    }
+}
+
+fn lr_range_result(r: &LrRangeReport) -> pb::LrRangeResult {
+    pb::LrRangeResult {
+        valley: r.suggestions.valley,
+        steepest: r.suggestions.steepest,
+        minimum: r.suggestions.minimum,
+        chosen: r.chosen,
+        iterations: r.iterations,
+        diverged: r.diverged,
     }
 }
 

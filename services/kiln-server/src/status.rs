@@ -19,7 +19,8 @@ pub fn dataset(e: DatasetError) -> Status {
     match e {
         DatasetError::NotFound(_) => Status::not_found(e.to_string()),
         DatasetError::Invalid(f) => invalid(f),
-        DatasetError::Io(_) => Status::internal(e.to_string()),
+        DatasetError::Io(_) | DatasetError::Db(_) => Status::internal(e.to_string()),
+        DatasetError::Corrupt { .. } => Status::data_loss(e.to_string()),
     }
 }
 
