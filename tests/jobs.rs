@@ -11,50 +11,7 @@ use tonic::Code;
 
 /// A job that would run for hours: many rows, tiny batches, a huge budget.
 fn long_job(rows: usize) -> pb::JobSpec {
-    pb::JobSpec {
-        task: pb::Task::Regression as i32,
-        data: Some(pb::DataSpec {
-            source: Some(pb::data_spec::Source::Inline(pb::InlineData {
-                columns: vec!["x".into(), "y".into()],
-                rows: (0..rows)
-                    .map(|i| pb::Row {
-                        values: vec![i as f64, (i % 7) as f64],
-                    })
-                    .collect(),
-            })),
-            target_columns: vec!["y".into()],
-            ..Default::default()
-        }),
-        model: Some(pb::ModelSpec {
-            hidden_layers: vec![layer(16)],
-            ..Default::default()
-        }),
-        training: Some(pb::TrainingSpec {
-            epochs: 100_000,
-            batch_size: 4,
-            ..Default::default()
-        }),
-        device: pb::Device::Cpu as i32,
-        ..Default::default()
-    }
-}
-
-async fn get(server: &Server, id: &str) -> pb::Job {
-    server
-        .jobs()
-        .await
-        .get_job(pb::GetJobRequest { job_id: id.into() })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn wait_for_epoch(server: &Server, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get(server, id).await.epochs_completed == 0 {
-        assert!(Instant::now() < deadline, "no epoch within 60 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    inline_regression(rows, 16, 100_000, 4)
 }
 
 fn last_failed(events: &[pb::JobEvent]) -> pb::Failed {
@@ -72,10 +29,13 @@ async fn cancel_stops_running_and_queued_jobs() {
     let queued = submit(&server, long_job(100)).await.unwrap();
     wait_for_epoch(&server, &running.id).await;
     assert_eq!(
-        get(&server, &running.id).await.state(),
+        get_job(&server, &running.id).await.state(),
         pb::JobState::Running
     );
-    assert_eq!(get(&server, &queued.id).await.state(), pb::JobState::Queued);
+    assert_eq!(
+        get_job(&server, &queued.id).await.state(),
+        pb::JobState::Queued
+    );
 
     // A queued job is cancelled at once.
     let mut jobs = server.jobs().await;
@@ -105,7 +65,7 @@ async fn cancel_stops_running_and_queued_jobs() {
     let end = last_failed(&events);
     assert_eq!(end.state(), pb::JobState::Cancelled);
     assert_eq!(end.reason(), pb::StopReason::Cancelled);
-    let job = get(&server, &running.id).await;
+    let job = get_job(&server, &running.id).await;
     assert_eq!(job.state(), pb::JobState::Cancelled);
     assert!(job.epochs_completed >= 1);
 
@@ -454,7 +414,7 @@ async fn a_diverging_job_fails_naming_epoch_and_layer() {
         "{}",
         end.message
     );
-    let job = get(&server, &job.id).await;
+    let job = get_job(&server, &job.id).await;
     assert_eq!(job.stop_reason(), pb::StopReason::Diverged);
     for epoch in epochs(&events) {
         let health = epoch
@@ -537,7 +497,7 @@ async fn the_lr_range_test_job_streams_its_curve_and_suggestions() {
         epochs(&events).is_empty(),
         "the range test trains no epochs"
     );
-    let done = get(&server, &job.id).await;
+    let done = get_job(&server, &job.id).await;
     assert_eq!(done.state(), pb::JobState::Succeeded);
     assert_eq!(done.lr_range, Some(result));
     assert!(list_models(&server)
@@ -567,7 +527,7 @@ async fn auto_learning_rate_trains_at_the_range_tests_suggestion() {
     assert_eq!(epochs.len(), 2);
     assert!(epochs.iter().all(|e| e.learning_rate == chosen));
     assert_eq!(finished(&events).reason(), pb::StopReason::Completed);
-    assert_eq!(get(&server, &job.id).await.lr_range, Some(result));
+    assert_eq!(get_job(&server, &job.id).await.lr_range, Some(result));
 
     // A learning rate and "auto" together are refused, naming the field.
     spec.training.as_mut().unwrap().optimizer = Some(pb::Optimizer {

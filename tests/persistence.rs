@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use common::*;
 use kiln::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
@@ -47,16 +46,6 @@ fn regression(rows: usize, epochs: u32, model: &str) -> pb::JobSpec {
     }
 }
 
-async fn get(server: &Server, id: &str) -> pb::Job {
-    server
-        .jobs()
-        .await
-        .get_job(pb::GetJobRequest { job_id: id.into() })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 async fn list(server: &Server) -> Vec<pb::Job> {
     server
         .jobs()
@@ -89,15 +78,6 @@ async fn predict(
         .await?
         .into_inner();
     Ok(response.predictions.into_iter().map(|p| p.values).collect())
-}
-
-/// Polls until `id` has completed an epoch (it is training).
-async fn wait_for_epoch(server: &Server, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get(server, id).await.epochs_completed == 0 {
-        assert!(Instant::now() < deadline, "no epoch within 60 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn sequences(events: &[pb::JobEvent]) -> Vec<u64> {
@@ -153,12 +133,12 @@ async fn a_finished_job_and_its_model_survive_a_kill() {
         }]))
         .await
         .unwrap();
-    let before = (get(&server, &job.id).await, list(&server).await);
+    let before = (get_job(&server, &job.id).await, list(&server).await);
     let answers = predict(&server, "persisted", "").await.unwrap();
 
     let server = Server::start_in(server.kill_keeping_data(), &[]);
     assert_eq!(
-        get(&server, &job.id).await,
+        get_job(&server, &job.id).await,
         before.0,
         "GetJob after restart"
     );
@@ -245,7 +225,7 @@ async fn a_job_killed_mid_training_runs_again_to_the_same_result() {
         Some(1),
         "from scratch"
     );
-    let job = get(&server, &interrupted.id).await;
+    let job = get_job(&server, &interrupted.id).await;
     assert_eq!(job.state(), pb::JobState::Succeeded);
     assert_eq!(job.epochs_completed, fin.epochs_completed);
 
@@ -282,7 +262,7 @@ async fn a_job_interrupted_too_often_fails() {
     wait_for_epoch(&server, &job.id).await;
     let server = Server::start_in(server.kill_keeping_data(), &env);
     let events = watch_all(&server, &job.id).await;
-    let job = get(&server, &job.id).await;
+    let job = get_job(&server, &job.id).await;
     assert_eq!(job.state(), pb::JobState::Failed);
     assert!(
         job.message.contains("max_job_restarts is 0"),
@@ -348,7 +328,10 @@ async fn corrupted_models_and_datasets_are_detected_not_served() {
         .into_inner();
     assert!(!ready.ready);
     // The job itself is still there, SUCCEEDED.
-    assert_eq!(get(&server, &job.id).await.state(), pb::JobState::Succeeded);
+    assert_eq!(
+        get_job(&server, &job.id).await.state(),
+        pb::JobState::Succeeded
+    );
 
     let mut spec = regression(10, 1, "from-csv");
     spec.data = Some(dataset_source(&dataset.id, &["y"]));

@@ -277,32 +277,7 @@ async fn tls_with_a_generated_certificate() {
 
 /// `rows` inline rows of a regression problem, trained for `epochs`.
 fn inline_job(rows: usize, epochs: u32) -> pb::JobSpec {
-    pb::JobSpec {
-        task: pb::Task::Regression as i32,
-        data: Some(pb::DataSpec {
-            source: Some(pb::data_spec::Source::Inline(pb::InlineData {
-                columns: vec!["x".into(), "y".into()],
-                rows: (0..rows)
-                    .map(|i| pb::Row {
-                        values: vec![i as f64, (i % 7) as f64],
-                    })
-                    .collect(),
-            })),
-            target_columns: vec!["y".into()],
-            ..Default::default()
-        }),
-        model: Some(pb::ModelSpec {
-            hidden_layers: vec![layer(16)],
-            ..Default::default()
-        }),
-        training: Some(pb::TrainingSpec {
-            epochs,
-            batch_size: 4,
-            ..Default::default()
-        }),
-        device: pb::Device::Cpu as i32,
-        ..Default::default()
-    }
+    inline_regression(rows, 16, epochs, 4)
 }
 
 async fn wait_until_running(server: &Server, id: &str) {

@@ -28,31 +28,8 @@ use serde_json::Value;
 /// A small regression job that trains for `epochs` epochs.
 fn quick_job(name: &str, epochs: u32) -> pb::JobSpec {
     pb::JobSpec {
-        task: pb::Task::Regression as i32,
         model_name: name.into(),
-        data: Some(pb::DataSpec {
-            source: Some(pb::data_spec::Source::Inline(pb::InlineData {
-                columns: vec!["x".into(), "y".into()],
-                rows: (0..200)
-                    .map(|i| pb::Row {
-                        values: vec![i as f64, (i % 7) as f64],
-                    })
-                    .collect(),
-            })),
-            target_columns: vec!["y".into()],
-            ..Default::default()
-        }),
-        model: Some(pb::ModelSpec {
-            hidden_layers: vec![layer(8)],
-            ..Default::default()
-        }),
-        training: Some(pb::TrainingSpec {
-            epochs,
-            batch_size: 32,
-            ..Default::default()
-        }),
-        device: pb::Device::Cpu as i32,
-        ..Default::default()
+        ..inline_regression(200, 8, epochs, 32)
     }
 }
 

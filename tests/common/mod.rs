@@ -226,6 +226,56 @@ pub async fn list_models(server: &Server) -> Vec<pb::ModelInfo> {
         .models
 }
 
+/// A CPU regression job on `rows` inline rows (x = i, y = i mod 7) with one
+/// ReLU layer of `units`; `epochs` large makes a job that runs for hours.
+pub fn inline_regression(rows: usize, units: u32, epochs: u32, batch_size: u32) -> pb::JobSpec {
+    pb::JobSpec {
+        task: pb::Task::Regression as i32,
+        data: Some(pb::DataSpec {
+            source: Some(pb::data_spec::Source::Inline(pb::InlineData {
+                columns: vec!["x".into(), "y".into()],
+                rows: (0..rows)
+                    .map(|i| pb::Row {
+                        values: vec![i as f64, (i % 7) as f64],
+                    })
+                    .collect(),
+            })),
+            target_columns: vec!["y".into()],
+            ..Default::default()
+        }),
+        model: Some(pb::ModelSpec {
+            hidden_layers: vec![layer(units)],
+            ..Default::default()
+        }),
+        training: Some(pb::TrainingSpec {
+            epochs,
+            batch_size,
+            ..Default::default()
+        }),
+        device: pb::Device::Cpu as i32,
+        ..Default::default()
+    }
+}
+
+pub async fn get_job(server: &Server, id: &str) -> pb::Job {
+    server
+        .jobs()
+        .await
+        .get_job(pb::GetJobRequest { job_id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Polls until `id` has completed an epoch (it is training).
+pub async fn wait_for_epoch(server: &Server, id: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while get_job(server, id).await.epochs_completed == 0 {
+        assert!(std::time::Instant::now() < deadline, "no epoch within 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn layer(units: u32) -> pb::HiddenLayer {
     pb::HiddenLayer {
         units,

@@ -160,10 +160,6 @@ impl Mlp {
     /// The first layer, input side first, whose weight or bias holds a NaN
     /// or an infinity.
     pub fn first_non_finite_layer(&self) -> Option<String> {
-        let finite = |t: Tensor<2>| {
-            !t.clone().is_nan().any().into_scalar::<bool>()
-                && !t.is_inf().any().into_scalar::<bool>()
-        };
         let linears = self.blocks.iter().map(|b| &b.linear).chain([&self.output]);
         self.layer_names()
             .into_iter()
@@ -172,10 +168,16 @@ impl Mlp {
                 let bias_finite = layer
                     .bias
                     .as_ref()
-                    .is_none_or(|b| finite(b.val().unsqueeze()));
-                (!(finite(layer.weight.val()) && bias_finite)).then_some(name)
+                    .is_none_or(|b| all_finite(b.val().unsqueeze()));
+                (!(all_finite(layer.weight.val()) && bias_finite)).then_some(name)
             })
     }
+}
+
+/// Whether every element of `t` is finite (one read from the device each
+/// for NaN and infinity).
+pub fn all_finite(t: Tensor<2>) -> bool {
+    !t.clone().is_nan().any().into_scalar::<bool>() && !t.is_inf().any().into_scalar::<bool>()
 }
 
 /// A linear layer; in training on LibTorch, as one `addmm` operation.

@@ -15,7 +15,7 @@ use crate::early_stop::EarlyStopping;
 use crate::health::{self, GradientHealth, StepProbe};
 use crate::loss::{Loss, TargetTensor};
 use crate::lr_find::{lr_range_test, LrPoint, LrRangeReport};
-use crate::model::{Mlp, ModelArch};
+use crate::model::{all_finite, Mlp, ModelArch};
 use crate::optim;
 use crate::schedule::LrScheduler;
 use crate::swa::{self, Swalr, WeightAverage};
@@ -374,11 +374,7 @@ fn first_non_finite(model: &Mlp, x: Tensor<2>) -> Option<NonFinite> {
         .layer_names()
         .into_iter()
         .zip(outputs)
-        .find(|(_, out)| {
-            let out = out.clone().detach();
-            out.clone().is_nan().any().into_scalar::<bool>()
-                || out.is_inf().any().into_scalar::<bool>()
-        })
+        .find(|(_, out)| !all_finite(out.clone().detach()))
         .map(|(layer, _)| NonFinite {
             layer,
             in_weights: false,

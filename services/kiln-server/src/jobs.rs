@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use kiln::v1 as pb;
 use kiln_core::data::{Dataset, Table};
-use kiln_core::prepare::prepare;
+use kiln_core::prepare::{prepare, Prepared};
 use kiln_core::spec::{DataSource, JobKind, JobSpec};
 use kiln_core::FieldError;
 use pb::job_service_server::JobService;
@@ -213,70 +213,71 @@ async fn submit_checked(
     spec: JobSpec,
     limit_queue: bool,
 ) -> Result<pb::Job, Status> {
-    let shared = kiln;
-    {
-        let (device, device_name) = kiln_train::device::resolve(spec.device)
-            .map_err(|m| status::invalid(FieldError::new("spec.device", m)))?;
-        // Reading and checking the data is CPU work: keep it off the async workers.
-        let kiln = shared.clone();
-        let spec_for_data = spec.clone();
-        let data = tokio::task::spawn_blocking(move || {
-            let table = match &spec_for_data.data.source {
-                DataSource::Dataset(id) => kiln_store::datasets::check_dataset_id(id)
-                    .map_err(|m| status::invalid(FieldError::new("spec.data.dataset_id", m)))
-                    .and_then(|()| {
-                        kiln.datasets.load(id).map_err(|e| match e {
-                            kiln_store::DatasetError::NotFound(_) => {
-                                Status::not_found(format!("spec.data.dataset_id: {e}"))
-                            }
-                            other => status::dataset(other),
-                        })
-                    })?,
-                DataSource::Inline { columns, rows } => {
-                    Table::from_inline(columns, rows).map_err(status::invalid)?
-                }
-            };
-            let dataset = Dataset::from_table(&table, &spec_for_data.data, spec_for_data.task)
-                .map_err(status::invalid)?;
-            let prepared = prepare(&dataset, &spec_for_data.data);
-            spec_for_data
-                .check_against_data(prepared.outputs)
-                .map_err(status::invalid)?;
-            Ok::<_, Status>(prepared)
-        })
+    let (device, device_name) = kiln_train::device::resolve(spec.device)
+        .map_err(|m| status::invalid(FieldError::new("spec.device", m)))?;
+    // Reading and checking the data is CPU work: keep it off the async workers.
+    let (shared, spec_for_data) = (kiln.clone(), spec.clone());
+    let data = tokio::task::spawn_blocking(move || prepare_data(&shared, &spec_for_data))
         .await
         .map_err(|e| Status::internal(format!("data preparation panicked: {e}")))??;
-        check_budget(shared, &spec, data.train.rows)?;
+    check_budget(kiln, &spec, data.train.rows)?;
 
-        let _gate = if limit_queue {
-            let gate = QUEUE_GATE.lock().unwrap_or_else(|e| e.into_inner());
-            check_queue(shared)?;
-            Some(gate)
-        } else {
-            None
-        };
-        let id = format!("job-{}", uuid_simple());
-        let model_name = spec.model_name.clone().unwrap_or_else(|| id.clone());
-        let job = shared.store.create(pb::Job {
-            id: id.clone(),
-            model_name: model_name.clone(),
-            spec: Some(proto),
-            train_rows: data.train.rows as u64,
-            validation_rows: data.validation.rows as u64,
-            input_features: data.width as u32,
-            ..Default::default()
-        });
-        tracing::info!(job = %id, model = %model_name, rows = data.train.rows + data.validation.rows, "job queued");
-        shared.runner.submit(QueuedJob {
-            id,
-            model_name,
-            spec,
-            data,
-            device,
-            device_name,
-        });
-        Ok(job)
-    }
+    let _gate = if limit_queue {
+        let gate = QUEUE_GATE.lock().unwrap_or_else(|e| e.into_inner());
+        check_queue(kiln)?;
+        Some(gate)
+    } else {
+        None
+    };
+    let id = format!("job-{}", uuid_simple());
+    let model_name = spec.model_name.clone().unwrap_or_else(|| id.clone());
+    let labels = proto.labels.clone();
+    let job = kiln.store.create(pb::Job {
+        id: id.clone(),
+        model_name: model_name.clone(),
+        spec: Some(proto),
+        train_rows: data.train.rows as u64,
+        validation_rows: data.validation.rows as u64,
+        input_features: data.width as u32,
+        ..Default::default()
+    });
+    tracing::info!(job = %id, model = %model_name, rows = data.train.rows + data.validation.rows, "job queued");
+    kiln.runner.submit(QueuedJob {
+        id,
+        model_name,
+        spec,
+        labels,
+        data,
+        device,
+        device_name,
+    });
+    Ok(job)
+}
+
+/// Reads a spec's data (an uploaded dataset or inline rows), checks it against
+/// the spec, and splits and scales it: SubmitJob's work, and a restart's for
+/// the jobs it queues again.
+pub fn prepare_data(kiln: &Kiln, spec: &JobSpec) -> Result<Prepared, Status> {
+    let table = match &spec.data.source {
+        DataSource::Dataset(id) => kiln_store::datasets::check_dataset_id(id)
+            .map_err(|m| status::invalid(FieldError::new("spec.data.dataset_id", m)))
+            .and_then(|()| {
+                kiln.datasets.load(id).map_err(|e| match e {
+                    kiln_store::DatasetError::NotFound(_) => {
+                        Status::not_found(format!("spec.data.dataset_id: {e}"))
+                    }
+                    other => status::dataset(other),
+                })
+            })?,
+        DataSource::Inline { columns, rows } => {
+            Table::from_inline(columns, rows).map_err(status::invalid)?
+        }
+    };
+    let dataset = Dataset::from_table(&table, &spec.data, spec.task).map_err(status::invalid)?;
+    let prepared = prepare(&dataset, &spec.data);
+    spec.check_against_data(prepared.outputs)
+        .map_err(status::invalid)?;
+    Ok(prepared)
 }
 
 fn uuid_simple() -> String {

@@ -27,6 +27,8 @@ pub struct QueuedJob {
     pub id: String,
     pub model_name: String,
     pub spec: JobSpec,
+    /// The spec's labels (the core JobSpec does not keep them).
+    pub labels: HashMap<String, String>,
     pub data: Prepared,
     pub device: Device,
     pub device_name: String,
@@ -140,17 +142,8 @@ impl Context {
         );
         let _span = span.enter();
         tracing::info!(job = %id, device = %job.device_name, "training started");
-        let labels = self
-            .store
-            .get(&id)
-            .ok()
-            .and_then(|j| j.spec)
-            .map(|s| s.labels);
-        let mut tensorboard = crate::tensorboard::JobLog::start(
-            self.tensorboard_dir.as_deref(),
-            &job,
-            &labels.unwrap_or_default(),
-        );
+        let mut tensorboard =
+            crate::tensorboard::JobLog::start(self.tensorboard_dir.as_deref(), &job);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             // An epoch's gradient health arrives just before it and travels in its event.
             let mut health = None;
@@ -367,25 +360,15 @@ fn restore_models(kiln: &crate::Kiln) {
 
 /// Reads and prepares a stored job's data again, as SubmitJob did.
 fn requeue(kiln: &crate::Kiln, job: &pb::Job) -> Result<QueuedJob, String> {
-    use kiln_core::data::{Dataset, Table};
-    use kiln_core::spec::DataSource;
     let proto = job.spec.as_ref().ok_or("its spec was not stored")?;
     let spec = JobSpec::from_proto(proto).map_err(|e| e.to_string())?;
     let (device, device_name) = kiln_train::device::resolve(spec.device)?;
-    let table = match &spec.data.source {
-        DataSource::Dataset(id) => kiln.datasets.load(id).map_err(|e| e.to_string())?,
-        DataSource::Inline { columns, rows } => {
-            Table::from_inline(columns, rows).map_err(|e| e.to_string())?
-        }
-    };
-    let dataset = Dataset::from_table(&table, &spec.data, spec.task).map_err(|e| e.to_string())?;
-    let data = kiln_core::prepare::prepare(&dataset, &spec.data);
-    spec.check_against_data(data.outputs)
-        .map_err(|e| e.to_string())?;
+    let data = crate::jobs::prepare_data(kiln, &spec).map_err(|s| s.message().to_string())?;
     Ok(QueuedJob {
         id: job.id.clone(),
         model_name: job.model_name.clone(),
         spec,
+        labels: proto.labels.clone(),
         data,
         device,
         device_name,

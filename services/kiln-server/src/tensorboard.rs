@@ -42,7 +42,8 @@ pub struct JobLog {
 impl JobLog {
     /// Creates the job's run directory under `root` (`None`, or an empty
     /// path: logging off) and logs its hyperparameters.
-    pub fn start(root: Option<&Path>, job: &QueuedJob, labels: &HashMap<String, String>) -> Self {
+    pub fn start(root: Option<&Path>, job: &QueuedJob) -> Self {
+        let labels = &job.labels;
         let mut log = JobLog {
             writer: None,
             job_id: job.id.clone(),
