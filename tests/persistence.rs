@@ -184,11 +184,11 @@ async fn a_finished_job_and_its_model_survive_a_kill() {
 }
 
 #[tokio::test]
-async fn a_job_killed_mid_training_runs_again_to_the_same_result() {
+async fn a_job_killed_mid_training_resumes_from_its_checkpoint_to_the_same_result() {
     let spec = regression(3000, 10, "rerun");
     let server = Server::start();
     let interrupted = submit(&server, spec.clone()).await.unwrap();
-    wait_for_epoch(&server, &interrupted.id).await;
+    wait_for_checkpoint(&server, &interrupted.id).await;
     let server = Server::start_in(server.kill_keeping_data(), &[]);
 
     let events = watch_all(&server, &interrupted.id).await;
@@ -199,57 +199,58 @@ async fn a_job_killed_mid_training_runs_again_to_the_same_result() {
         "every sequence number once, in order"
     );
     // The log: QUEUED, RUNNING, the first run's epochs, QUEUED again (the
-    // restart), RUNNING, the second run's epochs, FINISHED.
-    let states: Vec<(u64, i32)> = events
+    // restart, from the checkpoint), RUNNING, the remaining epochs, FINISHED.
+    let states: Vec<&pb::StateChanged> = events
         .iter()
         .filter_map(|e| match &e.kind {
-            Some(pb::job_event::Kind::StateChanged(s)) => Some((e.sequence, s.state)),
+            Some(pb::job_event::Kind::StateChanged(s)) => Some(s),
             _ => None,
         })
         .collect();
-    let queued = pb::JobState::Queued as i32;
-    let running = pb::JobState::Running as i32;
-    assert_eq!(states.len(), 4, "{states:?}");
     assert_eq!(
-        states.iter().map(|s| s.1).collect::<Vec<_>>(),
-        [queued, running, queued, running]
+        states.iter().map(|s| s.state()).collect::<Vec<_>>(),
+        [
+            pb::JobState::Queued,
+            pb::JobState::Running,
+            pb::JobState::Queued,
+            pb::JobState::Running
+        ]
     );
-    let restart = states[2].0 as usize;
-    let rerun_epochs = epochs(&events[restart..]);
-    assert!(
-        !epochs(&events[..restart]).is_empty(),
-        "killed after an epoch"
-    );
+    let restart = states[2];
+    assert!(!restart.suspended, "a kill gives no warning");
+    assert!(restart.resume_after_epoch >= 1, "{restart:?}");
+    // Every epoch reported exactly once, though the resumed run repeated the
+    // epochs after its checkpoint that were already reported.
+    let all_epochs = epochs(&events);
     assert_eq!(
-        rerun_epochs.first().map(|m| m.epoch),
-        Some(1),
-        "from scratch"
+        all_epochs.iter().map(|m| m.epoch).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
     );
     let job = get_job(&server, &interrupted.id).await;
     assert_eq!(job.state(), pb::JobState::Succeeded);
-    assert_eq!(job.epochs_completed, fin.epochs_completed);
-
-    // The same spec, never interrupted, ends with the same metrics.
-    let fresh = submit(&server, spec).await.unwrap();
-    let reference = finished(&watch_all(&server, &fresh.id).await);
-    let (a, b) = (fin.best.unwrap(), reference.best.unwrap());
-    assert_eq!(fin.best_epoch, reference.best_epoch);
+    assert_eq!(job.epochs_completed, 10);
     assert!(
-        (a.val_loss - b.val_loss).abs() <= 1e-9,
-        "best val_loss {} after the restart, {} uninterrupted",
-        a.val_loss,
-        b.val_loss
+        !server
+            .data_dir
+            .join("checkpoints")
+            .join(format!("{}.ckpt", job.id))
+            .exists(),
+        "the checkpoint goes when the job ends"
     );
-    assert_eq!(
-        epochs(&events[restart..])
-            .iter()
-            .map(|m| m.val_loss)
-            .collect::<Vec<_>>(),
-        epochs(&watch_all(&server, &fresh.id).await)
-            .iter()
-            .map(|m| m.val_loss)
+
+    // The same spec, never interrupted, ends with the same numbers, bit for
+    // bit: the checkpoint holds all the run's state.
+    let fresh = submit(&server, spec).await.unwrap();
+    let reference_events = watch_all(&server, &fresh.id).await;
+    let reference = finished(&reference_events);
+    assert_eq!(fin.best_epoch, reference.best_epoch);
+    assert_eq!(fin.best.unwrap().val_loss, reference.best.unwrap().val_loss);
+    let curve = |ms: Vec<pb::EpochMetrics>| {
+        ms.iter()
+            .map(|m| (m.train_loss, m.val_loss))
             .collect::<Vec<_>>()
-    );
+    };
+    assert_eq!(curve(all_epochs), curve(epochs(&reference_events)));
 }
 
 #[tokio::test]

@@ -123,6 +123,34 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Sends the server SIGTERM (a graceful shutdown).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits, at most `limit`, for the server to exit by itself, and returns
+    /// its data directory, left in place for [`Server::start_in`].
+    pub fn wait_exit_keeping_data(mut self, limit: Duration) -> PathBuf {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for kiln-server") {
+                assert!(status.success(), "kiln-server exited with {status}");
+                return std::mem::take(&mut self.data_dir);
+            }
+            assert!(
+                started.elapsed() < limit,
+                "kiln-server still running {limit:?} after it was asked to stop"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -268,6 +296,21 @@ pub async fn get_job(server: &Server, id: &str) -> pb::Job {
 }
 
 /// Polls until `id` has completed an epoch (it is training).
+/// Waits until the job has a checkpoint on disk (it trains on).
+pub async fn wait_for_checkpoint(server: &Server, id: &str) {
+    let path = server
+        .data_dir
+        .join("checkpoints")
+        .join(format!("{id}.ckpt"));
+    for _ in 0..3000 {
+        if path.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no checkpoint at {} after 30 s", path.display());
+}
+
 pub async fn wait_for_epoch(server: &Server, id: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while get_job(server, id).await.epochs_completed == 0 {

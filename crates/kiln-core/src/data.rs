@@ -14,6 +14,9 @@ use crate::error::{FieldError, Result};
 use crate::npy;
 use crate::spec::{DataSpec, Task};
 
+/// The most columns a table may have (CSV, inline rows or NumPy arrays).
+pub const MAX_COLUMNS: usize = 1 << 16;
+
 /// A rectangular table with named columns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Table {
@@ -155,7 +158,26 @@ impl Table {
                     ),
                 ));
             }
-            let width: usize = array.shape[1..].iter().product();
+            // Checked: with 0 rows the data is empty whatever the other dimensions claim.
+            let width = array.shape[1..]
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .filter(|&w| w <= MAX_COLUMNS - widths.iter().sum::<usize>())
+                .ok_or_else(|| {
+                    FieldError::new(
+                        field.as_str(),
+                        format!(
+                            "shape {:?} makes more than {MAX_COLUMNS} columns",
+                            array.shape
+                        ),
+                    )
+                })?;
+            if width == 0 {
+                return Err(FieldError::new(
+                    field.as_str(),
+                    format!("shape {:?} has no columns", array.shape),
+                ));
+            }
             if array.shape.len() == 1 {
                 columns.push(name.to_string());
             } else {
@@ -233,6 +255,16 @@ fn check_columns(columns: &[String]) -> Result<()> {
     if columns.is_empty() || columns.iter().all(String::is_empty) {
         return Err(FieldError::new("csv header", "no columns"));
     }
+    if columns.len() > MAX_COLUMNS {
+        return Err(FieldError::new(
+            "csv header",
+            format!(
+                "{} columns; a table may have at most {MAX_COLUMNS}",
+                columns.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(columns.len());
     for (i, c) in columns.iter().enumerate() {
         if c.is_empty() {
             return Err(FieldError::new(
@@ -240,7 +272,7 @@ fn check_columns(columns: &[String]) -> Result<()> {
                 format!("column {} has no name", i + 1),
             ));
         }
-        if columns[..i].contains(c) {
+        if !seen.insert(c) {
             return Err(FieldError::new(
                 "csv header",
                 format!("column \"{c}\" appears twice"),
@@ -596,6 +628,47 @@ mod tests {
                 .starts_with("row 2, column \"x[0]\": NaN is not finite"),
             "{e}"
         );
+    }
+
+    /// 0 rows make an empty array whatever the other dimensions claim, and 0
+    /// columns any number of rows: both were accepted, and a huge claimed
+    /// dimension built billions of column names or looped over the rows.
+    #[test]
+    fn npy_shapes_are_bounded() {
+        let arrays = |shape: &str| vec![("x".to_string(), npy("<f4", shape, &[]))];
+        let e = Table::from_npy_arrays(&arrays("(0, 1000000000000)")).unwrap_err();
+        assert!(e.message.contains("more than 65536 columns"), "{e}");
+        let huge = format!("(0, {}, {})", 1u64 << 40, 1u64 << 40);
+        let e = Table::from_npy_arrays(&arrays(&huge)).unwrap_err();
+        assert!(e.message.contains("more than 65536 columns"), "{e}");
+        let e = Table::from_npy_arrays(&arrays("(1099511627776, 0)")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "arrays[\"x\"]: shape [1099511627776, 0] has no columns"
+        );
+        // Two arrays count together.
+        let wide = npy("<f4", "(1, 40000)", &f32_le(&[0.0; 40000]));
+        let two = [("x".to_string(), wide.clone()), ("y".to_string(), wide)];
+        let e = Table::from_npy_arrays(&two).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("arrays[\"y\"]: shape [1, 40000] makes more"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn column_count_is_bounded() {
+        let header = (0..=MAX_COLUMNS)
+            .map(|i| format!("c{i}"))
+            .collect::<Vec<_>>();
+        let e = Table::from_csv(header.join(",").as_bytes()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "csv header: 65537 columns; a table may have at most 65536"
+        );
+        let ok = Table::from_csv(header[..MAX_COLUMNS].join(",").as_bytes()).unwrap();
+        assert_eq!(ok.columns.len(), MAX_COLUMNS);
     }
 
     #[test]

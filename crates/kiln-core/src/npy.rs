@@ -53,12 +53,15 @@ pub fn read(field: &str, bytes: &[u8]) -> Result<NpyArray> {
             "dtype '{descr}' is not supported (float32/64, int8-64, uint8-64 or bool, little-endian)"
         ))
     })?;
-    let count: usize = shape.iter().product();
     let data = &bytes[data_start..];
-    if data.len() != count * dtype.size() {
+    // Checked: a header may claim any shape, however large.
+    let needed = shape
+        .iter()
+        .try_fold(dtype.size(), |n, &d| n.checked_mul(d))
+        .ok_or_else(|| err(format!("shape {shape:?} is too large")))?;
+    if data.len() != needed {
         return Err(err(format!(
-            "shape {shape:?} of '{descr}' needs {} data bytes, the file has {}",
-            count * dtype.size(),
+            "shape {shape:?} of '{descr}' needs {needed} data bytes, the file has {}",
             data.len()
         )));
     }
@@ -118,7 +121,7 @@ enum Dtype {
 
 impl Dtype {
     fn parse(descr: &str) -> Option<Dtype> {
-        let (order, kind) = descr.split_at(1);
+        let (order, kind) = descr.split_at_checked(1)?;
         let single_byte = matches!(kind, "i1" | "u1" | "b1");
         if !(order == "<"
             || (order == "|" && single_byte)
@@ -249,5 +252,26 @@ mod tests {
         let fortran = "{'descr': '<f4', 'fortran_order': True, 'shape': (1,), }";
         assert!(e(&npy_with_header(fortran.into(), &[0; 4])).contains("Fortran order"));
         assert!(e(&npy("<f4", "(1,)", &[0; 4])[..20]).starts_with("arrays[\"x\"]: truncated"));
+    }
+
+    /// Found by `cargo fuzz run npy`: an empty or non-ASCII descr panicked.
+    #[test]
+    fn odd_descrs_are_errors() {
+        for descr in ["", "é4", "<"] {
+            let e = read("x", &npy(descr, "(1,)", &[0; 4])).unwrap_err();
+            assert!(e.message.contains("is not supported"), "{descr:?}: {e}");
+        }
+    }
+
+    /// A header may claim any shape: a product that overflows is an error, not
+    /// a panic, and nothing is allocated for it.
+    #[test]
+    fn huge_shapes_are_errors() {
+        let shape = format!("({}, {})", u64::MAX, u64::MAX);
+        let e = read("x", &npy("<f4", &shape, &[0; 4])).unwrap_err();
+        assert!(e.message.contains("is too large"), "{e}");
+        let shape = format!("({}, 4)", usize::MAX / 8);
+        let e = read("x", &npy("<f8", &shape, &[0; 8])).unwrap_err();
+        assert!(e.message.contains("is too large"), "{e}");
     }
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use kiln::v1 as pb;
 use serde::{Deserialize, Serialize};
 
+use crate::data::MAX_COLUMNS;
 use crate::error::{FieldError, Result};
 
 pub const MAX_EPOCHS: u32 = 100_000;
@@ -400,7 +401,7 @@ pub enum GradClip {
 }
 
 /// A metric an epoch reports, by the name users write in `monitor`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Metric {
     TrainLoss,
     ValLoss,
@@ -620,11 +621,8 @@ fn validate_data(data: &pb::DataSpec, task: Task) -> Result<DataSpec> {
     }
     check_unique("spec.data.target_columns", &data.target_columns)?;
     check_unique("spec.data.feature_columns", &data.feature_columns)?;
-    if let Some(c) = data
-        .feature_columns
-        .iter()
-        .find(|c| data.target_columns.contains(c))
-    {
+    let targets: std::collections::HashSet<&String> = data.target_columns.iter().collect();
+    if let Some(c) = data.feature_columns.iter().find(|c| targets.contains(c)) {
         return Err(FieldError::new(
             "spec.data.feature_columns",
             format!("\"{c}\" is also a target column"),
@@ -641,7 +639,7 @@ fn validate_data(data: &pb::DataSpec, task: Task) -> Result<DataSpec> {
     if let Some(c) = data
         .categorical_columns
         .iter()
-        .find(|c| data.target_columns.contains(c))
+        .find(|c| targets.contains(c))
     {
         return Err(FieldError::new(
             "spec.data.categorical_columns",
@@ -649,16 +647,17 @@ fn validate_data(data: &pb::DataSpec, task: Task) -> Result<DataSpec> {
         ));
     }
     let feature_scaling = scaling("spec.data.feature_scaling", data.feature_scaling)?;
+    let categorical: std::collections::HashSet<&String> = data.categorical_columns.iter().collect();
     let mut column_scaling = BTreeMap::new();
     for (column, &value) in &data.column_scaling {
         let field = format!("spec.data.column_scaling[\"{column}\"]");
-        if data.categorical_columns.contains(column) {
+        if categorical.contains(column) {
             return Err(FieldError::new(
                 field,
                 "a categorical column is one-hot encoded, never scaled",
             ));
         }
-        if data.target_columns.contains(column) {
+        if targets.contains(column) {
             return Err(FieldError::new(
                 field,
                 "is a target column; use spec.data.target_scaling",
@@ -695,6 +694,14 @@ fn validate_data(data: &pb::DataSpec, task: Task) -> Result<DataSpec> {
 }
 
 fn check_unique(field: &str, names: &[String]) -> Result<()> {
+    if names.len() > MAX_COLUMNS {
+        return Err(FieldError::new(
+            field,
+            format!("at most {MAX_COLUMNS} columns"),
+        ));
+    }
+    // A set: the lists come from the request, however long it is.
+    let mut seen = std::collections::HashSet::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
         if name.is_empty() {
             return Err(FieldError::new(
@@ -702,7 +709,7 @@ fn check_unique(field: &str, names: &[String]) -> Result<()> {
                 "must not be empty",
             ));
         }
-        if names[..i].contains(name) {
+        if !seen.insert(name) {
             return Err(FieldError::new(
                 format!("{field}[{i}]"),
                 format!("\"{name}\" is listed twice"),
@@ -1751,6 +1758,26 @@ mod tests {
         for (edit, want) in cases {
             assert_eq!(err(&data(edit)), want);
         }
+    }
+
+    /// Column lists come from the request: checked with sets, and bounded.
+    #[test]
+    fn long_column_lists_are_checked_quickly() {
+        let names = |n: usize| (0..n).map(|i| format!("c{i}")).collect::<Vec<_>>();
+        let mut s = minimal();
+        let data = s.data.as_mut().unwrap();
+        data.feature_columns = names(MAX_COLUMNS);
+        data.feature_columns.push("c0".into());
+        let started = std::time::Instant::now();
+        assert!(err(&s).starts_with("spec.data.feature_columns: at most 65536 columns"));
+        let data = s.data.as_mut().unwrap();
+        data.feature_columns.truncate(MAX_COLUMNS);
+        data.feature_columns[MAX_COLUMNS - 1] = "c7".into();
+        assert_eq!(
+            err(&s),
+            "spec.data.feature_columns[65535]: \"c7\" is listed twice"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

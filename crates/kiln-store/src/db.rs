@@ -370,7 +370,7 @@ mod tests {
             time: None,
             kind: Some(pb::job_event::Kind::StateChanged(pb::StateChanged {
                 state: state as i32,
-                device: String::new(),
+                ..Default::default()
             })),
         }
     }

@@ -162,13 +162,14 @@ impl JobStore {
     }
 
     /// What becomes of the jobs a previous process left unfinished (call once,
-    /// at start, before anything runs). QUEUED jobs stay as they are. A job
-    /// that was RUNNING was interrupted: it gets a `StateChanged(QUEUED)`
-    /// event (its record then reads "restarted after an interruption" and its
-    /// progress is reset) to run again from scratch, unless that would be its
-    /// interruption number `max_restarts + 1`: then it ends FAILED, saying so.
-    /// Returns the jobs to run again, in submission order.
-    pub fn recover(&self, max_restarts: u32) -> Vec<pb::Job> {
+    /// at start, before anything runs). QUEUED jobs (suspended ones included)
+    /// stay as they are. A job that was RUNNING was interrupted: it gets a
+    /// `StateChanged(QUEUED)` event to run again, continuing after the
+    /// `checkpoint(id)` epochs its checkpoint holds (0: from scratch, and its
+    /// record's progress is reset), unless that would be its interruption
+    /// number `max_restarts + 1`: then it ends FAILED, saying so. Returns the
+    /// jobs to run again, in submission order.
+    pub fn recover(&self, max_restarts: u32, checkpoint: &dyn Fn(&str) -> u32) -> Vec<pb::Job> {
         let unfinished: Vec<(String, pb::JobState, u32)> = {
             let inner = self.inner.lock().unwrap();
             inner
@@ -205,7 +206,8 @@ impl JobStore {
                     &id,
                     Kind::StateChanged(pb::StateChanged {
                         state: pb::JobState::Queued as i32,
-                        device: String::new(),
+                        resume_after_epoch: checkpoint(&id),
+                        ..Default::default()
                     }),
                 )
             };
@@ -239,7 +241,7 @@ impl JobStore {
             &id,
             Kind::StateChanged(pb::StateChanged {
                 state: pb::JobState::Queued as i32,
-                device: String::new(),
+                ..Default::default()
             }),
         )
         .expect("job was just inserted")
@@ -486,27 +488,57 @@ impl EventCursor<'_> {
     }
 }
 
-/// The message of a job re-queued by [`JobStore::recover`].
+/// The message of a job re-queued by [`JobStore::recover`] to start over.
 pub const RESTARTED: &str = "restarted after an interruption (the server stopped while it ran)";
 
-/// A QUEUED event after the first: recovery re-queued an interrupted job.
+/// A QUEUED event after the first: the job ran and will run again.
+fn is_requeue(event: &pb::JobEvent) -> Option<&pb::StateChanged> {
+    match &event.kind {
+        Some(Kind::StateChanged(s))
+            if event.sequence > 0 && s.state == pb::JobState::Queued as i32 =>
+        {
+            Some(s)
+        }
+        _ => None,
+    }
+}
+
+/// An interruption without warning, which counts against `max_job_restarts`
+/// (a graceful shutdown's suspension does not).
 fn is_restart(event: &pb::JobEvent) -> bool {
-    event.sequence > 0
-        && matches!(&event.kind, Some(Kind::StateChanged(s)) if s.state == pb::JobState::Queued as i32)
+    is_requeue(event).is_some_and(|s| !s.suspended)
+}
+
+/// The record's message for a job queued again.
+fn requeued_message(s: &pb::StateChanged) -> String {
+    match (s.suspended, s.resume_after_epoch) {
+        (true, 0) => "suspended by a server shutdown; runs from the start when the server is back"
+            .to_string(),
+        (true, k) => format!(
+            "suspended by a server shutdown; continues from its checkpoint after epoch {k} when the server is back"
+        ),
+        (false, 0) => RESTARTED.to_string(),
+        (false, k) => format!(
+            "restarted after an interruption (the server stopped while it ran); continues from its checkpoint after epoch {k}"
+        ),
+    }
 }
 
 /// Folds one event into the job record.
 fn apply(job: &mut pb::Job, event: &pb::JobEvent) {
     match event.kind.as_ref() {
-        Some(Kind::StateChanged(s)) if is_restart(event) => {
-            // The interrupted run's progress is gone; the new run starts over.
+        Some(Kind::StateChanged(_)) if is_requeue(event).is_some() => {
+            let s = is_requeue(event).expect("a requeue");
             job.state = s.state;
-            job.message = RESTARTED.to_string();
+            job.message = requeued_message(s);
             job.device.clear();
             job.started_at = None;
-            job.epochs_completed = 0;
-            job.best = None;
-            job.lr_range = None;
+            if s.resume_after_epoch == 0 {
+                // No checkpoint: the new run starts over.
+                job.epochs_completed = 0;
+                job.best = None;
+                job.lr_range = None;
+            }
         }
         Some(Kind::StateChanged(s)) => {
             job.state = s.state;
@@ -629,6 +661,7 @@ mod tests {
         Kind::StateChanged(pb::StateChanged {
             state: pb::JobState::Running as i32,
             device: "cpu".into(),
+            ..Default::default()
         })
     }
 
@@ -665,7 +698,7 @@ mod tests {
         {
             let store = JobStore::open(&path).unwrap();
             for _ in 0..2 {
-                store.recover(5);
+                store.recover(5, &|_| 0);
                 store.append("doomed", running()).unwrap();
             }
             store.append("running", running()).unwrap();
@@ -691,7 +724,7 @@ mod tests {
         assert_eq!(store.get("done").unwrap().state(), pb::JobState::Succeeded);
         // "doomed" was interrupted twice before; a third time is over a budget
         // of 2. "running" was interrupted once before: this is its second.
-        let again: Vec<_> = store.recover(2).into_iter().map(|j| j.id).collect();
+        let again: Vec<_> = store.recover(2, &|_| 0).into_iter().map(|j| j.id).collect();
         assert_eq!(again, ["queued", "running"], "submission order");
         let doomed = store.get("doomed").unwrap();
         assert_eq!(doomed.state(), pb::JobState::Failed);
@@ -808,6 +841,55 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_job_keeps_its_progress_and_a_suspension_is_not_a_restart() {
+        let store = store_with_job();
+        let improved = |n: u32| {
+            Kind::Epoch(pb::EpochMetrics {
+                epoch: n,
+                improved: true,
+                ..Default::default()
+            })
+        };
+        store.append("j1", running()).unwrap();
+        for n in 1..=3 {
+            store.append("j1", improved(n)).unwrap();
+        }
+        // A graceful shutdown checkpointed it after epoch 3.
+        store
+            .append(
+                "j1",
+                Kind::StateChanged(pb::StateChanged {
+                    state: pb::JobState::Queued as i32,
+                    resume_after_epoch: 3,
+                    suspended: true,
+                    ..Default::default()
+                }),
+            )
+            .unwrap();
+        let job = store.get("j1").unwrap();
+        assert_eq!(job.state(), pb::JobState::Queued);
+        assert_eq!(job.epochs_completed, 3);
+        assert_eq!(job.best.as_ref().map(|b| b.epoch), Some(3));
+        assert!(job.message.contains("after epoch 3"), "{}", job.message);
+        // It runs on, then the server is killed; its checkpoint holds 4 epochs.
+        store.append("j1", running()).unwrap();
+        store.append("j1", improved(4)).unwrap();
+        // The suspension does not count: this is restart 1 of a budget of 1.
+        let again = store.recover(1, &|_| 4);
+        assert_eq!(again.len(), 1);
+        let job = store.get("j1").unwrap();
+        assert_eq!(
+            (job.state(), job.epochs_completed),
+            (pb::JobState::Queued, 4)
+        );
+        assert!(job.message.contains("after epoch 4"), "{}", job.message);
+        // Killed again without a checkpoint: over the budget, it fails.
+        store.append("j1", running()).unwrap();
+        assert!(store.recover(1, &|_| 0).is_empty());
+        assert_eq!(store.get("j1").unwrap().state(), pb::JobState::Failed);
+    }
+
+    #[test]
     fn a_stop_ends_cancelled_with_its_reason() {
         let store = store_with_job();
         store
@@ -816,6 +898,7 @@ mod tests {
                 Kind::StateChanged(pb::StateChanged {
                     state: pb::JobState::Running as i32,
                     device: "cpu".into(),
+                    ..Default::default()
                 }),
             )
             .unwrap();

@@ -213,7 +213,7 @@ fn safetensors_metadata(bytes: &[u8]) -> Result<String, ArtifactError> {
 }
 
 /// Temporary file, fsync, rename over `path`, fsync of the directory.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, bytes)?;
     fs::File::open(&tmp)?.sync_all()?;

@@ -3,8 +3,9 @@
 //! stop once `wait >= patience`, `baseline`, `start_from_epoch`).
 
 use kiln_core::spec::{EarlyStoppingSpec, Metric};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EarlyStopping {
     pub monitor: Metric,
     mode_max: bool,

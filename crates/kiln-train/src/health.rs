@@ -11,7 +11,8 @@
 //! up to [`DEAD_UNIT_ROWS`] validation rows with the evaluation-mode model.
 
 use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
 
 use crate::model::Mlp;
 
@@ -93,6 +94,40 @@ impl StepProbe {
         self.measured = Some((weight_norms, update_norms));
     }
 
+    /// The measured norms, read to the host: a checkpoint taken in the
+    /// middle of an epoch carries them to the resumed run's `finish`.
+    pub fn values(&self) -> ProbeValues {
+        let read = |ts: &[Tensor<1>]| -> Vec<f32> {
+            if ts.is_empty() {
+                return Vec::new();
+            }
+            Tensor::cat(ts.to_vec(), 0)
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("f32 norms")
+        };
+        let (weight_norms, update_norms) = self.measured.as_ref().expect("after_step was called");
+        ProbeValues {
+            grad_norms: read(&self.grad_norms),
+            weight_norms: read(weight_norms),
+            update_norms: read(update_norms),
+        }
+    }
+
+    /// A finished probe holding `values`, on `device`.
+    pub fn from_values(values: &ProbeValues, device: &Device) -> Self {
+        let tensors = |v: &[f32]| -> Vec<Tensor<1>> {
+            v.iter()
+                .map(|&x| Tensor::from_data(TensorData::new(vec![x], [1]), device))
+                .collect()
+        };
+        Self {
+            before: Vec::new(),
+            grad_norms: tensors(&values.grad_norms),
+            measured: Some((tensors(&values.weight_norms), tensors(&values.update_norms))),
+        }
+    }
+
     /// Reads the measurements (one transfer each for the gradient and the
     /// weight norms) and judges them. `outputs` are the evaluation-mode
     /// model's [`Mlp::layer_outputs`] on validation rows.
@@ -129,6 +164,14 @@ impl StepProbe {
             .collect();
         judge(epoch, layers)
     }
+}
+
+/// A [`StepProbe`]'s norms as numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeValues {
+    grad_norms: Vec<f32>,
+    weight_norms: Vec<f32>,
+    update_norms: Vec<f32>,
 }
 
 /// The fraction of columns (units) of `out` that are at most 0 in every row.

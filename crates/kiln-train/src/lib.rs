@@ -3,6 +3,7 @@
 //! stopping, and the artifact and predictor of the model it produces.
 
 pub mod artifact;
+pub mod checkpoint;
 pub mod device;
 pub mod early_stop;
 pub mod health;
@@ -16,6 +17,9 @@ pub mod train;
 
 pub use artifact::{ModelArtifact, ModelMeta, Output, Predictor};
 pub use burn::tensor::Device;
+pub use checkpoint::{Checkpoint, CheckpointError};
 pub use health::{GradientHealth, LayerHealth};
 pub use lr_find::{lr_range_test, LrPoint, LrRangeReport, LrSuggestions};
-pub use train::{train, EpochReport, NonFinite, StopReason, TrainError, TrainEvent, Trained};
+pub use train::{
+    train, train_with, Control, EpochReport, NonFinite, StopReason, TrainError, TrainEvent, Trained,
+};

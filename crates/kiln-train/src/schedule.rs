@@ -48,9 +48,10 @@
 use std::f64::consts::PI;
 
 use kiln_core::spec::{LrScheduleKind, LrScheduleSpec, Metric};
+use serde::{Deserialize, Serialize};
 
 /// The learning rate (and, for 1cycle, the momentum) for every optimizer step.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LrScheduler {
     /// torch's `param_group["lr"]`: the LR for the next optimizer step.
     lr: f64,
@@ -63,13 +64,13 @@ pub struct LrScheduler {
     main: Main,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 struct LinearWarmup {
     start_factor: f64,
     total_iters: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 enum Main {
     Constant,
     Step { step_size: u64, gamma: f64 },
@@ -79,7 +80,7 @@ enum Main {
     OneCycle(OneCycle),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Plateau {
     monitor: Metric,
     mode_max: bool,
@@ -95,7 +96,7 @@ struct Plateau {
     cooldown_counter: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct OneCycle {
     /// `(end_step, start_lr, end_lr, start_momentum, end_momentum)` per phase.
     phases: Vec<Phase>,
@@ -107,7 +108,7 @@ struct OneCycle {
     momentum: f64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 struct Phase {
     end_step: f64,
     start_lr: f64,

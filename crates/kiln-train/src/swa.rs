@@ -7,6 +7,7 @@ use std::f64::consts::PI;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use kiln_core::spec::SwaSpec;
+use serde::{Deserialize, Serialize};
 
 use crate::model::Mlp;
 
@@ -14,7 +15,7 @@ use crate::model::Mlp;
 /// switch happens with the LR then in force (torch builds it earlier, but
 /// with `anneal_epochs >= 1` its initial step leaves the LR unchanged, so this
 /// is the same); [`Swalr::step`] is called after every averaged epoch.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Swalr {
     /// torch's `param_group["lr"]`.
     lr: f64,
@@ -114,6 +115,19 @@ impl WeightAverage {
             }
         });
         self.n_averaged += 1;
+    }
+
+    /// A running average checkpointed as `average` after `n_averaged` snapshots.
+    pub fn restored(average: Mlp, n_averaged: u64) -> Self {
+        Self {
+            average: Some(average),
+            n_averaged,
+        }
+    }
+
+    /// The running average itself (for a checkpoint); None before the first update.
+    pub fn average(&self) -> Option<&Mlp> {
+        self.average.as_ref()
     }
 
     /// The averaged model (evaluation mode, BatchNorm statistics not yet

@@ -8,15 +8,17 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_core::prepare::{Prepared, Split, SplitTargets};
-use kiln_core::spec::{JobSpec, Metric, Task};
+use kiln_core::spec::{Activation, JobSpec, Metric, Task};
 use rand::{seq::SliceRandom, SeedableRng};
+use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{self, Checkpoint, Progress};
 use crate::early_stop::EarlyStopping;
 use crate::health::{self, GradientHealth, StepProbe};
 use crate::loss::{Loss, TargetTensor};
 use crate::lr_find::{lr_range_test, LrPoint, LrRangeReport};
 use crate::model::{all_finite, Mlp, ModelArch};
-use crate::optim;
+use crate::optim::{self, KilnOptimizer};
 use crate::schedule::LrScheduler;
 use crate::swa::{self, Swalr, WeightAverage};
 
@@ -24,7 +26,7 @@ use crate::swa::{self, Swalr, WeightAverage};
 const EVAL_CHUNK: usize = 16_384;
 
 /// Metrics of one epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct EpochReport {
     pub epoch: u32,
     pub train_loss: f64,
@@ -102,6 +104,12 @@ pub enum TrainError {
     Cancelled { epochs_completed: u32 },
     #[error("LR range test: {0}")]
     LrRangeTest(String),
+    /// Stopped on request at a batch boundary; the checkpoint continues it.
+    #[error("suspended after {} epochs", .0.epochs_completed())]
+    Suspended(Box<Checkpoint>),
+    /// The checkpoint to resume from cannot be used.
+    #[error("cannot resume: {0}")]
+    Checkpoint(String),
     #[error("training diverged at epoch {epoch}: the training loss is {loss}{}", located(.layer))]
     Diverged {
         epoch: u32,
@@ -135,6 +143,21 @@ fn located(layer: &Option<NonFinite>) -> String {
     }
 }
 
+/// How a run is driven from outside: cancellation, suspension, checkpoints.
+pub struct Control<'a> {
+    /// Polled before every batch: stop and drop the run.
+    pub cancelled: &'a dyn Fn() -> bool,
+    /// Polled before every batch: stop, handing back a checkpoint of that
+    /// exact point ([`TrainError::Suspended`]).
+    pub suspended: &'a dyn Fn() -> bool,
+    /// After every this many epochs (0: never), `on_checkpoint` receives a
+    /// checkpoint; it is called after that epoch's event was emitted.
+    pub checkpoint_every: u32,
+    pub on_checkpoint: &'a mut dyn FnMut(&Checkpoint),
+    /// Continue from this checkpoint instead of from fresh weights.
+    pub resume: Option<Checkpoint>,
+}
+
 /// Trains `spec`'s network on `data`. `cancelled` is polled before every
 /// batch; `emit` receives each event as it happens.
 pub fn train(
@@ -144,18 +167,68 @@ pub fn train(
     cancelled: &dyn Fn() -> bool,
     emit: &mut dyn FnMut(TrainEvent),
 ) -> Result<Trained, TrainError> {
-    if spec.training.auto_learning_rate {
-        // Learning rate "auto": the range test on its own copy of the
-        // network, then training from the same seed at its suggestion.
-        let mut report = lr_range_test(spec, data, device, cancelled, emit)?;
-        let chosen = report.suggestions.pick(spec.lr_range_test.suggestion);
-        report.chosen = Some(chosen);
-        emit(TrainEvent::LrRange(report));
-        let mut spec = spec.clone();
-        spec.training.auto_learning_rate = false;
-        spec.training.optimizer.learning_rate = chosen;
-        return train(&spec, data, device, cancelled, emit);
+    let control = Control {
+        cancelled,
+        suspended: &|| false,
+        checkpoint_every: 0,
+        on_checkpoint: &mut |_| {},
+        resume: None,
+    };
+    train_with(spec, data, device, control, emit)
+}
+
+/// [`train`] with checkpoints, suspension and resumption. A resumed run
+/// continues bit for bit as the uninterrupted run would have (on the same
+/// device and thread count): it emits the events from where the checkpoint
+/// was taken on.
+pub fn train_with(
+    spec: &JobSpec,
+    data: &Prepared,
+    device: &Device,
+    control: Control,
+    emit: &mut dyn FnMut(TrainEvent),
+) -> Result<Trained, TrainError> {
+    let fingerprint = checkpoint::fingerprint(spec, data);
+    if control
+        .resume
+        .as_ref()
+        .is_some_and(|c| c.progress.fingerprint != fingerprint)
+    {
+        return Err(TrainError::Checkpoint(
+            "the checkpoint was taken with another spec or other data".into(),
+        ));
     }
+    if !spec.training.auto_learning_rate {
+        return run(spec, fingerprint, data, device, control, emit);
+    }
+    // Learning rate "auto": the range test on its own copy of the network,
+    // then training from the same seed at its suggestion. A resumed run
+    // keeps the rate chosen before its checkpoint.
+    let chosen = match &control.resume {
+        Some(c) => c.progress.learning_rate,
+        None => {
+            let mut report = lr_range_test(spec, data, device, control.cancelled, emit)?;
+            let chosen = report.suggestions.pick(spec.lr_range_test.suggestion);
+            report.chosen = Some(chosen);
+            emit(TrainEvent::LrRange(report));
+            chosen
+        }
+    };
+    let mut spec = spec.clone();
+    spec.training.auto_learning_rate = false;
+    spec.training.optimizer.learning_rate = chosen;
+    run(&spec, fingerprint, data, device, control, emit)
+}
+
+/// The training loop proper.
+fn run(
+    spec: &JobSpec,
+    fingerprint: String,
+    data: &Prepared,
+    device: &Device,
+    mut control: Control,
+    emit: &mut dyn FnMut(TrainEvent),
+) -> Result<Trained, TrainError> {
     let started = Instant::now();
     let training = &spec.training;
     let arch = model_arch(spec, data);
@@ -171,35 +244,83 @@ pub fn train(
     let train_loss_fn = Loss::new(&training.loss, &ad);
     let val_loss_fn = Loss::new(&training.loss, device);
     let has_batch_norm = arch.hidden.iter().any(|l| l.batch_norm.is_some());
+    // Layers that draw random numbers in training: libtorch's generator is
+    // reseeded before each of their steps, so a resumed run draws the same.
+    let stochastic = arch
+        .hidden
+        .iter()
+        .any(|l| l.dropout > 0.0 || matches!(l.activation, Activation::RRelu { .. }));
 
-    let mut rng = rand::rngs::StdRng::seed_from_u64(training.seed);
-    let mut order: Vec<i64> = (0..data.train.rows as i64).collect();
     let batch = training.batch_size as usize;
     let rows = data.train.rows;
     // Optimizer steps per epoch: a last batch of one row is skipped with BatchNorm.
     let skips_last = has_batch_norm && rows % batch == 1;
     let steps_per_epoch = rows.div_ceil(batch) - usize::from(skips_last);
-    let mut schedule = LrScheduler::new(
+    let schedule = LrScheduler::new(
         &training.lr_schedule,
         training.optimizer.learning_rate,
         steps_per_epoch.max(1),
         training.epochs,
     );
-    let (mut lr, mut momentum) = (schedule.lr(), schedule.momentum());
-    // SWA: past swa.start_epoch, SWALR sets the LR and the weights are averaged.
-    let mut swalr: Option<Swalr> = None;
-    let mut average = WeightAverage::new();
     let restore_best = training
         .early_stopping
         .as_ref()
         .is_none_or(|e| e.restore_best_weights);
-    let mut last: Option<EpochReport> = None;
-    let mut stopper = EarlyStopping::new(training.early_stopping.as_ref());
-    let mut best: Option<(EpochReport, Mlp)> = None;
-    let mut reason = StopReason::Completed;
-    let mut epochs_completed = 0;
+    let mut p = Progress {
+        fingerprint,
+        learning_rate: training.optimizer.learning_rate,
+        epochs_completed: 0,
+        next_row: 0,
+        rows_seen: 0,
+        batch_losses: Vec::new(),
+        batch_rows: Vec::new(),
+        probe: None,
+        step: 0,
+        lr: schedule.lr(),
+        momentum: schedule.momentum(),
+        schedule,
+        // SWA: past swa.start_epoch, SWALR sets the LR and the weights are averaged.
+        swalr: None,
+        stopper: EarlyStopping::new(training.early_stopping.as_ref()),
+        last: None,
+        best: None,
+        swa_averaged: 0,
+        train_seconds: 0.0,
+    };
+    // The best epoch's weights (with `p.best`), and the SWA running average.
+    let mut best_model: Option<Mlp> = None;
+    let mut average = WeightAverage::new();
+    if let Some(c) = control.resume.take() {
+        let unusable = |e: checkpoint::CheckpointError| TrainError::Checkpoint(e.to_string());
+        // Loaded on the plain device and then made trainable, so every
+        // tensor (BatchNorm's running statistics included) is of the kind
+        // the libtorch fast paths take, as in a fresh network.
+        model = checkpoint::module_from(&c.model, &arch, device)
+            .map_err(unusable)?
+            .train();
+        optimizer = optimizer
+            .with_state(&c.optimizer)
+            .map_err(TrainError::Checkpoint)?;
+        best_model = match &c.best_model {
+            Some(b) => Some(checkpoint::module_from(b, &arch, device).map_err(unusable)?),
+            None => None,
+        };
+        if let Some(a) = &c.average {
+            let a = checkpoint::module_from(a, &arch, device).map_err(unusable)?;
+            average = WeightAverage::restored(a, c.progress.swa_averaged);
+        }
+        p = c.progress;
+    }
 
-    for epoch in 1..=training.epochs {
+    // The order is shuffled once per epoch from the seed: replay the epochs done.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(training.seed);
+    let mut order: Vec<i64> = (0..rows as i64).collect();
+    for _ in 0..p.epochs_completed {
+        order.shuffle(&mut rng);
+    }
+    let mut reason = StopReason::Completed;
+
+    for epoch in p.epochs_completed + 1..=training.epochs {
         let epoch_start = Instant::now();
         order.shuffle(&mut rng);
         let order_t =
@@ -207,44 +328,69 @@ pub fn train(
         // Each batch's loss stays on the device, detached; they are weighted
         // and summed once per epoch: no host sync, and no libtorch work, per batch.
         let mut batch_losses: Vec<Tensor<1>> = Vec::with_capacity(steps_per_epoch);
-        let mut batch_rows: Vec<f32> = Vec::with_capacity(steps_per_epoch);
-        let mut rows_seen = 0usize;
         let mut probe: Option<StepProbe> = None;
-        for start in (0..order.len()).step_by(batch) {
-            if cancelled() {
-                return Err(TrainError::Cancelled { epochs_completed });
+        if p.next_row > 0 {
+            // Resumed mid-epoch: the epoch's losses and probe so far.
+            let n = p.batch_losses.len();
+            let done = std::mem::take(&mut p.batch_losses);
+            batch_losses.push(Tensor::from_data(TensorData::new(done, [n]), &ad));
+            probe = p.probe.take().map(|v| StepProbe::from_values(&v, device));
+        } else {
+            p.rows_seen = 0;
+            p.batch_rows.clear();
+        }
+        for start in (p.next_row..rows).step_by(batch) {
+            if (control.cancelled)() {
+                return Err(TrainError::Cancelled {
+                    epochs_completed: p.epochs_completed,
+                });
+            }
+            if (control.suspended)() {
+                p.next_row = start;
+                p.batch_losses = host_losses(batch_losses);
+                p.probe = probe.as_ref().map(StepProbe::values);
+                let elapsed = started.elapsed().as_secs_f64();
+                let c = snapshot(&p, elapsed, &model, &optimizer, &best_model, &average);
+                return Err(TrainError::Suspended(Box::new(c)));
             }
             let end = (start + batch).min(order.len());
             // torch's BatchNorm refuses a training batch of one row; skip it.
             if has_batch_norm && end - start == 1 {
                 continue;
             }
+            if stochastic {
+                device.seed(step_seed(training.seed, p.step));
+            }
+            p.step += 1;
             let idx = order_t.clone().slice(start..end);
             let x = train_x.clone().select(0, idx.clone());
             let y = train_y.select(idx);
             let batch_loss = train_loss_fn.forward(model.forward(x), &y);
             batch_losses.push(batch_loss.clone().detach());
-            batch_rows.push((end - start) as f32);
+            p.batch_rows.push((end - start) as f32);
             let mut grads = GradientsParams::from_grads(batch_loss.backward(), &model);
             if let Some(clip) = &training.grad_clip {
                 optim::clip_gradients(&model, &mut grads, clip);
             }
-            (lr, momentum) = match &swalr {
+            (p.lr, p.momentum) = match &p.swalr {
                 Some(s) => (s.lr(), None),
-                None => (schedule.lr(), schedule.momentum()),
+                None => (p.schedule.lr(), p.schedule.momentum()),
             };
             let probing = probe.is_none();
             if probing {
                 probe = Some(StepProbe::before_step(&model, &grads));
             }
-            model = optimizer.step(lr, momentum, model, grads);
+            model = optimizer.step(p.lr, p.momentum, model, grads);
             if let Some(probe) = probe.as_mut().filter(|_| probing) {
                 probe.after_step(&model);
             }
-            schedule.after_batch();
-            rows_seen += end - start;
+            p.schedule.after_batch();
+            p.rows_seen += end - start;
         }
-        let train_loss = epoch_loss_sum(batch_losses, batch_rows) / rows_seen.max(1) as f64;
+        p.next_row = 0;
+        let rows_seen = p.rows_seen;
+        let train_loss = epoch_loss_sum(batch_losses, std::mem::take(&mut p.batch_rows))
+            / rows_seen.max(1) as f64;
         if !train_loss.is_finite() {
             return Err(TrainError::Diverged {
                 epoch,
@@ -268,44 +414,55 @@ pub fn train(
         }
         report.epoch = epoch;
         report.train_loss = train_loss;
-        report.learning_rate = lr;
-        report.momentum = momentum;
+        report.learning_rate = p.lr;
+        report.momentum = p.momentum;
         report.epoch_seconds = epoch_start.elapsed().as_secs_f64();
         report.samples_per_second = rows_seen as f64 / report.epoch_seconds.max(1e-9);
-        let monitored = report.metric(stopper.monitor).unwrap_or(f64::NAN);
-        let verdict = stopper.update(epoch, monitored);
+        let monitored = report.metric(p.stopper.monitor).unwrap_or(f64::NAN);
+        let verdict = p.stopper.update(epoch, monitored);
         report.improved = verdict.improved;
         if verdict.improved && restore_best {
-            best = Some((report, eval_model));
+            p.best = Some(report);
+            best_model = Some(eval_model);
         }
         match &training.swa {
             // torch: `if epoch > swa_start: swa_model.update_parameters(model);
             // swa_scheduler.step() else: scheduler.step()`.
             Some(swa_spec) if epoch > swa_spec.start_epoch => {
                 average.update(&model);
-                swalr
-                    .get_or_insert_with(|| Swalr::new(schedule.lr(), swa_spec))
+                p.swa_averaged = average.n_averaged();
+                let lr = p.schedule.lr();
+                p.swalr
+                    .get_or_insert_with(|| Swalr::new(lr, swa_spec))
                     .step();
             }
-            _ => schedule.after_epoch(&|m| report.metric(m)),
+            _ => p.schedule.after_epoch(&|m| report.metric(m)),
         }
-        epochs_completed = epoch;
-        last = Some(report);
+        p.epochs_completed = epoch;
+        p.last = Some(report);
         emit(TrainEvent::Epoch(report));
         if verdict.stop {
             emit(TrainEvent::EarlyStopped {
                 epoch,
-                best_epoch: stopper.best_epoch,
-                monitor: stopper.monitor,
-                best_value: stopper.best.unwrap_or(f64::NAN),
+                best_epoch: p.stopper.best_epoch,
+                monitor: p.stopper.monitor,
+                best_value: p.stopper.best.unwrap_or(f64::NAN),
             });
             reason = StopReason::EarlyStopped;
             break;
         }
+        let every = control.checkpoint_every;
+        if every > 0 && epoch % every == 0 && epoch < training.epochs {
+            let elapsed = started.elapsed().as_secs_f64();
+            let c = snapshot(&p, elapsed, &model, &optimizer, &best_model, &average);
+            (control.on_checkpoint)(&c);
+        }
     }
+    let train_seconds = p.train_seconds + started.elapsed().as_secs_f64();
+    let last = p.last;
     // Serve the best epoch's weights; the last epoch's when restore_best_weights
     // is off or no epoch was watched (start_from_epoch beyond the run).
-    let (best, mut model) = match (best, last) {
+    let (best, mut model) = match (p.best.zip(best_model), last) {
         (Some(best), _) => best,
         (None, Some(last)) => (last, model.valid()),
         (None, None) => unreachable!("epochs >= 1 always runs an epoch"),
@@ -316,6 +473,10 @@ pub fn train(
     let mut served_swa = false;
     if let (Some(averaged), Some(last)) = (average.model(), last) {
         let swa_start = Instant::now();
+        if stochastic {
+            // update_bn runs in training mode: dropout draws too.
+            device.seed(step_seed(training.seed, p.step));
+        }
         // update_bn over the training split in order, training batch size; a
         // last batch of one row is skipped (BatchNorm refuses it in training).
         let batches = (0..rows)
@@ -333,9 +494,9 @@ pub fn train(
         // The training loss is not measured for the SWA model: with the
         // train_loss monitor the best epoch's model is kept.
         let better = match (
-            stopper.monitor != Metric::TrainLoss,
-            report.metric(stopper.monitor),
-            best.metric(stopper.monitor),
+            p.stopper.monitor != Metric::TrainLoss,
+            report.metric(p.stopper.monitor),
+            best.metric(p.stopper.monitor),
         ) {
             (true, Some(s), Some(b)) if mode_max => s > b,
             (true, Some(s), Some(b)) => s < b,
@@ -353,11 +514,52 @@ pub fn train(
         model,
         arch,
         best,
-        epochs_completed,
-        train_seconds: started.elapsed().as_secs_f64(),
+        epochs_completed: p.epochs_completed,
+        train_seconds,
         swa: swa_report,
         served_swa,
     })
+}
+
+/// A checkpoint of the run as it stands.
+fn snapshot(
+    p: &Progress,
+    elapsed: f64,
+    model: &Mlp,
+    optimizer: &KilnOptimizer,
+    best_model: &Option<Mlp>,
+    average: &WeightAverage,
+) -> Checkpoint {
+    let mut progress = p.clone();
+    progress.train_seconds += elapsed;
+    Checkpoint {
+        progress,
+        model: checkpoint::module_bytes(model),
+        optimizer: optimizer.state_bytes(),
+        best_model: best_model.as_ref().map(checkpoint::module_bytes),
+        average: average.average().map(checkpoint::module_bytes),
+    }
+}
+
+/// The generator seed before optimizer step `step` (SplitMix64's finalizer
+/// over the job's seed and the step).
+fn step_seed(seed: u64, step: u64) -> u64 {
+    let mut z = seed.wrapping_add(step.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The batch losses so far, read to the host.
+fn host_losses(losses: Vec<Tensor<1>>) -> Vec<f32> {
+    if losses.is_empty() {
+        return Vec::new();
+    }
+    Tensor::cat(losses, 0)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 losses")
 }
 
 /// The first layer with non-finite weights, or else the first whose output

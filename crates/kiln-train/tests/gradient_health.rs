@@ -5,30 +5,14 @@
 
 mod common;
 
-use common::regression_data;
+use common::regression_prepared;
 use kiln::v1 as pb;
-use kiln_core::encoding::InputEncoding;
 use kiln_core::prepare::Prepared;
-use kiln_core::scaler::Scaler;
 use kiln_core::spec::JobSpec;
 use kiln_train::{GradientHealth, TrainError, TrainEvent};
 
-const INPUTS: usize = 4;
-
 fn data() -> Prepared {
-    let names = ["a", "b", "c", "d"];
-    Prepared {
-        train: regression_data(256, INPUTS, 5),
-        validation: regression_data(64, INPUTS, 6),
-        width: INPUTS,
-        outputs: 1,
-        encoding: InputEncoding::numeric(&names),
-        feature_names: names.iter().map(|n| n.to_string()).collect(),
-        target_names: vec!["y".into()],
-        class_labels: vec![],
-        feature_scaler: Scaler::identity(INPUTS),
-        target_scaler: None,
-    }
+    regression_prepared(256)
 }
 
 fn spec(activation: pb::Activation, depth: usize, learning_rate: f64, epochs: u32) -> JobSpec {

@@ -118,11 +118,18 @@ impl Auth {
 pub struct Guards {
     pub auth: Auth,
     pub max_message_bytes: usize,
+    /// True once a shutdown began: new calls get UNAVAILABLE.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Guards {
     pub fn wrap<S>(&self, inner: S) -> Guard<S> {
-        Guard::new(inner, self.auth.clone(), self.max_message_bytes)
+        Guard {
+            inner,
+            auth: self.auth.clone(),
+            max_message_bytes: self.max_message_bytes,
+            stopping: self.stopping.clone(),
+        }
     }
 }
 
@@ -144,16 +151,7 @@ pub struct Guard<S> {
     inner: S,
     auth: Auth,
     max_message_bytes: usize,
-}
-
-impl<S> Guard<S> {
-    pub fn new(inner: S, auth: Auth, max_message_bytes: usize) -> Self {
-        Guard {
-            inner,
-            auth,
-            max_message_bytes,
-        }
-    }
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl<S: NamedService> NamedService for Guard<S> {
@@ -178,6 +176,10 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         if let Err(status) = self.auth.check(request.headers()) {
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        if *self.stopping.borrow() {
+            let status = crate::status::shutting_down();
             return Box::pin(async move { Ok(status.into_http()) });
         }
         // The service that poll_ready readied answers; a clone takes its place.

@@ -64,9 +64,15 @@ pub struct Config {
     pub metrics_listen: String,
     /// Seconds open calls get to finish after SIGTERM/SIGINT before exit.
     pub shutdown_grace_seconds: f64,
-    /// Times a job interrupted while RUNNING (the server stopped) is run
-    /// again from scratch at restart; one interrupted more often ends FAILED.
+    /// Times a job interrupted while RUNNING (the server stopped without
+    /// warning) is run again at restart, from its last checkpoint; one
+    /// interrupted more often ends FAILED. A graceful shutdown's suspension
+    /// does not count.
     pub max_job_restarts: u32,
+    /// A training job writes a checkpoint (under `<data_dir>/checkpoints`)
+    /// after every this many epochs, which a restart continues from; 0: only
+    /// when a shutdown suspends it.
+    pub checkpoint_every_epochs: u32,
 }
 
 impl Default for Config {
@@ -95,6 +101,7 @@ impl Default for Config {
             metrics_listen: "127.0.0.1:9464".into(),
             shutdown_grace_seconds: 10.0,
             max_job_restarts: 2,
+            checkpoint_every_epochs: 1,
         }
     }
 }

@@ -95,11 +95,22 @@ impl JobService for Jobs {
         self.0.store.get(&id).map_err(status::job)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let store = self.0.store.clone();
+        let mut stopping = self.0.stopping.clone();
         tokio::spawn(async move {
             let Ok(mut cursor) = store.watch(&id) else {
                 return;
             };
-            while let Some(batch) = cursor.next_batch().await {
+            loop {
+                let batch = tokio::select! {
+                    batch = cursor.next_batch() => batch,
+                    // A shutdown ends the stream: the client watches again
+                    // after the restart (events carry sequence numbers).
+                    _ = crate::status::shutdown_begun(&mut stopping) => {
+                        let _ = tx.send(Err(crate::status::shutting_down())).await;
+                        return;
+                    }
+                };
+                let Some(batch) = batch else { return };
                 for event in batch {
                     if tx.send(Ok(event)).await.is_err() {
                         return; // the watcher has gone

@@ -34,6 +34,9 @@ pub struct Kiln {
     pub models: Arc<ModelRegistry>,
     pub runner: runner::Runner,
     pub sweeps: sweeps::Sweeps,
+    /// Turns true when a shutdown begins: new calls are refused, open
+    /// watch streams end.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 const USAGE: &str = "usage: kiln-server [--config FILE] [--print-config]
@@ -111,6 +114,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         models.clone(),
         config.data_dir.join("models"),
         config.tensorboard_dir(),
+        runner::Checkpoints {
+            dir: config.data_dir.join("checkpoints"),
+            every_epochs: config.checkpoint_every_epochs,
+        },
     )
     .with_max_concurrent_jobs(config.max_concurrent_jobs);
     let addr: std::net::SocketAddr = config
@@ -119,9 +126,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("listen address {}", config.listen))?;
     let max_message = config.max_message_bytes;
     // Security settings are checked before anything listens.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let guards = auth::Guards {
         auth: auth::Auth::from_config(&config.auth_token, config.auth_token_file.as_deref())?,
         max_message_bytes: max_message,
+        stopping: stop_rx.clone(),
     };
     let max_streams = (config.max_concurrent_streams > 0).then_some(config.max_concurrent_streams);
     let mut builder = Server::builder().max_concurrent_streams(max_streams);
@@ -139,6 +148,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         models,
         runner,
         sweeps: sweeps::Sweeps::default(),
+        stopping: stop_rx.clone(),
     });
     // Before anything listens: serve the models kept from before, and run
     // again the jobs the previous process left queued or running.
@@ -199,18 +209,35 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Tests and scripts read this line to learn the port when listening on :0.
     println!("kiln-server listening on {local}");
 
-    // On SIGTERM/SIGINT stop accepting and let calls finish, but never wait
-    // longer than the grace period (an open WatchJob stream would hold a
-    // graceful shutdown forever).
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
+    // On SIGTERM/SIGINT, in order: health turns NOT_SERVING, new calls get
+    // UNAVAILABLE and watch streams end, running jobs checkpoint and go back
+    // to QUEUED (calls in flight, predictions included, go on meanwhile);
+    // then the listener closes and the calls still in flight finish. All
+    // within the grace period, after which the process exits regardless.
+    let grace = std::time::Duration::from_secs_f64(kiln.config.shutdown_grace_seconds);
+    let (close_tx, close_rx) = tokio::sync::watch::channel(false);
+    {
+        let (health, kiln) = (health.clone(), kiln.clone());
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+            for service in SERVICES {
+                health
+                    .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+            kiln.runner.suspend_all();
+            let runner = kiln.clone();
+            let idle = tokio::task::spawn_blocking(move || runner.runner.wait_idle(grace)).await;
+            if !idle.unwrap_or(false) {
+                tracing::warn!("jobs still running at the end of the grace period");
+            }
+            let _ = close_tx.send(true);
+        });
+    }
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let grace = std::time::Duration::from_secs_f64(kiln.config.shutdown_grace_seconds);
     // Every service but health is behind the guard (auth, message size).
     let server = builder
         .layer(telemetry::GrpcLayer)
@@ -260,17 +287,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             // TCP_NODELAY: without it Nagle's algorithm holds small
             // responses back for tens of milliseconds under concurrency.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stopped(stop_rx.clone()),
+            stopped(close_rx),
         );
     tokio::select! {
         result = server => result?,
         _ = async { stopped(stop_rx).await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(?grace, "grace period over with calls still open; exiting");
+            tracing::warn!(?grace, "grace period over with calls or jobs still open; exiting");
         }
     }
     tracing::info!("kiln-server stopped");
     Ok(())
 }
+
+/// The health service names a shutdown reports NOT_SERVING ("" is the server).
+const SERVICES: [&str; 6] = [
+    "",
+    "kiln.v1.JobService",
+    "kiln.v1.DatasetService",
+    "kiln.v1.SweepService",
+    "kiln.v1.InferenceService",
+    "inference.GRPCInferenceService",
+];
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

@@ -6,8 +6,10 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
-use std::sync::{mpsc, Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use kiln::v1 as pb;
 use kiln_core::prepare::Prepared;
@@ -17,8 +19,8 @@ use kiln_serve::ModelRegistry;
 use kiln_store::jobs::cancelled_event;
 use kiln_store::JobStore;
 use kiln_train::{
-    Device, EpochReport, GradientHealth, LrRangeReport, ModelArtifact, StopReason, TrainError,
-    TrainEvent,
+    Checkpoint, Control, Device, EpochReport, GradientHealth, LrRangeReport, ModelArtifact,
+    StopReason, TrainError, TrainEvent,
 };
 use pb::job_event::Kind;
 
@@ -47,6 +49,57 @@ struct Context {
     models_dir: PathBuf,
     /// Root of the jobs' TensorBoard logs; `None`: off.
     tensorboard_dir: Option<PathBuf>,
+    checkpoints: Checkpoints,
+    /// Set by a shutdown: running jobs checkpoint and go back to QUEUED,
+    /// queued ones stay queued.
+    suspend: AtomicBool,
+    /// Jobs in [`Context::run`] now; a shutdown waits for none.
+    active: (Mutex<usize>, Condvar),
+}
+
+/// Where training checkpoints live (`<data_dir>/checkpoints/<job id>.ckpt`)
+/// and how often they are written.
+#[derive(Clone)]
+pub struct Checkpoints {
+    pub dir: PathBuf,
+    /// Epochs between checkpoints; 0: only on suspension.
+    pub every_epochs: u32,
+}
+
+impl Checkpoints {
+    fn path(&self, job_id: &str) -> PathBuf {
+        self.dir.join(format!("{job_id}.ckpt"))
+    }
+
+    /// The job's checkpoint; `None` when it has none. A file that is
+    /// corrupted or of another format is reported and ignored.
+    fn load(&self, job_id: &str) -> Option<Checkpoint> {
+        let path = self.path(job_id);
+        match Checkpoint::load(&path) {
+            Ok(c) => Some(c),
+            Err(kiln_train::CheckpointError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                None
+            }
+            Err(e) => {
+                tracing::warn!(job = %job_id, error = %e, path = %path.display(), "checkpoint ignored");
+                None
+            }
+        }
+    }
+
+    fn save(&self, job_id: &str, checkpoint: &Checkpoint) -> bool {
+        match checkpoint.save(&self.path(job_id)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(job = %job_id, error = %e, "checkpoint not written");
+                false
+            }
+        }
+    }
+
+    fn remove(&self, job_id: &str) {
+        let _ = std::fs::remove_file(self.path(job_id));
+    }
 }
 
 impl Runner {
@@ -55,6 +108,7 @@ impl Runner {
         models: Arc<ModelRegistry>,
         models_dir: PathBuf,
         tensorboard_dir: Option<PathBuf>,
+        checkpoints: Checkpoints,
     ) -> Self {
         Self {
             queues: Mutex::default(),
@@ -64,8 +118,26 @@ impl Runner {
                 models,
                 models_dir,
                 tensorboard_dir,
+                checkpoints,
+                suspend: AtomicBool::new(false),
+                active: Default::default(),
             }),
         }
+    }
+
+    /// For a shutdown: running jobs stop at their next batch, write a
+    /// checkpoint and go back to QUEUED; queued jobs are not started.
+    pub fn suspend_all(&self) {
+        self.context.suspend.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until no job is running (after [`suspend_all`](Self::suspend_all)),
+    /// at most `timeout`; whether none is.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let (count, idle) = &self.context.active;
+        let count = count.lock().unwrap();
+        let (count, _) = idle.wait_timeout_while(count, timeout, |n| *n > 0).unwrap();
+        *count == 0
     }
 
     /// Queues a job on its device's trainer thread (started on first use).
@@ -73,6 +145,10 @@ impl Runner {
     pub fn with_max_concurrent_jobs(mut self, jobs: usize) -> Self {
         self.threads_per_device = jobs.max(1);
         self
+    }
+
+    pub fn checkpoints(&self) -> Checkpoints {
+        self.context.checkpoints.clone()
     }
 
     pub fn submit(&self, job: QueuedJob) {
@@ -111,18 +187,34 @@ impl Runner {
 
 impl Context {
     fn run(&self, job: QueuedJob) {
+        if self.suspend.load(Ordering::SeqCst) {
+            return; // shutting down: it stays QUEUED and runs after the restart
+        }
+        *self.active.0.lock().unwrap() += 1;
+        self.run_job(job);
+        *self.active.0.lock().unwrap() -= 1;
+        self.active.1.notify_all();
+    }
+
+    fn run_job(&self, job: QueuedJob) {
         let id = job.id.clone();
         let Ok(cancel) = self.store.cancel_flag(&id) else {
             return;
         };
         if cancel.is_set() {
+            self.checkpoints.remove(&id);
             return; // cancelled while queued: already recorded
         }
+        let resume = self.resume_point(&job);
+        // Epochs already reported (by a run before a restart or shutdown):
+        // their events are not sent again when the resumed run repeats them.
+        let reported = self.store.get(&id).map_or(0, |j| j.epochs_completed);
         let running = self.store.append(
             &id,
             Kind::StateChanged(pb::StateChanged {
                 state: pb::JobState::Running as i32,
                 device: job.device_name.clone(),
+                ..Default::default()
             }),
         );
         // A cancel can land between the check above and this append.
@@ -148,6 +240,9 @@ impl Context {
             // An epoch's gradient health arrives just before it and travels in its event.
             let mut health = None;
             let mut on_event = |event| match event {
+                TrainEvent::Health(h) if h.epoch <= reported => {}
+                TrainEvent::Epoch(r) if r.epoch <= reported => {}
+                TrainEvent::EarlyStopped { epoch, .. } if epoch <= reported => {}
                 TrainEvent::Health(h) => health = Some(h),
                 TrainEvent::Epoch(report) => {
                     crate::metrics::observe_epoch(report.epoch_seconds);
@@ -165,15 +260,58 @@ impl Context {
             };
             let (spec, data, device) = (&job.spec, &job.data, &job.device);
             let cancelled = || cancel.is_set();
+            let suspended = || self.suspend.load(Ordering::SeqCst);
             match spec.kind {
-                JobKind::Train => kiln_train::train(spec, data, device, &cancelled, &mut on_event)
-                    .map(|t| Outcome::Trained(Box::new(t))),
+                JobKind::Train => {
+                    let control = Control {
+                        cancelled: &cancelled,
+                        suspended: &suspended,
+                        checkpoint_every: self.checkpoints.every_epochs,
+                        on_checkpoint: &mut |c| {
+                            self.checkpoints.save(&id, c);
+                        },
+                        resume,
+                    };
+                    kiln_train::train_with(spec, data, device, control, &mut on_event)
+                        .map(|t| Outcome::Trained(Box::new(t)))
+                }
+                // Short, and not checkpointed: a shutdown stops it and it
+                // runs again from the start.
                 JobKind::LrRangeTest => {
-                    kiln_train::lr_range_test(spec, data, device, &cancelled, &mut on_event)
+                    let stop = || cancelled() || suspended();
+                    kiln_train::lr_range_test(spec, data, device, &stop, &mut on_event)
                         .map(Outcome::LrRangeTest)
                 }
             }
         }));
+        let suspension = match &outcome {
+            Ok(Err(TrainError::Suspended(c))) => Some(Some(c)),
+            Ok(Err(TrainError::Cancelled { .. })) if !cancel.is_set() => Some(None),
+            _ => None,
+        };
+        if let Some(checkpoint) = suspension {
+            // Back to QUEUED where it stands; the next process continues it.
+            let resume_after_epoch = match checkpoint {
+                Some(c) if self.checkpoints.save(&id, c) => c.epochs_completed(),
+                _ => {
+                    self.checkpoints.remove(&id);
+                    0
+                }
+            };
+            span.record("outcome", "suspended");
+            tracing::info!(job = %id, resume_after_epoch, "job suspended by the shutdown");
+            let _ = self.store.append(
+                &id,
+                Kind::StateChanged(pb::StateChanged {
+                    state: pb::JobState::Queued as i32,
+                    resume_after_epoch,
+                    suspended: true,
+                    ..Default::default()
+                }),
+            );
+            return;
+        }
+        self.checkpoints.remove(&id);
         let final_event = match outcome {
             Ok(Ok(Outcome::LrRangeTest(report))) => {
                 let _ = self
@@ -185,7 +323,10 @@ impl Context {
                     ..Default::default()
                 })
             }
-            Ok(Err(e @ TrainError::LrRangeTest(_))) => failed(pb::StopReason::Error, e.to_string()),
+            Ok(Err(e @ (TrainError::LrRangeTest(_) | TrainError::Checkpoint(_)))) => {
+                failed(pb::StopReason::Error, e.to_string())
+            }
+            Ok(Err(TrainError::Suspended(_))) => unreachable!("handled above"),
             Ok(Ok(Outcome::Trained(trained))) => match self.publish(&job, &trained) {
                 Ok(()) => Kind::Finished(pb::Finished {
                     reason: match trained.reason {
@@ -235,6 +376,36 @@ impl Context {
         let _ = self.store.append(&id, final_event);
     }
 
+    /// The checkpoint a job continues from. One that cannot continue this
+    /// job (another format, spec or data) is dropped; if the job had reported
+    /// progress, a restart event then says it starts over.
+    fn resume_point(&self, job: &QueuedJob) -> Option<Checkpoint> {
+        if job.spec.kind != JobKind::Train {
+            return None;
+        }
+        let checkpoint = self
+            .checkpoints
+            .load(&job.id)
+            .filter(|c| c.matches(&job.spec, &job.data));
+        if checkpoint.is_none() {
+            self.checkpoints.remove(&job.id);
+            let progressed = self
+                .store
+                .get(&job.id)
+                .is_ok_and(|j| j.epochs_completed > 0 || j.lr_range.is_some());
+            if progressed {
+                let _ = self.store.append(
+                    &job.id,
+                    Kind::StateChanged(pb::StateChanged {
+                        state: pb::JobState::Queued as i32,
+                        ..Default::default()
+                    }),
+                );
+            }
+        }
+        checkpoint
+    }
+
     /// Writes the best model to `<data_dir>/models/<job id>` and serves it.
     fn publish(&self, job: &QueuedJob, trained: &kiln_train::Trained) -> Result<(), String> {
         let artifact =
@@ -279,7 +450,12 @@ pub fn record_model(store: &JobStore, model: &kiln_serve::ServedModel, artifact:
 /// process left QUEUED or RUNNING ([`JobStore::recover`]).
 pub fn recover(kiln: &crate::Kiln) {
     restore_models(kiln);
-    let jobs = kiln.store.recover(kiln.config.max_job_restarts);
+    let checkpoints = kiln.runner.checkpoints();
+    remove_stale_checkpoints(kiln, &checkpoints.dir);
+    let resume_after = |id: &str| checkpoints.load(id).map_or(0, |c| c.epochs_completed());
+    let jobs = kiln
+        .store
+        .recover(kiln.config.max_job_restarts, &resume_after);
     for job in jobs {
         match requeue(kiln, &job) {
             Ok(queued) => {
@@ -296,6 +472,24 @@ pub fn recover(kiln: &crate::Kiln) {
                     ),
                 );
             }
+        }
+    }
+}
+
+/// Checkpoints of jobs that ended (or are unknown) are of no more use.
+fn remove_stale_checkpoints(kiln: &crate::Kiln, dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let id = name.strip_suffix(".ckpt").unwrap_or(&name);
+        let unfinished = kiln
+            .store
+            .get(id)
+            .is_ok_and(|j| matches!(j.state(), pb::JobState::Queued | pb::JobState::Running));
+        if !unfinished {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }

@@ -36,3 +36,16 @@ pub fn serve(e: ServeError) -> Status {
         ServeError::Invalid(_) => Status::invalid_argument(e.to_string()),
     }
 }
+
+/// For calls refused, and streams ended, by a shutdown.
+pub fn shutting_down() -> Status {
+    Status::unavailable(
+        "kiln-server is shutting down; retry on another replica or after the restart",
+    )
+}
+
+/// Resolves once a shutdown has begun (see `Kiln::stopping`).
+pub async fn shutdown_begun(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send: drop it here.
+    let _ = stopping.wait_for(|stop| *stop).await.map(|_| ());
+}

@@ -433,6 +433,7 @@ impl SweepService for SweepSvc {
     ) -> Result<Response<Self::WatchSweepStream>, Status> {
         let entry = self.0.sweeps.get(&request.into_inner().sweep_id)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut stopping = self.0.stopping.clone();
         tokio::spawn(async move {
             let mut published = entry.published.subscribe();
             let mut next = 0;
@@ -440,8 +441,16 @@ impl SweepService for SweepSvc {
                 published.borrow_and_update();
                 let (events, ended) = entry.events_from(next);
                 if events.is_empty() {
-                    if ended || published.changed().await.is_err() {
+                    if ended {
                         return;
+                    }
+                    tokio::select! {
+                        changed = published.changed() => if changed.is_err() { return },
+                        // A shutdown ends the stream (see WatchJob).
+                        _ = crate::status::shutdown_begun(&mut stopping) => {
+                            let _ = tx.send(Err(crate::status::shutting_down())).await;
+                            return;
+                        }
                     }
                     continue;
                 }

@@ -158,6 +158,24 @@ impl KilnOptimizer {
         self.momentum.set(momentum);
         self.inner.step(lr, model, grads)
     }
+
+    /// The per-parameter state (moments, step counters) as bytes, keyed by
+    /// parameter id: a checkpoint's optimizer section.
+    pub(crate) fn state_bytes(&self) -> Vec<u8> {
+        self.inner
+            .into_bytes()
+            .expect("optimizer state serializes")
+            .to_vec()
+    }
+
+    /// This optimizer with the state `state_bytes` wrote.
+    pub(crate) fn with_state(mut self, bytes: &[u8]) -> Result<Self, String> {
+        self.inner = self
+            .inner
+            .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes.to_vec()))
+            .map_err(|e| format!("optimizer state: {e}"))?;
+        Ok(self)
+    }
 }
 
 /// The momentum (or beta1) of the current step when a scheduler overrides

@@ -74,3 +74,21 @@ pub fn regression_data(rows: usize, inputs: usize, seed: u64) -> kiln_core::prep
         rows,
     }
 }
+
+/// A prepared regression problem on 4 unscaled features ("a".."d"):
+/// `train_rows` training rows and 64 validation rows of [`regression_data`].
+pub fn regression_prepared(train_rows: usize) -> kiln_core::prepare::Prepared {
+    let names = ["a", "b", "c", "d"];
+    kiln_core::prepare::Prepared {
+        train: regression_data(train_rows, names.len(), 5),
+        validation: regression_data(64, names.len(), 6),
+        width: names.len(),
+        outputs: 1,
+        encoding: kiln_core::encoding::InputEncoding::numeric(&names),
+        feature_names: names.iter().map(|n| n.to_string()).collect(),
+        target_names: vec!["y".into()],
+        class_labels: vec![],
+        feature_scaler: kiln_core::scaler::Scaler::identity(names.len()),
+        target_scaler: None,
+    }
+}
