@@ -545,3 +545,67 @@ async fn auto_learning_rate_trains_at_the_range_tests_suggestion() {
         status.message()
     );
 }
+
+/// The memory and swap this machine has, in bytes (Linux).
+fn memory_and_swap() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |key: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some((kib("MemTotal:")? + kib("SwapTotal:")?) * 1024)
+}
+
+/// A batch whose first layer's output is 8 times this machine's memory and
+/// swap: libtorch refuses the allocation, and the job ends FAILED with
+/// reason OUT_OF_MEMORY and a message that says what to change.
+#[tokio::test]
+async fn a_job_that_cannot_fit_in_memory_fails_out_of_memory() {
+    const UNITS: u64 = 65_536;
+    let Some(memory) = memory_and_swap() else {
+        eprintln!("skipped: no /proc/meminfo");
+        return;
+    };
+    let rows = (8 * memory / (UNITS * 4)) as usize + 1;
+    if rows > 1 << 20 {
+        eprintln!("skipped: {memory} bytes of memory need a batch above the limit");
+        return;
+    }
+    let mut csv = String::from("x,y\n");
+    for i in 0..rows {
+        csv.push_str(&format!("{},{}\n", i % 7, i % 5));
+    }
+    let server = Server::start();
+    let dataset = upload(&server, "big", csv.as_bytes(), 1 << 20)
+        .await
+        .unwrap();
+    let spec = pb::JobSpec {
+        task: pb::Task::Regression as i32,
+        data: Some(dataset_source(&dataset.id, &["y"])),
+        model: Some(pb::ModelSpec {
+            hidden_layers: vec![layer(UNITS as u32)],
+            ..Default::default()
+        }),
+        training: Some(pb::TrainingSpec {
+            epochs: 1,
+            batch_size: rows as u32,
+            ..Default::default()
+        }),
+        device: pb::Device::Cpu as i32,
+        ..Default::default()
+    };
+    let job = submit(&server, spec).await.unwrap();
+    let failed = last_failed(&watch_all(&server, &job.id).await);
+    assert_eq!(failed.reason(), pb::StopReason::OutOfMemory, "{failed:?}");
+    assert!(
+        failed.message.starts_with("out of memory on cpu: ")
+            && failed.message.contains("can't allocate memory")
+            && failed.message.contains("spec.training.batch_size")
+            && !failed.message.contains("frame #"),
+        "{}",
+        failed.message
+    );
+    let job = get_job(&server, &job.id).await;
+    assert_eq!(job.state(), pb::JobState::Failed);
+    assert_eq!(job.stop_reason(), pb::StopReason::OutOfMemory);
+}

@@ -37,6 +37,15 @@ pub fn resolve(choice: DeviceChoice) -> Result<(Device, String), String> {
     }
 }
 
+/// Whether a libtorch error reports running out of memory: CUDA's caching
+/// allocator ("CUDA out of memory. Tried to allocate ...", raised as
+/// torch.OutOfMemoryError) or the CPU allocator ("DefaultCPUAllocator:
+/// can't allocate memory: ...").
+pub fn is_out_of_memory(message: &str) -> bool {
+    let message = message.to_lowercase();
+    message.contains("out of memory") || message.contains("can't allocate memory")
+}
+
 #[allow(deprecated)] // burn-tch is deprecated in 0.22 (removed in 0.23) but is our backend.
 pub fn cpu() -> Device {
     Device::libtorch()
@@ -45,4 +54,29 @@ pub fn cpu() -> Device {
 #[allow(deprecated)]
 fn cuda(index: usize) -> Device {
     Device::libtorch_cuda(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtorch_allocation_failures_are_out_of_memory() {
+        // With the kernel's default overcommit policy, 16 TiB is refused at
+        // once (policy 1 would hand out untouched pages; nothing to check then).
+        let policy = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").unwrap_or_default();
+        if policy.trim() != "1" {
+            let e = tch::Tensor::f_empty([1i64 << 42], (tch::Kind::Float, tch::Device::Cpu))
+                .expect_err("16 TiB allocated");
+            assert!(is_out_of_memory(&e.to_string()), "{e}");
+        }
+        // The message of PyTorch's CUDA caching allocator (CUDACachingAllocator.cpp).
+        assert!(is_out_of_memory(
+            "CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity \
+             of 79.10 GiB of which 3.50 MiB is free."
+        ));
+        assert!(!is_out_of_memory(
+            "shape mismatch: value tensor of shape [3] cannot be broadcast"
+        ));
+    }
 }

@@ -355,12 +355,19 @@ impl Context {
             }),
             Err(panic) => {
                 let message = panic_message(panic.as_ref());
-                let reason = if message.to_lowercase().contains("out of memory") {
-                    pb::StopReason::OutOfMemory
+                let message = libtorch_summary(&message);
+                if kiln_train::device::is_out_of_memory(&message) {
+                    failed(
+                        pb::StopReason::OutOfMemory,
+                        format!(
+                            "out of memory on {}: {message}; try a smaller \
+                             spec.training.batch_size or fewer units",
+                            job.device_name
+                        ),
+                    )
                 } else {
-                    pb::StopReason::Error
-                };
-                failed(reason, format!("training failed: {message}"))
+                    failed(pb::StopReason::Error, format!("training failed: {message}"))
+                }
             }
         };
         span.record(
@@ -588,6 +595,18 @@ fn failed_message(reason: pb::StopReason, message: String) -> pb::Failed {
     }
 }
 
+/// A libtorch error as one readable line: tch's `Torch("...")` wrapper and
+/// the C++ stack frames after the first line dropped.
+fn libtorch_summary(message: &str) -> &str {
+    let inner = message.split_once("Torch(\"").map_or(message, |(_, m)| m);
+    let end = [inner.find("\\n"), inner.find('\n'), inner.find("\")")]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(inner.len());
+    inner[..end].trim()
+}
+
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<String>()
@@ -667,5 +686,23 @@ fn gradient_health(h: &GradientHealth) -> pb::GradientHealth {
         vanishing: h.vanishing,
         exploding: h.exploding,
         detail: h.detail.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtorch_errors_become_one_line() {
+        let panic = "called `Result::unwrap()` on an `Err` value: Torch(\"[enforce fail at \
+                     alloc_cpu.cpp:124] err == 0. DefaultCPUAllocator: can't allocate memory: \
+                     you tried to allocate 16 bytes.\\nframe #0: <unknown function>\")";
+        assert_eq!(
+            libtorch_summary(panic),
+            "[enforce fail at alloc_cpu.cpp:124] err == 0. DefaultCPUAllocator: can't \
+             allocate memory: you tried to allocate 16 bytes."
+        );
+        assert_eq!(libtorch_summary("index out of range"), "index out of range");
     }
 }
