@@ -356,7 +356,7 @@ impl Context {
             Err(panic) => {
                 let message = panic_message(panic.as_ref());
                 let message = libtorch_summary(&message);
-                if kiln_train::device::is_out_of_memory(&message) {
+                if kiln_train::device::is_out_of_memory(message) {
                     failed(
                         pb::StopReason::OutOfMemory,
                         format!(
