@@ -191,9 +191,17 @@ impl Context {
             return; // shutting down: it stays QUEUED and runs after the restart
         }
         *self.active.0.lock().unwrap() += 1;
+        // Counted down however run_job ends, a panic outside training included.
+        struct Done<'a>(&'a (Mutex<usize>, Condvar));
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                let mut count = self.0 .0.lock().unwrap_or_else(|e| e.into_inner());
+                *count -= 1;
+                self.0 .1.notify_all();
+            }
+        }
+        let _done = Done(&self.active);
         self.run_job(job);
-        *self.active.0.lock().unwrap() -= 1;
-        self.active.1.notify_all();
     }
 
     fn run_job(&self, job: QueuedJob) {
