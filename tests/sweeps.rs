@@ -1,6 +1,7 @@
 //! Sweeps through the real server: a grid under a concurrency cap, ASHA
 //! stopping weak trials, the leaderboard, the best model served under the
-//! sweep's name, ListJobs filters and CompareJobs.
+//! sweep's name, ListJobs filters and CompareJobs, and a sweep resumed after
+//! a kill.
 
 mod common;
 
@@ -570,4 +571,72 @@ async fn bad_search_spaces_are_invalid_argument_naming_the_parameter() {
         .into_inner()
         .jobs
         .is_empty());
+}
+
+async fn get_sweep(server: &Server, id: &str) -> pb::Sweep {
+    sweeps(server)
+        .await
+        .get_sweep(pb::GetSweepRequest {
+            sweep_id: id.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// A sweep killed (SIGKILL) while its second trial runs comes back after the
+/// restart under its id, follows the trials it had started, starts the rest,
+/// and ends as it would have: every trial once, the best model served.
+#[tokio::test]
+async fn a_sweep_resumes_after_a_kill() {
+    let server = Server::start();
+    let request = pb::SubmitSweepRequest {
+        base: Some(base(40)),
+        search_space: HashMap::from([(
+            "training.optimizer.learning_rate".to_string(),
+            values(&[0.01, 0.003, 0.001]),
+        )]),
+        max_concurrent_trials: 1,
+        model_name: "survivor".into(),
+        ..Default::default()
+    };
+    let sweep = sweeps(&server)
+        .await
+        .submit_sweep(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let before = loop {
+        let now = get_sweep(&server, &sweep.id).await;
+        if now.trials.iter().filter(|t| !t.job_id.is_empty()).count() >= 2 {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let server = Server::start_in(server.kill_keeping_data(), &[]);
+    assert_eq!(before.state(), pb::SweepState::Running);
+    let first_job = before
+        .trials
+        .iter()
+        .find(|t| t.number == 1)
+        .unwrap()
+        .job_id
+        .clone();
+
+    let resumed = get_sweep(&server, &sweep.id).await;
+    assert_eq!(resumed.id, sweep.id, "GetSweep knows it after the restart");
+    let done = final_sweep(&watch_sweep(&server, &sweep.id).await);
+    assert_eq!(done.state(), pb::SweepState::Succeeded, "{}", done.message);
+    assert_eq!(done.trials.len(), 3);
+    let job_ids: std::collections::HashSet<&str> =
+        done.trials.iter().map(|t| t.job_id.as_str()).collect();
+    assert_eq!(job_ids.len(), 3, "three distinct jobs: {:?}", done.trials);
+    assert!(job_ids.contains(first_job.as_str()), "trial 1 kept its job");
+    let jobs = sweep_jobs(&server, &sweep.id, "").await;
+    assert_eq!(jobs.len(), 3, "no trial submitted twice");
+    assert!(jobs.iter().all(|j| j.state() == pb::JobState::Succeeded));
+    assert!(list_models(&server)
+        .await
+        .iter()
+        .any(|m| m.name == "survivor"));
 }

@@ -82,6 +82,11 @@ CREATE TABLE IF NOT EXISTS model_aliases (
     version INTEGER NOT NULL,
     PRIMARY KEY (name, alias)
 );
+CREATE TABLE IF NOT EXISTS sweeps (
+    seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+    id     TEXT NOT NULL UNIQUE,
+    record BLOB NOT NULL
+);
 ";
 
 /// A job as stored: its record and its whole event log, in sequence order.
@@ -332,6 +337,37 @@ impl Db {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<_, _>>()?;
         Ok(rows)
+    }
+
+    /// Stores a sweep's record (its request, state and trials), replacing
+    /// the one stored before; sweeps keep their submission order.
+    pub fn put_sweep(&self, sweep: &pb::Sweep) -> Result<(), DbError> {
+        self.conn.lock().unwrap().execute(
+            "INSERT INTO sweeps (id, record) VALUES (?1, ?2)
+             ON CONFLICT(id) DO UPDATE SET record = excluded.record",
+            params![sweep.id, sweep.encode_to_vec()],
+        )?;
+        Ok(())
+    }
+
+    /// Every sweep's last stored record, in submission order.
+    pub fn sweeps(&self) -> Result<Vec<pb::Sweep>, DbError> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn.prepare("SELECT id, record FROM sweeps ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut sweeps = Vec::new();
+        for row in rows {
+            let (id, record) = row?;
+            sweeps.push(
+                pb::Sweep::decode(record.as_slice()).map_err(|error| DbError::Decode {
+                    what: format!("record of sweep {id}"),
+                    error,
+                })?,
+            );
+        }
+        Ok(sweeps)
     }
 
     /// The stored state of one job, if any (tests, diagnostics).

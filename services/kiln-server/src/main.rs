@@ -153,6 +153,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Before anything listens: serve the models kept from before, and run
     // again the jobs the previous process left queued or running.
     runner::recover(&kiln);
+    sweeps::resume(&kiln);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

@@ -6,6 +6,12 @@
 //! keeps the leaderboard, and when every trial has ended registers the best
 //! trial's model under the sweep's model name. The pure logic (search
 //! spaces, trial specs, the median rule and ASHA) is in `kiln-sweep`.
+//!
+//! A sweep's record (request, state, trials and their jobs) is written to the
+//! database whenever a trial starts or ends and when the sweep ends. After a
+//! restart an unfinished sweep's controller starts again: it follows the
+//! trials it had started (their jobs come back on their own) from their first
+//! event, so the stopping rules see their whole history, and starts the rest.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +50,7 @@ struct Entry {
     /// Number of events; watchers wait on it.
     published: watch::Sender<usize>,
     cancelled: AtomicBool,
+    db: Option<Arc<kiln_store::Db>>,
 }
 
 struct Record {
@@ -107,8 +114,33 @@ impl Record {
 }
 
 impl Entry {
+    fn new(sweep: pb::Sweep, goal: Goal, db: Option<Arc<kiln_store::Db>>) -> Arc<Entry> {
+        let entry = Arc::new(Entry {
+            record: Mutex::new(Record {
+                sweep,
+                events: Vec::new(),
+                goal,
+            }),
+            published: watch::channel(0).0,
+            cancelled: AtomicBool::new(false),
+            db,
+        });
+        entry.persist();
+        entry
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Record) -> T) -> T {
         f(&mut self.record.lock().unwrap())
+    }
+
+    /// Writes the record to the database (a failure is logged: the sweep
+    /// goes on, and would not come back after a restart).
+    fn persist(&self) {
+        let Some(db) = &self.db else { return };
+        let sweep = self.with(|r| r.sweep.clone());
+        if let Err(e) = db.put_sweep(&sweep) {
+            tracing::error!(sweep = %sweep.id, error = %e, "sweep not persisted");
+        }
     }
 
     fn snapshot(&self) -> pb::Sweep {
@@ -116,6 +148,8 @@ impl Entry {
     }
 
     fn emit(&self, kind: pb::sweep_event::Kind) {
+        use pb::sweep_event::Kind as E;
+        let started_or_ended = matches!(kind, E::TrialStarted(_) | E::TrialFinished(_));
         let count = self.with(|r| {
             let event = pb::SweepEvent {
                 sweep_id: r.sweep.id.clone(),
@@ -127,6 +161,9 @@ impl Entry {
             r.events.len()
         });
         self.published.send_replace(count);
+        if started_or_ended {
+            self.persist();
+        }
     }
 
     fn trial(&self, index: usize) -> pb::Trial {
@@ -371,16 +408,7 @@ impl SweepService for SweepSvc {
             request: Some(request),
             ..Default::default()
         };
-        let (published, _) = watch::channel(0);
-        let entry = Arc::new(Entry {
-            record: Mutex::new(Record {
-                sweep,
-                events: Vec::new(),
-                goal: plan.goal,
-            }),
-            published,
-            cancelled: AtomicBool::new(false),
-        });
+        let entry = Entry::new(sweep, plan.goal, self.0.store.db().cloned());
         self.0.sweeps.insert(entry.clone(), id.clone());
         tracing::info!(sweep = %id, trials = plan.points.len(), model = %plan.model_name, "sweep started");
         let snapshot = entry.snapshot();
@@ -472,7 +500,6 @@ async fn run(kiln: Arc<Kiln>, entry: Arc<Entry>, plan: Plan) {
     let sweep_id = entry.with(|r| r.sweep.id.clone());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, pb::JobEvent)>();
     let n = plan.points.len();
-    let mut next = 0;
     // Trial index -> job id, for the unfinished trials.
     let mut running: HashMap<usize, String> = HashMap::new();
     // Per trial: the metric per epoch, and the epochs it was set to run.
@@ -481,6 +508,51 @@ async fn run(kiln: Arc<Kiln>, entry: Arc<Entry>, plan: Plan) {
     let mut pruned = vec![false; n];
     let mut rungs = AshaRungs::default();
     let mut last_ranking: Vec<usize> = Vec::new();
+    // Forwards a trial's events, from its first, to the controller.
+    let follow = |index: usize, job_id: String| {
+        let store = kiln.store.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let Ok(mut cursor) = store.watch(&job_id) else {
+                return;
+            };
+            while let Some(batch) = cursor.next_batch().await {
+                for event in batch {
+                    if tx.send((index, event)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    };
+    // Resumed after a restart: the trials started before are followed again
+    // (trials start in number order, so they are a prefix).
+    let started: Vec<(usize, String, bool)> = entry.with(|r| {
+        r.sweep
+            .trials
+            .iter()
+            .enumerate()
+            .take_while(|(_, t)| !t.job_id.is_empty() || t.state() != pb::JobState::Unspecified)
+            .map(|(i, t)| (i, t.job_id.clone(), t.job_id.is_empty()))
+            .collect()
+    });
+    let mut next = started.len();
+    for (index, job_id, never_submitted) in started {
+        if never_submitted {
+            continue; // its submission failed: it has its end already
+        }
+        if let Ok((_, spec)) = kiln_sweep::trial_spec(
+            &plan.base,
+            &plan.points[index],
+            index as u32 + 1,
+            &sweep_id,
+            &plan.model_name,
+        ) {
+            budgets[index] = spec.training.epochs;
+        }
+        running.insert(index, job_id.clone());
+        follow(index, job_id);
+    }
 
     loop {
         while !entry.cancelled.load(Ordering::SeqCst)
@@ -526,21 +598,7 @@ async fn run(kiln: Arc<Kiln>, entry: Arc<Entry>, plan: Plan) {
                     if entry.cancelled.load(Ordering::SeqCst) {
                         let _ = kiln.store.cancel(&job.id);
                     }
-                    // Forward the trial's events to the controller.
-                    let store = kiln.store.clone();
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        let Ok(mut cursor) = store.watch(&job.id) else {
-                            return;
-                        };
-                        while let Some(batch) = cursor.next_batch().await {
-                            for event in batch {
-                                if tx.send((index, event)).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    });
+                    follow(index, job.id.clone());
                 }
             }
         }
@@ -577,7 +635,13 @@ async fn run(kiln: Arc<Kiln>, entry: Arc<Entry>, plan: Plan) {
                     job_id: job_id.clone(),
                     metrics: Some(m.clone()),
                 }));
-                if !pruned[index] {
+                // A trial followed again after a restart may have ended long
+                // ago: only a trial still going is judged.
+                let going = kiln
+                    .store
+                    .get(&job_id)
+                    .is_ok_and(|j| !is_terminal(j.state()));
+                if !pruned[index] && going {
                     let reason = match plan.policy {
                         Policy::None => None,
                         Policy::Median(rule) => {
@@ -726,4 +790,52 @@ async fn finish(kiln: &Arc<Kiln>, entry: &Arc<Entry>, plan: &Plan) {
         r.events.len()
     });
     entry.published.send_replace(count);
+    entry.persist();
+}
+
+/// At start: puts back every stored sweep, and starts again the controllers
+/// of those that had not ended.
+pub fn resume(kiln: &Arc<Kiln>) {
+    let Some(db) = kiln.store.db() else { return };
+    let stored = match db.sweeps() {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the sweeps from the database");
+            return;
+        }
+    };
+    for sweep in stored {
+        let id = sweep.id.clone();
+        let goal = match sweep.goal() {
+            pb::Goal::Maximize => Goal::Maximize,
+            _ => Goal::Minimize,
+        };
+        let ended = sweep_terminal(sweep.state());
+        let planned = sweep
+            .request
+            .as_ref()
+            .ok_or_else(|| Status::internal("no request stored"))
+            .and_then(|request| plan(request, &id));
+        let entry = Entry::new(sweep, goal, Some(db.clone()));
+        kiln.sweeps.insert(entry.clone(), id.clone());
+        if ended {
+            continue;
+        }
+        match planned {
+            Ok(plan) => {
+                tracing::info!(sweep = %id, "sweep resumed after a restart");
+                tokio::spawn(run(kiln.clone(), entry, plan));
+            }
+            Err(status) => {
+                tracing::error!(sweep = %id, error = %status.message(), "sweep cannot resume");
+                entry.with(|r| {
+                    r.sweep.state = pb::SweepState::Failed as i32;
+                    r.sweep.finished_at = Some(now());
+                    r.sweep.message =
+                        format!("could not resume after a restart: {}", status.message());
+                });
+                entry.persist();
+            }
+        }
+    }
 }
