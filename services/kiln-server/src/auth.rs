@@ -182,6 +182,12 @@ where
             let status = crate::status::shutting_down();
             return Box::pin(async move { Ok(status.into_http()) });
         }
+        if crate::deadline::already_due(request.headers()) {
+            let status = Status::deadline_exceeded(
+                "the call's deadline (grpc-timeout) passed before it could start",
+            );
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
         // The service that poll_ready readied answers; a clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

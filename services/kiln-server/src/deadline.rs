@@ -16,6 +16,18 @@ pub fn from_metadata(metadata: &MetadataMap) -> Option<Instant> {
     Some(Instant::now() + timeout)
 }
 
+/// Whether a call's `grpc-timeout` leaves no more than the margin: it is
+/// answered DEADLINE_EXCEEDED at once. Checked when the call arrives, before
+/// anything waits (its message, a queue), because once something waits
+/// tonic's timer, which runs from the same moment, may answer CANCELLED first.
+pub fn already_due(headers: &http::HeaderMap) -> bool {
+    headers
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_timeout)
+        .is_some_and(|timeout| timeout <= MARGIN)
+}
+
 /// `<digits><unit>` with unit H, M, S, m (milli), u (micro) or n (nano).
 fn parse_timeout(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
@@ -43,6 +55,14 @@ mod tests {
         assert_eq!(parse_timeout("7u"), Some(Duration::from_micros(7)));
         assert_eq!(parse_timeout("m"), None);
         assert_eq!(parse_timeout("5x"), None);
+        let due = |v: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", v.parse().unwrap());
+            already_due(&headers)
+        };
+        assert!(due("1m") && due("2000u"));
+        assert!(!due("3m") && !due("1S"));
+        assert!(!already_due(&http::HeaderMap::new()));
         assert_eq!(parse_timeout(""), None);
     }
 }
