@@ -225,10 +225,9 @@ async fn full_queues_deadlines_and_bad_references_get_their_status() {
     }
     assert!(full > 0, "a queue of 1 never refused a request");
     let stats = list_models(&server).await[0].stats.unwrap();
-    assert!(
-        stats.rejected_full >= full && stats.expired >= 1,
-        "{stats:?}"
-    );
+    // The passed deadline above was refused on arrival, before the batcher
+    // (its in-queue expiry is covered by the batcher's unit tests).
+    assert!(stats.rejected_full >= full, "{stats:?}");
 
     // An unloaded version is listed but not served until loaded again.
     let info = client
