@@ -527,8 +527,7 @@ fn requeued_message(s: &pb::StateChanged) -> String {
 /// Folds one event into the job record.
 fn apply(job: &mut pb::Job, event: &pb::JobEvent) {
     match event.kind.as_ref() {
-        Some(Kind::StateChanged(_)) if is_requeue(event).is_some() => {
-            let s = is_requeue(event).expect("a requeue");
+        Some(Kind::StateChanged(s)) if is_requeue(event).is_some() => {
             job.state = s.state;
             job.message = requeued_message(s);
             job.device.clear();

@@ -196,6 +196,27 @@ impl Checkpoint {
     pub fn load(path: &Path) -> Result<Self, CheckpointError> {
         Self::from_bytes(&std::fs::read(path)?)
     }
+
+    /// The epochs the checkpoint at `path` holds, read from its header and
+    /// scalar section only (the weights are neither read nor checked:
+    /// [`load`](Self::load) does that when the run continues). `None`: no
+    /// readable checkpoint there.
+    pub fn epochs_in(path: &Path) -> Option<u32> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(path).ok()?;
+        // Magic, version, the progress section's flag and length.
+        let mut head = [0u8; 8 + 4 + 1 + 8];
+        file.read_exact(&mut head).ok()?;
+        let version = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
+        if &head[..8] != MAGIC || version != VERSION || head[12] != 1 {
+            return None;
+        }
+        let len = u64::from_le_bytes(head[13..21].try_into().expect("8 bytes"));
+        let mut progress = Vec::new();
+        file.take(len).read_to_end(&mut progress).ok()?;
+        let progress: Progress = rmp_serde::from_slice(&progress).ok()?;
+        Some(progress.epochs_completed)
+    }
 }
 
 /// Identifies a spec and the shape of its prepared data.
@@ -288,6 +309,11 @@ mod tests {
         assert_eq!(back.best_model, None);
         assert_eq!(back.average, Some(vec![6]));
         assert_eq!(back.to_bytes(), c.to_bytes());
+        let path = std::env::temp_dir().join(format!("kiln-ckpt-{}.ckpt", std::process::id()));
+        c.save(&path).unwrap();
+        assert_eq!(Checkpoint::epochs_in(&path), Some(3));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(Checkpoint::epochs_in(&path), None);
     }
 
     #[test]

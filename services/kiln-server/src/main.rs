@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use kiln::v1 as pb;
 use kiln_serve::{BatcherConfig, ModelRegistry};
 use kiln_store::{DatasetStore, JobStore};
+use tonic::server::NamedService;
 use tonic::transport::Server;
 
 use crate::config::Config;
@@ -156,21 +157,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     sweeps::resume(&kiln);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<pb::job_service_server::JobServiceServer<jobs::Jobs>>()
-        .await;
-    health
-        .set_serving::<pb::dataset_service_server::DatasetServiceServer<datasets::Datasets>>()
-        .await;
-    health
-        .set_serving::<pb::sweep_service_server::SweepServiceServer<sweeps::SweepSvc>>()
-        .await;
-    health
-        .set_serving::<pb::inference_service_server::InferenceServiceServer<inference::Inference>>()
-        .await;
-    health
-        .set_serving::<kiln::inference::grpc_inference_service_server::GrpcInferenceServiceServer<oip::Oip>>()
-        .await;
+    for service in SERVICES {
+        health
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(kiln::FILE_DESCRIPTOR_SET)
@@ -300,14 +291,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The health service names a shutdown reports NOT_SERVING ("" is the server).
+/// The names health reports for: "" (the whole server) and each service;
+/// SERVING once recovery is done, NOT_SERVING from the start of a shutdown.
 const SERVICES: [&str; 6] = [
     "",
-    "kiln.v1.JobService",
-    "kiln.v1.DatasetService",
-    "kiln.v1.SweepService",
-    "kiln.v1.InferenceService",
-    "inference.GRPCInferenceService",
+    <pb::job_service_server::JobServiceServer<jobs::Jobs> as NamedService>::NAME,
+    <pb::dataset_service_server::DatasetServiceServer<datasets::Datasets> as NamedService>::NAME,
+    <pb::sweep_service_server::SweepServiceServer<sweeps::SweepSvc> as NamedService>::NAME,
+    <pb::inference_service_server::InferenceServiceServer<inference::Inference> as NamedService>::NAME,
+    <kiln::inference::grpc_inference_service_server::GrpcInferenceServiceServer<oip::Oip> as NamedService>::NAME,
 ];
 
 async fn shutdown_signal() {

@@ -467,7 +467,8 @@ pub fn recover(kiln: &crate::Kiln) {
     restore_models(kiln);
     let checkpoints = kiln.runner.checkpoints();
     remove_stale_checkpoints(kiln, &checkpoints.dir);
-    let resume_after = |id: &str| checkpoints.load(id).map_or(0, |c| c.epochs_completed());
+    // The header only: the whole file is read and checked when the job runs.
+    let resume_after = |id: &str| Checkpoint::epochs_in(&checkpoints.path(id)).unwrap_or(0);
     let jobs = kiln
         .store
         .recover(kiln.config.max_job_restarts, &resume_after);

@@ -115,7 +115,7 @@ impl Record {
 
 impl Entry {
     fn new(sweep: pb::Sweep, goal: Goal, db: Option<Arc<kiln_store::Db>>) -> Arc<Entry> {
-        let entry = Arc::new(Entry {
+        Arc::new(Entry {
             record: Mutex::new(Record {
                 sweep,
                 events: Vec::new(),
@@ -124,9 +124,7 @@ impl Entry {
             published: watch::channel(0).0,
             cancelled: AtomicBool::new(false),
             db,
-        });
-        entry.persist();
-        entry
+        })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Record) -> T) -> T {
@@ -409,6 +407,7 @@ impl SweepService for SweepSvc {
             ..Default::default()
         };
         let entry = Entry::new(sweep, plan.goal, self.0.store.db().cloned());
+        entry.persist();
         self.0.sweeps.insert(entry.clone(), id.clone());
         tracing::info!(sweep = %id, trials = plan.points.len(), model = %plan.model_name, "sweep started");
         let snapshot = entry.snapshot();
@@ -537,6 +536,7 @@ async fn run(kiln: Arc<Kiln>, entry: Arc<Entry>, plan: Plan) {
             .collect()
     });
     let mut next = started.len();
+    let mut adopted = vec![false; n];
     for (index, job_id, never_submitted) in started {
         if never_submitted {
             continue; // its submission failed: it has its end already
@@ -550,6 +550,7 @@ async fn run(kiln: Arc<Kiln>, entry: Arc<Entry>, plan: Plan) {
         ) {
             budgets[index] = spec.training.epochs;
         }
+        adopted[index] = true;
         running.insert(index, job_id.clone());
         follow(index, job_id);
     }
@@ -637,10 +638,11 @@ async fn run(kiln: Arc<Kiln>, entry: Arc<Entry>, plan: Plan) {
                 }));
                 // A trial followed again after a restart may have ended long
                 // ago: only a trial still going is judged.
-                let going = kiln
-                    .store
-                    .get(&job_id)
-                    .is_ok_and(|j| !is_terminal(j.state()));
+                let going = !adopted[index]
+                    || kiln
+                        .store
+                        .get(&job_id)
+                        .is_ok_and(|j| !is_terminal(j.state()));
                 if !pruned[index] && going {
                     let reason = match plan.policy {
                         Policy::None => None,
