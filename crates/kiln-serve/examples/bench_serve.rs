@@ -20,7 +20,14 @@
 //! --concurrency LIST [1,8,64], --rows-per-request N [1], --threads N libtorch
 //! threads of the servers and of the raw forward [1], --clients-per-conn N
 //! clients sharing one HTTP/2 connection [8], --features N [32],
-//! --hidden LIST [256,256], --classes N [3], --epochs N [2].
+//! --hidden LIST [256,256], --classes N [3], --epochs N [2],
+//! --max-queue-delay-ms MS of the batching server [its default, 0].
+//!
+//! Besides throughput and latency it prints, per load, the core time the
+//! server process and this load generator spent per request, and the same
+//! load of `grpc.health.v1.Health/Check` calls: a unary call that does no
+//! work, the floor under any RPC on this stack and machine. From these it
+//! derives what the machine allows at best, next to each target.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
@@ -31,6 +38,8 @@ use kiln::v1 as pb;
 use pb::inference_service_client::InferenceServiceClient;
 use pb::job_service_client::JobServiceClient;
 use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -46,6 +55,7 @@ struct Args {
     hidden: Vec<u32>,
     classes: usize,
     epochs: u32,
+    max_queue_delay_ms: Option<f64>,
 }
 
 impl Args {
@@ -62,6 +72,7 @@ impl Args {
             hidden: vec![256, 256],
             classes: 3,
             epochs: 2,
+            max_queue_delay_ms: None,
         };
         let raw: Vec<String> = std::env::args().skip(1).collect();
         let mut it = raw.iter();
@@ -92,6 +103,7 @@ impl Args {
                 "--hidden" => args.hidden = list(value).into_iter().map(|u| u as u32).collect(),
                 "--classes" => args.classes = num(value).max(2.0) as usize,
                 "--epochs" => args.epochs = num(value).max(1.0) as u32,
+                "--max-queue-delay-ms" => args.max_queue_delay_ms = Some(num(value).max(0.0)),
                 other => panic!("unknown option {other} (see --help)"),
             }
         }
@@ -280,6 +292,10 @@ async fn import(server: &Server, file: &[u8]) -> Result<(), BoxError> {
 
 struct Load {
     requests: usize,
+    /// Core time per request (warm-up included) of the server process and of
+    /// this load generator, in µs.
+    server_cpu_us: f64,
+    client_cpu_us: f64,
     errors: usize,
     rows_per_s: f64,
     requests_per_s: f64,
@@ -296,20 +312,33 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
+/// What the load generator calls.
+#[derive(Clone, Copy)]
+enum Call {
+    Predict,
+    /// `grpc.health.v1.Health/Check` on the same server: a unary call that
+    /// does no work, the floor under any unary RPC on this stack and machine.
+    HealthCheck,
+}
+
 /// `concurrency` clients, each sending one request at a time for
 /// `warmup + duration`; only requests started after the warm-up count.
-async fn load(server: &Server, args: &Args, concurrency: usize) -> Load {
+async fn load(server: &Server, args: &Args, concurrency: usize, call: Call) -> Load {
     let connections = concurrency.div_ceil(args.clients_per_conn);
     let mut channels = Vec::new();
     for _ in 0..connections {
         channels.push(server.channel().await);
     }
+    let pid = server.child.id();
+    let (server_cpu, client_cpu) = (cpu_seconds(&pid.to_string()), cpu_seconds("self"));
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(args.warmup);
     let end = measure_from + Duration::from_secs_f64(args.duration);
     let mut tasks = Vec::new();
     for client in 0..concurrency {
-        let mut inference = InferenceServiceClient::new(channels[client % connections].clone());
+        let channel = channels[client % connections].clone();
+        let mut inference = InferenceServiceClient::new(channel.clone());
+        let mut health = HealthClient::new(channel);
         let rows: Vec<pb::Row> = (0..args.rows_per_request)
             .map(|r| pb::Row {
                 values: feature_row(1_000_000 + client * 1000 + r, args.features),
@@ -317,49 +346,80 @@ async fn load(server: &Server, args: &Args, concurrency: usize) -> Load {
             .collect();
         tasks.push(tokio::spawn(async move {
             let (mut latencies, mut errors, mut batch_rows) = (Vec::new(), 0usize, 0u64);
+            let mut sent_all = 0usize;
             loop {
                 let sent = Instant::now();
                 if sent >= end {
                     break;
                 }
-                let result = inference
-                    .predict(pb::PredictRequest {
-                        model: "bench".into(),
-                        rows: rows.clone(),
-                        ..Default::default()
-                    })
-                    .await;
+                sent_all += 1;
+                let result = match call {
+                    Call::Predict => inference
+                        .predict(pb::PredictRequest {
+                            model: "bench".into(),
+                            rows: rows.clone(),
+                            ..Default::default()
+                        })
+                        .await
+                        .map(|r| r.into_inner().batch_rows as u64),
+                    Call::HealthCheck => {
+                        health.check(HealthCheckRequest::default()).await.map(|_| 0)
+                    }
+                };
                 if sent < measure_from {
                     continue;
                 }
                 match result {
-                    Ok(response) => {
+                    Ok(rows) => {
                         latencies.push(sent.elapsed().as_secs_f64() * 1e3);
-                        batch_rows += response.into_inner().batch_rows as u64;
+                        batch_rows += rows;
                     }
                     Err(_) => errors += 1,
                 }
             }
-            (latencies, errors, batch_rows)
+            (latencies, errors, batch_rows, sent_all)
         }));
     }
-    let (mut latencies, mut errors, mut batch_rows) = (Vec::new(), 0, 0u64);
+    let (mut latencies, mut errors, mut batch_rows, mut sent_all) = (Vec::new(), 0, 0u64, 0);
     for task in tasks {
-        let (l, e, b) = task.await.expect("client task");
+        let (l, e, b, s) = task.await.expect("client task");
         latencies.extend(l);
         errors += e;
         batch_rows += b;
+        sent_all += s;
     }
+    let per_request = |seconds: f64| seconds * 1e6 / sent_all.max(1) as f64;
+    let server_cpu_us = per_request(cpu_seconds(&pid.to_string()) - server_cpu);
+    let client_cpu_us = per_request(cpu_seconds("self") - client_cpu);
     latencies.sort_by(f64::total_cmp);
     let requests = latencies.len();
     Load {
         requests,
+        server_cpu_us,
+        client_cpu_us,
         errors,
         rows_per_s: (requests * args.rows_per_request) as f64 / args.duration,
         requests_per_s: requests as f64 / args.duration,
         p50_ms: percentile(&latencies, 0.50),
         p99_ms: percentile(&latencies, 0.99),
         mean_batch_rows: batch_rows as f64 / requests.max(1) as f64,
+    }
+}
+
+/// User plus system time of a whole process (`self` or a pid), from
+/// `/proc/<pid>/stat`, in seconds; NaN where there is no such file.
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields, in USER_HZ ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => f64::NAN,
     }
 }
 
@@ -386,10 +446,103 @@ fn raw_forward(predictor: &kiln_train::Predictor, batch: usize, seconds: f64) ->
     (rows_per_s, percentile(&times, 0.5))
 }
 
+/// The load measured at concurrency `c`.
+fn at(loads: &[(usize, Load)], c: usize) -> Option<&Load> {
+    loads.iter().find(|x| x.0 == c).map(|x| &x.1)
+}
+
+/// The three targets, each next to what this machine allows at best, judged
+/// from the health Check floor and the core time per request.
+fn summarize(
+    args: &Args,
+    cores: usize,
+    raw: &[(usize, f64, f64)],
+    on: &[(usize, Load)],
+    off: &[(usize, Load)],
+    floor: &[(usize, Load)],
+    predictor: &kiln_train::Predictor,
+) {
+    let raw_rows = |b: usize| raw.iter().find(|r| r.0 == b).map_or(f64::NAN, |r| r.1);
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
+    let rpr = args.rows_per_request as f64;
+    let top = *args.concurrency.iter().max().unwrap_or(&1);
+    if let (Some(svc), Some(unb), Some(nop)) = (at(on, top), at(off, top), at(floor, top)) {
+        let vs_raw = svc.rows_per_s / raw_rows(64);
+        println!(
+            "1. service@{top} / raw forward (batch 64): {vs_raw:.2}  (target >= 0.80: {})",
+            verdict(vs_raw >= 0.8)
+        );
+        // No unary call goes faster than one that does nothing.
+        let nop_rows = nop.requests_per_s * rpr;
+        println!(
+            "   at best here: {:.2}, the health Check's {:.0} calls/s at {rpr} row(s) each",
+            nop_rows / raw_rows(64),
+            nop.requests_per_s
+        );
+        // Client and server share the cores: cores / core time per request.
+        let per_request = svc.server_cpu_us + svc.client_cpu_us;
+        let cap_rows = cores as f64 * 1e6 / per_request * rpr;
+        println!(
+            "   core time per Predict: server {:.0} µs + client {:.0} µs; {cores} core(s) allow {:.2}; \
+             0.80 needs <= {:.0} µs",
+            svc.server_cpu_us,
+            svc.client_cpu_us,
+            cap_rows / raw_rows(64),
+            cores as f64 * 1e6 * rpr / (0.8 * raw_rows(64))
+        );
+        // The batches the service formed, run raw: the gap left is overhead.
+        let mean_batch = (svc.mean_batch_rows.round() as usize).max(1);
+        let (raw_mean, _) = raw_forward(predictor, mean_batch, args.duration.clamp(0.5, 3.0));
+        println!(
+            "   raw forward at the service's mean batch ({mean_batch} rows): {raw_mean:.0} rows/s; \
+             service / that: {:.2}",
+            svc.rows_per_s / raw_mean
+        );
+        let vs_off = svc.rows_per_s / unb.rows_per_s;
+        println!(
+            "2. service@{top} / unbatched@{top}: {vs_off:.2}  (target >= 3x: {})",
+            verdict(vs_off >= 3.0)
+        );
+        // Batching at best takes the forward pass out of a call; the call
+        // itself still costs the floor's core time.
+        println!(
+            "   at best here, when the cores are the limit: {:.2} (unbatched {:.0} µs per call, \
+             health Check {:.0} µs)",
+            (unb.server_cpu_us + unb.client_cpu_us) / (nop.server_cpu_us + nop.client_cpu_us),
+            unb.server_cpu_us + unb.client_cpu_us,
+            nop.server_cpu_us + nop.client_cpu_us
+        );
+    }
+    let raw_p50 = raw
+        .iter()
+        .find(|r| r.0 == args.rows_per_request)
+        .map_or(f64::NAN, |r| r.2);
+    if let (Some(svc), Some(nop)) = (at(on, 1), at(floor, 1)) {
+        let overhead = svc.p50_ms - raw_p50;
+        println!(
+            "3. p50 overhead @1 over one raw {rpr}-row forward ({raw_p50:.3} ms): {overhead:.3} ms  \
+             (target < 0.3 ms: {})",
+            verdict(overhead < 0.3)
+        );
+        println!(
+            "   a health Check's p50 @1, the round trip alone: {:.3} ms",
+            nop.p50_ms
+        );
+    }
+}
+
 fn print_load(label: &str, concurrency: usize, l: &Load) {
     println!(
-        "{label:<22} {concurrency:>5} {:>11.0} {:>11.0} {:>9.3} {:>9.3} {:>10.1} {:>8} {:>6}",
-        l.rows_per_s, l.requests_per_s, l.p50_ms, l.p99_ms, l.mean_batch_rows, l.requests, l.errors
+        "{label:<22} {concurrency:>5} {:>11.0} {:>11.0} {:>9.3} {:>9.3} {:>10.1} {:>8} {:>6} {:>9.0} {:>9.0}",
+        l.rows_per_s,
+        l.requests_per_s,
+        l.p50_ms,
+        l.p99_ms,
+        l.mean_batch_rows,
+        l.requests,
+        l.errors,
+        l.server_cpu_us,
+        l.client_cpu_us
     );
 }
 
@@ -400,11 +553,11 @@ async fn main() -> Result<(), BoxError> {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
 
     eprintln!("training the benchmark model on a first kiln-server ...");
-    let batched = Server::start(
-        &args.server,
-        "batched",
-        &[("KILN_TORCH_THREADS", threads.clone())],
-    );
+    let mut batched_env = vec![("KILN_TORCH_THREADS", threads.clone())];
+    if let Some(ms) = args.max_queue_delay_ms {
+        batched_env.push(("KILN_MAX_QUEUE_DELAY_MS", ms.to_string()));
+    }
+    let batched = Server::start(&args.server, "batched", &batched_env);
     let file = train_and_export(&batched, &args).await?;
     let unbatched = Server::start(
         &args.server,
@@ -431,15 +584,17 @@ async fn main() -> Result<(), BoxError> {
             (b, rows_per_s, p50)
         })
         .collect();
-    drop(predictor);
 
     let mut on = Vec::new();
     let mut off = Vec::new();
+    let mut floor = Vec::new();
     for &c in &args.concurrency {
         eprintln!("load: concurrency {c}, batching on ...");
-        on.push((c, load(&batched, &args, c).await));
+        on.push((c, load(&batched, &args, c, Call::Predict).await));
         eprintln!("load: concurrency {c}, batching off ...");
-        off.push((c, load(&unbatched, &args, c).await));
+        off.push((c, load(&unbatched, &args, c, Call::Predict).await));
+        eprintln!("load: concurrency {c}, health Check ...");
+        floor.push((c, load(&batched, &args, c, Call::HealthCheck).await));
     }
 
     let arch: Vec<String> = args.hidden.iter().map(|u| u.to_string()).collect();
@@ -472,7 +627,7 @@ async fn main() -> Result<(), BoxError> {
     }
     println!();
     println!(
-        "{:<22} {:>5} {:>11} {:>11} {:>9} {:>9} {:>10} {:>8} {:>6}",
+        "{:<22} {:>5} {:>11} {:>11} {:>9} {:>9} {:>10} {:>8} {:>6} {:>9} {:>9}",
         "service (Predict)",
         "conc",
         "rows/s",
@@ -481,7 +636,9 @@ async fn main() -> Result<(), BoxError> {
         "p99 ms",
         "avg batch",
         "reqs",
-        "errs"
+        "errs",
+        "srv µs/r",
+        "cli µs/r"
     );
     for (c, l) in &on {
         print_load("batching on", *c, l);
@@ -489,33 +646,11 @@ async fn main() -> Result<(), BoxError> {
     for (c, l) in &off {
         print_load("batching off (max 1)", *c, l);
     }
+    for (c, l) in &floor {
+        print_load("health Check (floor)", *c, l);
+    }
 
     println!();
-    let raw_rows = |b: usize| raw.iter().find(|r| r.0 == b).map_or(f64::NAN, |r| r.1);
-    let rpr = args.rows_per_request;
-    let raw_1_p50 = raw.iter().find(|r| r.0 == rpr).map_or(f64::NAN, |r| r.2);
-    let top = *args.concurrency.iter().max().unwrap_or(&1);
-    let at = |v: &[(usize, Load)], c: usize| v.iter().find(|x| x.0 == c).map(|x| x.1.rows_per_s);
-    if let (Some(svc), Some(unb)) = (at(&on, top), at(&off, top)) {
-        let vs_raw64 = svc / raw_rows(64);
-        let vs_raw1024 = svc / raw_rows(1024);
-        let vs_off = svc / unb;
-        println!(
-            "service@{top} / raw forward (batch 64):   {vs_raw64:.2}  (target >= 0.80: {})",
-            if vs_raw64 >= 0.8 { "met" } else { "NOT met" }
-        );
-        println!("service@{top} / raw forward (batch 1024): {vs_raw1024:.2}");
-        println!(
-            "service@{top} / unbatched@{top}:           {vs_off:.2}  (target >= 3x: {})",
-            if vs_off >= 3.0 { "met" } else { "NOT met" }
-        );
-    }
-    if let Some((_, l)) = on.iter().find(|x| x.0 == 1) {
-        let overhead = l.p50_ms - raw_1_p50;
-        println!(
-            "p50 overhead @1 over one raw {rpr}-row forward ({raw_1_p50:.3} ms): {overhead:.3} ms  (target < 0.3 ms: {})",
-            if overhead < 0.3 { "met" } else { "NOT met" }
-        );
-    }
+    summarize(&args, cores, &raw, &on, &off, &floor, &predictor);
     Ok(())
 }
