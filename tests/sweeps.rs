@@ -640,3 +640,71 @@ async fn a_sweep_resumes_after_a_kill() {
         .iter()
         .any(|m| m.name == "survivor"));
 }
+
+/// The kill lands after a trial's job was submitted but before the sweep
+/// saved its job id: after the restart the sweep adopts that job (found by
+/// its `sweep` and `trial` labels) instead of running the trial twice.
+#[tokio::test]
+async fn a_trial_submitted_just_before_a_kill_is_adopted_not_run_twice() {
+    let server = Server::start();
+    let request = pb::SubmitSweepRequest {
+        base: Some(base(40)),
+        search_space: HashMap::from([(
+            "training.optimizer.learning_rate".to_string(),
+            values(&[0.01, 0.003, 0.001]),
+        )]),
+        max_concurrent_trials: 1,
+        model_name: "racer".into(),
+        ..Default::default()
+    };
+    let sweep = sweeps(&server)
+        .await
+        .submit_sweep(request)
+        .await
+        .unwrap()
+        .into_inner();
+    while get_sweep(&server, &sweep.id)
+        .await
+        .trials
+        .iter()
+        .filter(|t| !t.job_id.is_empty())
+        .count()
+        < 2
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let data_dir = server.kill_keeping_data();
+
+    // Stage the race: trial 2's job exists, the stored sweep does not know it.
+    let db = kiln_store::Db::open(&data_dir.join("kiln.db")).unwrap();
+    let mut stored = db
+        .sweeps()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.id == sweep.id)
+        .unwrap();
+    let trial_2 = &mut stored.trials[1];
+    assert_eq!(trial_2.number, 2);
+    let trial_2_job = std::mem::take(&mut trial_2.job_id);
+    assert!(!trial_2_job.is_empty());
+    trial_2.state = pb::JobState::Unspecified as i32;
+    db.put_sweep(&stored).unwrap();
+    drop(db);
+
+    let server = Server::start_in(data_dir, &[]);
+    let done = final_sweep(&watch_sweep(&server, &sweep.id).await);
+    assert_eq!(done.state(), pb::SweepState::Succeeded, "{}", done.message);
+    assert_eq!(
+        done.trials[1].job_id, trial_2_job,
+        "trial 2 kept the job submitted before the kill"
+    );
+    let jobs = sweep_jobs(&server, &sweep.id, "").await;
+    assert_eq!(jobs.len(), 3, "no trial submitted twice: {jobs:?}");
+    let mut numbers: Vec<&str> = jobs
+        .iter()
+        .map(|j| j.spec.as_ref().unwrap().labels["trial"].as_str())
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, ["1", "2", "3"]);
+    assert!(jobs.iter().all(|j| j.state() == pb::JobState::Succeeded));
+}

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use kiln::v1 as pb;
 use kiln_core::spec::{JobSpec, Metric};
 use kiln_core::FieldError;
-use kiln_store::jobs::{is_terminal, metric_value, now};
+use kiln_store::jobs::{is_terminal, metric_value, now, ListFilter};
 use kiln_sweep::{Asha, AshaRungs, Goal, MedianStopping, Rng, SearchSpace, TrialParams};
 use pb::sweep_service_server::SweepService;
 use tokio::sync::watch;
@@ -411,7 +411,7 @@ impl SweepService for SweepSvc {
         self.0.sweeps.insert(entry.clone(), id.clone());
         tracing::info!(sweep = %id, trials = plan.points.len(), model = %plan.model_name, "sweep started");
         let snapshot = entry.snapshot();
-        tokio::spawn(run(self.0.clone(), entry, plan));
+        tokio::spawn(run(self.0.clone(), entry, plan, Resume::No));
         Ok(Response::new(snapshot))
     }
 
@@ -493,10 +493,55 @@ impl SweepService for SweepSvc {
     }
 }
 
+/// Whether a sweep's controller starts fresh or takes over after a restart.
+#[derive(Clone, Copy, PartialEq)]
+enum Resume {
+    No,
+    AfterRestart,
+}
+
+/// The jobs already submitted for `sweep_id`, by trial number, from their
+/// `sweep` and `trial` labels.
+fn submitted_trials(kiln: &Kiln, sweep_id: &str) -> HashMap<u32, pb::Job> {
+    let filter = ListFilter {
+        labels: vec![("sweep".into(), sweep_id.into())],
+        ..Default::default()
+    };
+    let jobs = kiln.store.list_filtered(&filter).unwrap_or_default();
+    // Newest first: the first job seen for a trial wins.
+    let mut by_trial = HashMap::new();
+    for job in jobs {
+        let trial = job.spec.as_ref().and_then(|s| s.labels.get("trial"));
+        if let Some(number) = trial.and_then(|t| t.parse().ok()) {
+            by_trial.entry(number).or_insert(job);
+        }
+    }
+    by_trial
+}
+
+/// The epochs trial `index` was set to run (0 if its spec is invalid: such
+/// a trial failed at submission and is never followed).
+fn trial_epochs(plan: &Plan, index: usize, sweep_id: &str) -> u32 {
+    kiln_sweep::trial_spec(
+        &plan.base,
+        &plan.points[index],
+        index as u32 + 1,
+        sweep_id,
+        &plan.model_name,
+    )
+    .map_or(0, |(_, spec)| spec.training.epochs)
+}
+
 /// The controller of one sweep.
-async fn run(kiln: Arc<Kiln>, entry: Arc<Entry>, plan: Plan) {
+async fn run(kiln: Arc<Kiln>, entry: Arc<Entry>, plan: Plan, resume: Resume) {
     use pb::sweep_event::Kind as E;
     let sweep_id = entry.with(|r| r.sweep.id.clone());
+    // After a restart: a trial whose job was submitted in the instant before
+    // the kill, before its job id was saved, is adopted, not run twice.
+    let mut unrecorded = match resume {
+        Resume::AfterRestart => submitted_trials(&kiln, &sweep_id),
+        Resume::No => HashMap::new(),
+    };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, pb::JobEvent)>();
     let n = plan.points.len();
     // Trial index -> job id, for the unfinished trials.
@@ -541,15 +586,7 @@ async fn run(kiln: Arc<Kiln>, entry: Arc<Entry>, plan: Plan) {
         if never_submitted {
             continue; // its submission failed: it has its end already
         }
-        if let Ok((_, spec)) = kiln_sweep::trial_spec(
-            &plan.base,
-            &plan.points[index],
-            index as u32 + 1,
-            &sweep_id,
-            &plan.model_name,
-        ) {
-            budgets[index] = spec.training.epochs;
-        }
+        budgets[index] = trial_epochs(&plan, index, &sweep_id);
         adopted[index] = true;
         running.insert(index, job_id.clone());
         follow(index, job_id);
@@ -563,6 +600,20 @@ async fn run(kiln: Arc<Kiln>, entry: Arc<Entry>, plan: Plan) {
             let index = next;
             next += 1;
             let number = index as u32 + 1;
+            if let Some(job) = unrecorded.remove(&number) {
+                tracing::info!(sweep = %sweep_id, job = %job.id, trial = number, "trial adopted after a restart");
+                budgets[index] = trial_epochs(&plan, index, &sweep_id);
+                entry.with(|r| {
+                    let t = &mut r.sweep.trials[index];
+                    t.job_id = job.id.clone();
+                    t.state = job.state;
+                });
+                entry.emit(E::TrialStarted(entry.trial(index)));
+                adopted[index] = true;
+                running.insert(index, job.id.clone());
+                follow(index, job.id);
+                continue;
+            }
             let submitted = match kiln_sweep::trial_spec(
                 &plan.base,
                 &plan.points[index],
@@ -826,7 +877,7 @@ pub fn resume(kiln: &Arc<Kiln>) {
         match planned {
             Ok(plan) => {
                 tracing::info!(sweep = %id, "sweep resumed after a restart");
-                tokio::spawn(run(kiln.clone(), entry, plan));
+                tokio::spawn(run(kiln.clone(), entry, plan, Resume::AfterRestart));
             }
             Err(status) => {
                 tracing::error!(sweep = %id, error = %status.message(), "sweep cannot resume");
