@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::regression_prepared;
+use common::{generator_alone, regression_prepared};
 use kiln::v1 as pb;
 use kiln_core::prepare::Prepared;
 use kiln_core::spec::JobSpec;
@@ -104,10 +104,9 @@ struct Run {
 /// Trains `spec`, from `resume` if given, checkpointing every epoch;
 /// suspends before the `suspend_at`-th batch it starts, counting from 1.
 fn run(spec: &JobSpec, resume: Option<Checkpoint>, suspend_at: Option<u32>) -> Run {
-    // libtorch's generator is one per process: runs with dropout in parallel
-    // test threads would draw from each other's stream.
-    static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _alone = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    // Runs with dropout in parallel test threads would draw from each
+    // other's stream.
+    let _alone = generator_alone();
     let device = kiln_train::device::cpu();
     let mut epochs = Vec::new();
     let mut checkpoints = Vec::new();

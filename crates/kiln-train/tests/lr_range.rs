@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::pseudo_random;
+use common::{generator_alone, pseudo_random};
 use kiln::v1 as pb;
 use kiln_core::encoding::InputEncoding;
 use kiln_core::prepare::{Prepared, Split, SplitTargets};
@@ -111,6 +111,9 @@ fn collect() -> (Run, impl FnMut(TrainEvent, &mut Run)) {
 /// a few noisy batches can fall fastest, in kiln as in fastai.)
 #[test]
 fn suggestions_bracket_the_known_good_rate_of_least_squares() {
+    // Alone: run beside the other test, the valley came out 0.048 once
+    // instead of the 0.058 this test gets on its own.
+    let _alone = generator_alone();
     let inputs = 4;
     let data = prepared(
         linear_split(2000, inputs, 1),
@@ -173,6 +176,7 @@ fn blobs(rows: usize, seed: u64) -> Split {
 /// learning rate given explicitly), and reaches the target accuracy.
 #[test]
 fn auto_learning_rate_trains_at_the_suggestion_from_fresh_weights() {
+    let _alone = generator_alone();
     let data = prepared(blobs(600, 3), blobs(200, 4), 2);
     let hidden = vec![pb::HiddenLayer {
         units: 16,

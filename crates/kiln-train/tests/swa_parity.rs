@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{pseudo_random, regression_data};
+use common::{generator_alone, pseudo_random, regression_data};
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
@@ -128,6 +128,7 @@ fn arch(hidden: Vec<LayerSpec>, inputs: usize, outputs: usize) -> ModelArch {
 
 #[test]
 fn averaged_weights_match_averaged_model() {
+    let _alone = generator_alone();
     let (rows, inputs, outputs, steps, lr) = (12, 3, 2, 5, 0.1);
     let arch = arch(vec![layer(6)], inputs, outputs);
     let device = kiln_train::device::cpu();
@@ -187,6 +188,7 @@ fn averaged_weights_match_averaged_model() {
 
 #[test]
 fn update_bn_matches_torch() {
+    let _alone = generator_alone();
     let (rows, inputs, outputs, batch) = (20, 4, 2, 6);
     let arch = arch(vec![layer(5), layer(3)], inputs, outputs);
     let device = kiln_train::device::cpu();
@@ -263,6 +265,7 @@ fn job(swa: pb::Swa, early_stopping: Option<pb::EarlyStopping>) -> JobSpec {
 
 #[test]
 fn train_with_swa_reports_and_serves_by_the_monitor() {
+    let _alone = generator_alone();
     let inputs = 3;
     let data = Prepared {
         train: regression_data(100, inputs, 21),

@@ -92,3 +92,13 @@ pub fn regression_prepared(train_rows: usize) -> kiln_core::prepare::Prepared {
         target_scaler: None,
     }
 }
+
+/// libtorch's generator is one per process, and the tests of one binary run
+/// in parallel threads: a test that seeds it and draws (initial weights,
+/// dropout masks) while another does the same draws part of the other's
+/// stream. Tests whose numbers depend on those draws hold this while they do.
+#[allow(dead_code)]
+pub fn generator_alone() -> std::sync::MutexGuard<'static, ()> {
+    static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    GENERATOR.lock().unwrap_or_else(|e| e.into_inner())
+}
