@@ -41,15 +41,45 @@ impl CancelFlag {
     }
 }
 
+/// Where a running job stands inside its epoch: written by its trainer after
+/// every step, read by GetJob. In memory only.
+#[derive(Debug, Default)]
+pub struct LiveProgress(Mutex<Option<pb::TrainingProgress>>);
+
+impl LiveProgress {
+    pub fn set(&self, epoch: u32, rows_done: u64) {
+        *self.0.lock().unwrap() = Some(pb::TrainingProgress { epoch, rows_done });
+    }
+    fn clear(&self) {
+        *self.0.lock().unwrap() = None;
+    }
+    fn get(&self) -> Option<pb::TrainingProgress> {
+        *self.0.lock().unwrap()
+    }
+}
+
 struct Entry {
     job: pb::Job,
     events: Vec<pb::JobEvent>,
     /// Number of events in `events`; watchers wait on it.
     published: watch::Sender<usize>,
     cancel: Arc<CancelFlag>,
+    progress: Arc<LiveProgress>,
     /// Set by [`JobStore::stop`]: the reason and message the cancellation
     /// ends with instead of a plain CANCELLED.
     stop: Option<(pb::StopReason, String)>,
+}
+
+impl Entry {
+    /// The record as GetJob and ListJobs show it: with the live progress
+    /// of a running job.
+    fn current(&self) -> pb::Job {
+        let mut job = self.job.clone();
+        if job.state() == pb::JobState::Running {
+            job.progress = self.progress.get();
+        }
+        job
+    }
 }
 
 /// What ListJobs keeps and how it orders them.
@@ -146,6 +176,7 @@ impl JobStore {
                     events: stored.events,
                     published,
                     cancel: Arc::default(),
+                    progress: Arc::default(),
                     stop: None,
                 },
             );
@@ -230,6 +261,7 @@ impl JobStore {
             events: Vec::new(),
             published,
             cancel: Arc::default(),
+            progress: Arc::default(),
             stop: None,
         };
         {
@@ -276,6 +308,10 @@ impl JobStore {
             time: Some(now()),
             kind: Some(kind),
         };
+        if matches!(event.kind, Some(Kind::StateChanged(_))) {
+            // A new run (or none): its steps are counted afresh.
+            entry.progress.clear();
+        }
         let mut job = entry.job.clone();
         apply(&mut job, &event);
         if let Some(db) = &self.db {
@@ -294,11 +330,16 @@ impl JobStore {
     }
 
     pub fn get(&self, id: &str) -> Result<pb::Job, JobError> {
+        self.read(id, Entry::current)
+    }
+
+    /// `f` of the job's entry, under the lock.
+    fn read<T>(&self, id: &str, f: impl FnOnce(&Entry) -> T) -> Result<T, JobError> {
         let inner = self.inner.lock().unwrap();
         inner
             .jobs
             .get(id)
-            .map(|e| e.job.clone())
+            .map(f)
             .ok_or_else(|| JobError::NotFound(id.to_string()))
     }
 
@@ -309,9 +350,9 @@ impl JobStore {
             .order
             .iter()
             .rev()
-            .map(|id| &inner.jobs[id].job)
-            .filter(|j| state.is_none_or(|s| j.state() == s))
-            .cloned()
+            .map(|id| &inner.jobs[id])
+            .filter(|e| state.is_none_or(|s| e.job.state() == s))
+            .map(Entry::current)
             .collect()
     }
 
@@ -394,13 +435,13 @@ impl JobStore {
         self.cancel(id)
     }
 
+    /// The handle a job's trainer reports its steps through.
+    pub fn live_progress(&self, id: &str) -> Result<Arc<LiveProgress>, JobError> {
+        self.read(id, |e| e.progress.clone())
+    }
+
     pub fn cancel_flag(&self, id: &str) -> Result<Arc<CancelFlag>, JobError> {
-        let inner = self.inner.lock().unwrap();
-        inner
-            .jobs
-            .get(id)
-            .map(|e| e.cancel.clone())
-            .ok_or_else(|| JobError::NotFound(id.to_string()))
+        self.read(id, |e| e.cancel.clone())
     }
 
     /// Asks a job to stop. A queued job is cancelled at once; a running one
@@ -604,6 +645,34 @@ mod tests {
             epoch: n,
             ..Default::default()
         })
+    }
+
+    fn state(s: pb::JobState) -> Kind {
+        Kind::StateChanged(pb::StateChanged {
+            state: s as i32,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn live_progress_shows_only_while_running_and_restarts_with_each_run() {
+        let store = store_with_job();
+        let progress = store.live_progress("j1").unwrap();
+        progress.set(1, 8);
+        assert_eq!(store.get("j1").unwrap().progress, None, "queued");
+        store.append("j1", state(pb::JobState::Running)).unwrap();
+        assert_eq!(store.get("j1").unwrap().progress, None, "a new run");
+        progress.set(2, 16);
+        let want = Some(pb::TrainingProgress {
+            epoch: 2,
+            rows_done: 16,
+        });
+        assert_eq!(store.get("j1").unwrap().progress, want);
+        assert_eq!(store.list(None)[0].progress, want);
+        store.append("j1", epoch(1)).unwrap();
+        assert_eq!(store.get("j1").unwrap().progress, want, "epochs keep it");
+        store.append("j1", state(pb::JobState::Queued)).unwrap();
+        assert_eq!(store.get("j1").unwrap().progress, None, "requeued");
     }
 
     #[tokio::test]

@@ -150,6 +150,9 @@ pub struct Control<'a> {
     /// Polled before every batch: stop, handing back a checkpoint of that
     /// exact point ([`TrainError::Suspended`]).
     pub suspended: &'a dyn Fn() -> bool,
+    /// Called after every optimizer step with the epoch (1-based) and the
+    /// training rows of it done so far.
+    pub on_step: &'a dyn Fn(u32, usize),
     /// After every this many epochs (0: never), `on_checkpoint` receives a
     /// checkpoint; it is called after that epoch's event was emitted.
     pub checkpoint_every: u32,
@@ -170,6 +173,7 @@ pub fn train(
     let control = Control {
         cancelled,
         suspended: &|| false,
+        on_step: &|_, _| {},
         checkpoint_every: 0,
         on_checkpoint: &mut |_| {},
         resume: None,
@@ -386,6 +390,7 @@ fn run(
             }
             p.schedule.after_batch();
             p.rows_seen += end - start;
+            (control.on_step)(epoch, end);
         }
         p.next_row = 0;
         let rows_seen = p.rows_seen;

@@ -118,6 +118,7 @@ fn run(spec: &JobSpec, resume: Option<Checkpoint>, suspend_at: Option<u32>) -> R
     let control = Control {
         cancelled: &|| false,
         suspended: &suspended,
+        on_step: &|_, _| {},
         checkpoint_every: 1,
         // Through bytes, as a checkpoint file is.
         on_checkpoint: &mut |c| checkpoints.push(Checkpoint::from_bytes(&c.to_bytes()).unwrap()),

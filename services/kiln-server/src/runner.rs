@@ -206,7 +206,9 @@ impl Context {
 
     fn run_job(&self, job: QueuedJob) {
         let id = job.id.clone();
-        let Ok(cancel) = self.store.cancel_flag(&id) else {
+        let (Ok(cancel), Ok(progress)) =
+            (self.store.cancel_flag(&id), self.store.live_progress(&id))
+        else {
             return;
         };
         if cancel.is_set() {
@@ -274,6 +276,7 @@ impl Context {
                     let control = Control {
                         cancelled: &cancelled,
                         suspended: &suspended,
+                        on_step: &|epoch, rows| progress.set(epoch, rows as u64),
                         checkpoint_every: self.checkpoints.every_epochs,
                         on_checkpoint: &mut |c| {
                             self.checkpoints.save(&id, c);
