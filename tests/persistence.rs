@@ -188,7 +188,9 @@ async fn a_job_killed_mid_training_resumes_from_its_checkpoint_to_the_same_resul
     let spec = regression(3000, 10, "rerun");
     let server = Server::start();
     let interrupted = submit(&server, spec.clone()).await.unwrap();
-    wait_for_checkpoint(&server, &interrupted.id).await;
+    // Killed inside an epoch after the first, so the epochs before it are
+    // checkpointed (every epoch is) and at least half an epoch is lost.
+    let stood = wait_mid_epoch(&server, &interrupted.id, 1).await;
     let server = Server::start_in(server.kill_keeping_data(), &[]);
 
     let events = watch_all(&server, &interrupted.id).await;
@@ -218,7 +220,13 @@ async fn a_job_killed_mid_training_resumes_from_its_checkpoint_to_the_same_resul
     );
     let restart = states[2];
     assert!(!restart.suspended, "a kill gives no warning");
-    assert!(restart.resume_after_epoch >= 1, "{restart:?}");
+    assert_eq!(
+        restart.resume_after_epoch,
+        stood.epoch - 1,
+        "killed in epoch {} at row {}: {restart:?}",
+        stood.epoch,
+        stood.rows_done
+    );
     // Every epoch reported exactly once, though the resumed run repeated the
     // epochs after its checkpoint that were already reported.
     let all_epochs = epochs(&events);

@@ -295,28 +295,65 @@ pub async fn get_job(server: &Server, id: &str) -> pb::Job {
         .into_inner()
 }
 
-/// Polls until `id` has completed an epoch (it is training).
-/// Waits until the job has a checkpoint on disk (it trains on).
-pub async fn wait_for_checkpoint(server: &Server, id: &str) {
-    let path = server
-        .data_dir
-        .join("checkpoints")
-        .join(format!("{id}.ckpt"));
-    for _ in 0..3000 {
-        if path.exists() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("no checkpoint at {} after 30 s", path.display());
-}
+/// How long a test waits for a job to reach a point it needs: generous,
+/// since a loaded 2-core machine is slow; a healthy run takes seconds.
+pub const JOB_WAIT: Duration = Duration::from_secs(300);
 
+/// Polls until `id` has completed an epoch (it is training).
 pub async fn wait_for_epoch(server: &Server, id: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + JOB_WAIT;
     while get_job(server, id).await.epochs_completed == 0 {
-        assert!(std::time::Instant::now() < deadline, "no epoch within 60 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no epoch within {JOB_WAIT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Polls GetJob until the running job `id` reports a step in the first half
+/// of an epoch after its first `after_epochs`, and returns where it stood.
+/// At least half an epoch of steps is then still to come, so a stop asked
+/// for right after lands inside that epoch; a test proves it afterwards from
+/// the epochs the job's checkpoint holds. Fails if the job ends first (its
+/// epochs are too short to be caught).
+pub async fn wait_mid_epoch(server: &Server, id: &str, after_epochs: u32) -> pb::TrainingProgress {
+    let mut client = server.jobs().await;
+    let deadline = std::time::Instant::now() + JOB_WAIT;
+    loop {
+        let job = client
+            .get_job(pb::GetJobRequest { job_id: id.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(p) = job
+            .progress
+            .filter(|p| p.epoch > after_epochs && p.rows_done > 0)
+        {
+            if p.rows_done <= job.train_rows / 2 {
+                return p;
+            }
+        }
+        assert!(
+            matches!(job.state(), pb::JobState::Queued | pb::JobState::Running),
+            "job {id} ended ({:?}) before it was seen in the first half of an epoch",
+            job.state()
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {id} not seen mid-epoch within {JOB_WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The suspension event (a graceful shutdown checkpointed the job where it
+/// stood), if the job has one.
+pub fn suspension(events: &[pb::JobEvent]) -> Option<pb::StateChanged> {
+    events.iter().find_map(|e| match &e.kind {
+        Some(pb::job_event::Kind::StateChanged(s)) if s.suspended => Some(s.clone()),
+        _ => None,
+    })
 }
 
 pub fn layer(units: u32) -> pb::HiddenLayer {

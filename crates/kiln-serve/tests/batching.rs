@@ -2,7 +2,10 @@
 //! batching, each request's own rows back, queue limits, deadlines, the
 //! queue delay, several instances, versions, aliases, load and unload.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use burn::module::Module;
@@ -94,8 +97,13 @@ fn assert_close(got: &[f32], want: &[f32]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_are_batched_and_get_their_own_rows() {
+    // 32 requests of 1 to 3 rows, 63 rows in all: the first one taken waits
+    // (up to a minute) until the rest have joined it, however slowly they
+    // arrive, so they all share one forward pass.
+    const ALL_ROWS: usize = 63;
     let (batcher, reference) = spawn(BatcherConfig {
-        max_queue_delay: Duration::from_millis(5),
+        max_batch_rows: ALL_ROWS,
+        max_queue_delay: Duration::from_secs(60),
         ..Default::default()
     });
     let tasks: Vec<_> = (0..32)
@@ -114,23 +122,42 @@ async fn concurrent_requests_are_batched_and_get_their_own_rows() {
         assert_close(values(&answer.output), values(&want));
         largest = largest.max(answer.batch_rows);
     }
-    assert!(largest > 3, "no request was batched with another");
+    assert_eq!(largest, ALL_ROWS, "every request in one batch");
     let stats = batcher.stats();
     assert_eq!(stats.requests, 32);
-    assert!(stats.batches < 32, "{stats:?}");
+    assert_eq!(stats.batches, 1, "{stats:?}");
     assert_eq!(stats.queue_depth, 0);
+}
+
+/// Polls `future` once, without a waker to call back: what `predict` does
+/// before its first await (checks, and queuing the request) happens now.
+fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+    Pin::new(future).poll(&mut Context::from_waker(Waker::noop()))
+}
+
+/// Yields until the batcher's workers have taken every queued request into
+/// a batch (with a queue delay, a batch still gathering counts as queued).
+async fn until_taken(batcher: &BatcherHandle) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while batcher.stats().queue_depth > 0 {
+        assert!(Instant::now() < deadline, "no worker took the request");
+        tokio::task::yield_now().await;
+    }
 }
 
 #[tokio::test]
 async fn queue_delay_gathers_requests_that_arrive_within_it() {
+    // A batch closes when its 3 rows are in or after the delay (a minute,
+    // never reached here).
     let (batcher, _) = spawn(BatcherConfig {
-        max_queue_delay: Duration::from_millis(300),
+        max_batch_rows: 3,
+        max_queue_delay: Duration::from_secs(60),
         ..Default::default()
     });
-    let first = {
-        let batcher = batcher.clone();
-        tokio::spawn(async move { batcher.predict(rows(1, 1), None).await.unwrap() })
-    };
+    let mut first = Box::pin(batcher.predict(rows(1, 1), None));
+    assert!(poll_once(&mut first).is_pending());
+    // The idle worker takes the first request at once and, without the
+    // delay, would compute it alone.
     tokio::time::sleep(Duration::from_millis(30)).await;
     let second = batcher.predict(rows(2, 2), None).await.unwrap();
     let first = first.await.unwrap();
@@ -140,33 +167,39 @@ async fn queue_delay_gathers_requests_that_arrive_within_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_queue_is_refused_at_once() {
-    let (batcher, _) = spawn(BatcherConfig {
-        queue_capacity: 1,
-        ..Default::default()
-    });
     // A large request occupies the worker (its forward pass takes tens of
-    // milliseconds)...
-    let big_rows = vec![0.5; 3_000_000 * WIDTH];
-    let big = {
-        let batcher = batcher.clone();
-        tokio::spawn(async move { batcher.predict(big_rows, None).await })
-    };
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    while batcher.stats().queue_depth > 0 {
-        tokio::task::yield_now().await;
+    // milliseconds), one small request fills the queue of 1, and the next
+    // is refused. The worker being busy is observed, not assumed: should it
+    // finish the large request before the third arrives (the third is then
+    // queued), the round is repeated on a fresh batcher.
+    for _round in 0..5 {
+        let (batcher, _) = spawn(BatcherConfig {
+            queue_capacity: 1,
+            ..Default::default()
+        });
+        let mut big = Box::pin(batcher.predict(vec![0.5; 3_000_000 * WIDTH], None));
+        assert!(poll_once(&mut big).is_pending());
+        until_taken(&batcher).await;
+        let mut waiting = Box::pin(batcher.predict(rows(1, 1), None));
+        assert!(poll_once(&mut waiting).is_pending());
+        let mut third = Box::pin(batcher.predict(rows(2, 1), None));
+        let refused = poll_once(&mut third);
+        let busy = batcher.stats().batches == 0;
+        big.await.unwrap();
+        waiting.await.unwrap();
+        match refused {
+            Poll::Ready(Err(e)) => {
+                assert_eq!(e, ServeError::QueueFull);
+                let stats = batcher.stats();
+                assert_eq!((stats.rejected_full, stats.requests), (1, 2));
+                return;
+            }
+            // Queued behind `waiting`: the worker was free again.
+            Poll::Pending if !busy => continue,
+            other => panic!("the worker was busy and the queue full, yet: {other:?}"),
+        }
     }
-    // ...so one small request waits in the queue of 1 and the next is refused.
-    let waiting = {
-        let batcher = batcher.clone();
-        tokio::spawn(async move { batcher.predict(rows(1, 1), None).await })
-    };
-    tokio::time::sleep(Duration::from_millis(1)).await;
-    let refused = batcher.predict(rows(2, 1), None).await.unwrap_err();
-    assert_eq!(refused, ServeError::QueueFull);
-    big.await.unwrap().unwrap();
-    waiting.await.unwrap().unwrap();
-    let stats = batcher.stats();
-    assert_eq!((stats.rejected_full, stats.requests), (1, 2));
+    panic!("in 5 rounds the worker never stayed busy for two queue operations");
 }
 
 #[tokio::test]
