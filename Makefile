@@ -22,9 +22,13 @@ run: build
 	$(CARGO) run -p kiln-server
 
 # The end-to-end tests start the real server binary, so build it first.
+# Every test binary and the deploy check run even when one fails (cargo
+# lists the failed ones at the end); any failure makes the target fail.
 test: build
-	$(CARGO) test --workspace
-	scripts/check-deploy.sh
+	@status=0; \
+	$(CARGO) test --workspace --no-fail-fast || status=1; \
+	scripts/check-deploy.sh || status=1; \
+	exit $$status
 
 lint: setup
 	$(CARGO) fmt --all -- --check
