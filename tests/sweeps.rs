@@ -776,3 +776,64 @@ async fn a_trial_submitted_just_before_a_kill_is_adopted_not_run_twice() {
     assert_eq!(numbers, ["1", "2", "3"]);
     assert!(jobs.iter().all(|j| j.state() == pb::JobState::Succeeded));
 }
+
+/// The best trial's model, served under the sweep's model name when the
+/// sweep ends, is served under that name and version after a restart too,
+/// with the same answers.
+#[tokio::test]
+async fn the_sweeps_model_survives_a_restart() {
+    let server = Server::start();
+    let request = pb::SubmitSweepRequest {
+        base: Some(base(3)),
+        search_space: HashMap::from([(
+            "training.optimizer.learning_rate".to_string(),
+            values(&[0.01, 0.003]),
+        )]),
+        model_name: "kept".into(),
+        ..Default::default()
+    };
+    let sweep = sweeps(&server)
+        .await
+        .submit_sweep(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let done = final_sweep(&watch_sweep(&server, &sweep.id).await);
+    assert_eq!(done.state(), pb::SweepState::Succeeded, "{}", done.message);
+    let served = |models: Vec<pb::ModelInfo>| -> Vec<(u32, String)> {
+        models
+            .into_iter()
+            .filter(|m| m.name == "kept")
+            .map(|m| (m.version, m.job_id))
+            .collect()
+    };
+    let before = served(list_models(&server).await);
+    assert_eq!(before.len(), 1, "one version under the sweep's name");
+    let ask = |server: &Server| {
+        let addr = server.addr.clone();
+        async move {
+            let channel = Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            pb::inference_service_client::InferenceServiceClient::new(channel)
+                .predict(pb::PredictRequest {
+                    model: "kept".into(),
+                    rows: vec![pb::Row {
+                        values: vec![0.1, 0.5, 0.9],
+                    }],
+                    ..Default::default()
+                })
+                .await
+                .expect("Predict on the sweep's model")
+                .into_inner()
+                .predictions
+        }
+    };
+    let answer = ask(&server).await;
+
+    let server = Server::start_in(server.kill_keeping_data(), &[]);
+    assert_eq!(served(list_models(&server).await), before);
+    assert_eq!(ask(&server).await, answer);
+}

@@ -777,16 +777,20 @@ async fn finish(kiln: &Arc<Kiln>, entry: &Arc<Entry>, plan: &Plan) {
         let trial_model = format!("{}-trial-{}", plan.model_name, best.number);
         let name = plan.model_name.clone();
         let device_choice = JobSpec::from_proto(&plan.base).map(|s| s.device);
+        let (store, trial_job) = (kiln.store.clone(), best.job_id.clone());
         let registered = tokio::task::spawn_blocking(move || -> Result<u32, String> {
             let (_, artifact) = models
                 .artifact(&trial_model, "")
                 .map_err(|e| e.to_string())?;
             let choice = device_choice.map_err(|e| e.to_string())?;
             let (device, device_name) = kiln_train::device::resolve(choice)?;
-            models
+            let model = models
                 .register(&name, "", artifact, device, &device_name)
-                .map(|m| m.version)
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            // The version's files are the best trial's (models/<its job id>);
+            // recorded so that a restart serves it again.
+            crate::runner::record_model(&store, &model, &trial_job);
+            Ok(model.version)
         })
         .await
         .map_err(|e| e.to_string())
