@@ -54,6 +54,9 @@ bench-train: setup
 # to the model's raw in-process forward throughput. Not part of `make test`.
 # Extra arguments go through BENCH_ARGS, e.g.
 # BENCH_ARGS="--duration 10 --concurrency 1,16,128 --threads 2".
+# BENCH_ARGS="--peer mlserver" compares kiln with MLServer over the Open
+# Inference Protocol instead (MLServer is pip-installed into the venv on
+# first use).
 .PHONY: bench-serve
 bench-serve: setup
 	$(CARGO) build --release -p kiln-server

@@ -28,18 +28,36 @@
 //! load of `grpc.health.v1.Health/Check` calls: a unary call that does no
 //! work, the floor under any RPC on this stack and machine. From these it
 //! derives what the machine allows at best, next to each target.
+//!
+//! With `--peer mlserver` it instead compares kiln with a peer over the Open
+//! Inference Protocol: the same exported model served by kiln and by
+//! MLServer (installed into `--python`'s venv on first use), each server
+//! pinned to the CPUs before the slash of `--pin` and this load generator to
+//! those after it (default `0/1` on a machine with two or more cores), with
+//! the same libtorch/torch thread count. It checks that both return the same
+//! probabilities (to 1e-5), then measures, alternating, kiln's ModelInfer
+//! (raw and typed tensors) and MLServer's with adaptive batching off and on
+//! (--mlserver-batch SIZE,MS [64,1]; --mlserver-workers N, its
+//! `parallel_workers` [0: inference in the server process; its default, 1,
+//! fails to start with the uvloop it installs]). --python PATH [the venv
+//! of `make setup`: $KILN_PYTHON, else $KILN_CACHE/venv/bin/python].
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kiln::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use kiln::v1 as pb;
 use pb::inference_service_client::InferenceServiceClient;
 use pb::job_service_client::JobServiceClient;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
+
+mod mlserver;
+mod oip;
+mod peer;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -56,6 +74,14 @@ struct Args {
     classes: usize,
     epochs: u32,
     max_queue_delay_ms: Option<f64>,
+    /// `--peer mlserver`: the peer comparison instead of the default run.
+    peer: Option<String>,
+    python: PathBuf,
+    /// CPUs for the servers and for this load generator (taskset lists).
+    pin: Option<(String, String)>,
+    mlserver_batching: mlserver::Batching,
+    /// MLServer's `parallel_workers` (0: inference in the server process).
+    mlserver_workers: usize,
 }
 
 impl Args {
@@ -73,6 +99,14 @@ impl Args {
             classes: 3,
             epochs: 2,
             max_queue_delay_ms: None,
+            peer: None,
+            python: default_python(),
+            pin: None,
+            mlserver_batching: mlserver::Batching {
+                max_batch_size: 64,
+                max_batch_time: 0.001,
+            },
+            mlserver_workers: 0,
         };
         let raw: Vec<String> = std::env::args().skip(1).collect();
         let mut it = raw.iter();
@@ -104,11 +138,42 @@ impl Args {
                 "--classes" => args.classes = num(value).max(2.0) as usize,
                 "--epochs" => args.epochs = num(value).max(1.0) as u32,
                 "--max-queue-delay-ms" => args.max_queue_delay_ms = Some(num(value).max(0.0)),
+                "--peer" if value == "mlserver" => args.peer = Some(value.into()),
+                "--peer" => panic!("--peer: only mlserver is known, got {value:?}"),
+                "--python" => args.python = value.into(),
+                "--pin" => {
+                    let (server, client) = value
+                        .split_once('/')
+                        .unwrap_or_else(|| panic!("--pin SERVER_CPUS/CLIENT_CPUS, got {value:?}"));
+                    args.pin = Some((server.into(), client.into()));
+                }
+                "--mlserver-workers" => args.mlserver_workers = num(value) as usize,
+                "--mlserver-batch" => {
+                    let v = list(value);
+                    assert_eq!(v.len(), 2, "--mlserver-batch SIZE,MS");
+                    args.mlserver_batching = mlserver::Batching {
+                        max_batch_size: v[0],
+                        max_batch_time: v[1] as f64 / 1e3,
+                    };
+                }
                 other => panic!("unknown option {other} (see --help)"),
             }
         }
         args
     }
+}
+
+/// The venv `make` sets up: `$KILN_PYTHON`, else `$KILN_CACHE/venv` (by
+/// default under `~/.cache/kiln`); never the system's Python.
+fn default_python() -> PathBuf {
+    if let Some(python) = std::env::var_os("KILN_PYTHON") {
+        return python.into();
+    }
+    let cache = std::env::var_os("KILN_CACHE").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kiln"),
+        PathBuf::from,
+    );
+    cache.join("venv/bin/python")
 }
 
 /// A kiln-server child process with its own data directory.
@@ -119,13 +184,16 @@ struct Server {
 }
 
 impl Server {
-    fn start(bin: &PathBuf, tag: &str, env: &[(&str, String)]) -> Server {
+    /// Starts `bin`, pinned to `cpus` (a taskset list) when given.
+    fn start(bin: &Path, tag: &str, env: &[(&str, String)], cpus: Option<&str>) -> Server {
         let data_dir =
             std::env::temp_dir().join(format!("kiln-bench-serve-{}-{tag}", std::process::id()));
-        let mut child = Command::new(bin)
+        let mut child = pinned(bin, cpus)
             .env("KILN_LISTEN", "127.0.0.1:0")
             .env("KILN_DATA_DIR", &data_dir)
             .env("KILN_LOG", "warn")
+            // Two servers run at once: no Prometheus listener (its port is one).
+            .env("KILN_METRICS_LISTEN", "")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -137,13 +205,18 @@ impl Server {
                 )
             });
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read server banner");
-        let addr = line
-            .trim()
-            .strip_prefix("kiln-server listening on ")
-            .unwrap_or_else(|| panic!("unexpected server banner {line:?}"))
-            .to_string();
+        // Log lines before the banner are passed on to stderr.
+        let addr = loop {
+            let mut line = String::new();
+            if stdout.read_line(&mut line).expect("read server banner") == 0 {
+                let _ = child.kill();
+                panic!("{} exited before its banner", bin.display());
+            }
+            match line.trim().strip_prefix("kiln-server listening on ") {
+                Some(addr) => break addr.to_string(),
+                None => eprint!("{line}"),
+            }
+        };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut sink = Vec::new();
@@ -157,11 +230,43 @@ impl Server {
     }
 
     async fn channel(&self) -> Channel {
+        self.endpoint().channel().await
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            addr: self.addr.clone(),
+            pid: self.child.id(),
+        }
+    }
+}
+
+/// A command for `program`, run under `taskset -c cpus` when `cpus` is given.
+fn pinned(program: &Path, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut command = Command::new("taskset");
+            command.args(["-c", cpus]).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+/// What the load generator drives: a server's address, and its process,
+/// whose core time is charged to the requests.
+pub struct Endpoint {
+    addr: String,
+    pid: u32,
+}
+
+impl Endpoint {
+    async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.addr))
             .unwrap()
             .connect()
             .await
-            .expect("connect to kiln-server")
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.addr))
     }
 }
 
@@ -183,6 +288,13 @@ fn value(i: usize, j: usize) -> f64 {
 
 fn feature_row(i: usize, features: usize) -> Vec<f64> {
     (0..features).map(|j| value(i, j)).collect()
+}
+
+/// Rows as one row-major f32 buffer, as OIP's FP32 tensors carry them.
+fn flat_f32(rows: &[pb::Row]) -> Vec<f32> {
+    rows.iter()
+        .flat_map(|r| r.values.iter().map(|&v| v as f32))
+        .collect()
 }
 
 fn job(args: &Args) -> pb::JobSpec {
@@ -319,17 +431,22 @@ enum Call {
     /// `grpc.health.v1.Health/Check` on the same server: a unary call that
     /// does no work, the floor under any unary RPC on this stack and machine.
     HealthCheck,
+    /// Open Inference Protocol ModelInfer on `model`.
+    Oip {
+        model: &'static str,
+        encoding: oip::Encoding,
+    },
 }
 
 /// `concurrency` clients, each sending one request at a time for
 /// `warmup + duration`; only requests started after the warm-up count.
-async fn load(server: &Server, args: &Args, concurrency: usize, call: Call) -> Load {
+async fn load(server: &Endpoint, args: &Args, concurrency: usize, call: Call) -> Load {
     let connections = concurrency.div_ceil(args.clients_per_conn);
     let mut channels = Vec::new();
     for _ in 0..connections {
         channels.push(server.channel().await);
     }
-    let pid = server.child.id();
+    let pid = server.pid;
     let (server_cpu, client_cpu) = (cpu_seconds(&pid.to_string()), cpu_seconds("self"));
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(args.warmup);
@@ -338,12 +455,22 @@ async fn load(server: &Server, args: &Args, concurrency: usize, call: Call) -> L
     for client in 0..concurrency {
         let channel = channels[client % connections].clone();
         let mut inference = InferenceServiceClient::new(channel.clone());
-        let mut health = HealthClient::new(channel);
+        let mut health = HealthClient::new(channel.clone());
+        let mut infer = GrpcInferenceServiceClient::new(channel);
         let rows: Vec<pb::Row> = (0..args.rows_per_request)
             .map(|r| pb::Row {
                 values: feature_row(1_000_000 + client * 1000 + r, args.features),
             })
             .collect();
+        let infer_request = match call {
+            Call::Oip { model, encoding } => Some(oip::request(
+                model,
+                &flat_f32(&rows),
+                args.features,
+                encoding,
+            )),
+            _ => None,
+        };
         tasks.push(tokio::spawn(async move {
             let (mut latencies, mut errors, mut batch_rows) = (Vec::new(), 0usize, 0u64);
             let mut sent_all = 0usize;
@@ -364,6 +491,10 @@ async fn load(server: &Server, args: &Args, concurrency: usize, call: Call) -> L
                         .map(|r| r.into_inner().batch_rows as u64),
                     Call::HealthCheck => {
                         health.check(HealthCheckRequest::default()).await.map(|_| 0)
+                    }
+                    Call::Oip { .. } => {
+                        let request = infer_request.clone().expect("built above");
+                        infer.model_infer(request).await.map(|_| 0)
                     }
                 };
                 if sent < measure_from {
@@ -402,7 +533,11 @@ async fn load(server: &Server, args: &Args, concurrency: usize, call: Call) -> L
         requests_per_s: requests as f64 / args.duration,
         p50_ms: percentile(&latencies, 0.50),
         p99_ms: percentile(&latencies, 0.99),
-        mean_batch_rows: batch_rows as f64 / requests.max(1) as f64,
+        // OIP answers do not say how many rows their batch had.
+        mean_batch_rows: match call {
+            Call::Oip { .. } => f64::NAN,
+            _ => batch_rows as f64 / requests.max(1) as f64,
+        },
     }
 }
 
@@ -531,14 +666,48 @@ fn summarize(
     }
 }
 
-fn print_load(label: &str, concurrency: usize, l: &Load) {
+/// The network, request size and timing of the measurements.
+fn print_model_line(args: &Args) {
+    let arch: Vec<String> = args.hidden.iter().map(|u| u.to_string()).collect();
     println!(
-        "{label:<22} {concurrency:>5} {:>11.0} {:>11.0} {:>9.3} {:>9.3} {:>10.1} {:>8} {:>6} {:>9.0} {:>9.0}",
+        "model: MLP {} -> [{}] -> {} (ReLU), multiclass; {} row(s) per request; {} s per point after {} s warm-up",
+        args.features,
+        arch.join(", "),
+        args.classes,
+        args.rows_per_request,
+        args.duration,
+        args.warmup
+    );
+}
+
+/// The column names of [`print_load`]'s rows, the first being `title`.
+fn print_load_header(title: &str) {
+    println!(
+        "{title:<22} {:>5} {:>11} {:>11} {:>9} {:>9} {:>10} {:>8} {:>6} {:>9} {:>9}",
+        "conc",
+        "rows/s",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "avg batch",
+        "reqs",
+        "errs",
+        "srv µs/r",
+        "cli µs/r"
+    );
+}
+
+fn print_load(label: &str, concurrency: usize, l: &Load) {
+    let batch = match l.mean_batch_rows {
+        b if b.is_nan() => "-".to_string(),
+        b => format!("{b:.1}"),
+    };
+    println!(
+        "{label:<22} {concurrency:>5} {:>11.0} {:>11.0} {:>9.3} {:>9.3} {batch:>10} {:>8} {:>6} {:>9.0} {:>9.0}",
         l.rows_per_s,
         l.requests_per_s,
         l.p50_ms,
         l.p99_ms,
-        l.mean_batch_rows,
         l.requests,
         l.errors,
         l.server_cpu_us,
@@ -551,13 +720,16 @@ async fn main() -> Result<(), BoxError> {
     let args = Args::parse();
     let threads = args.threads.to_string();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    if args.peer.is_some() {
+        return peer::compare(&args, cores).await;
+    }
 
     eprintln!("training the benchmark model on a first kiln-server ...");
     let mut batched_env = vec![("KILN_TORCH_THREADS", threads.clone())];
     if let Some(ms) = args.max_queue_delay_ms {
         batched_env.push(("KILN_MAX_QUEUE_DELAY_MS", ms.to_string()));
     }
-    let batched = Server::start(&args.server, "batched", &batched_env);
+    let batched = Server::start(&args.server, "batched", &batched_env, None);
     let file = train_and_export(&batched, &args).await?;
     let unbatched = Server::start(
         &args.server,
@@ -566,6 +738,7 @@ async fn main() -> Result<(), BoxError> {
             ("KILN_TORCH_THREADS", threads.clone()),
             ("KILN_MAX_BATCH_ROWS", "1".into()),
         ],
+        None,
     );
     import(&unbatched, &file).await?;
 
@@ -590,24 +763,21 @@ async fn main() -> Result<(), BoxError> {
     let mut floor = Vec::new();
     for &c in &args.concurrency {
         eprintln!("load: concurrency {c}, batching on ...");
-        on.push((c, load(&batched, &args, c, Call::Predict).await));
+        on.push((c, load(&batched.endpoint(), &args, c, Call::Predict).await));
         eprintln!("load: concurrency {c}, batching off ...");
-        off.push((c, load(&unbatched, &args, c, Call::Predict).await));
+        off.push((
+            c,
+            load(&unbatched.endpoint(), &args, c, Call::Predict).await,
+        ));
         eprintln!("load: concurrency {c}, health Check ...");
-        floor.push((c, load(&batched, &args, c, Call::HealthCheck).await));
+        floor.push((
+            c,
+            load(&batched.endpoint(), &args, c, Call::HealthCheck).await,
+        ));
     }
 
-    let arch: Vec<String> = args.hidden.iter().map(|u| u.to_string()).collect();
     println!();
-    println!(
-        "model: MLP {} -> [{}] -> {} (ReLU), multiclass; {} row(s) per request; {} s per point after {} s warm-up",
-        args.features,
-        arch.join(", "),
-        args.classes,
-        args.rows_per_request,
-        args.duration,
-        args.warmup
-    );
+    print_model_line(&args);
     println!(
         "libtorch threads: {} (servers and raw); {} client(s) per HTTP/2 connection; \
          client, both servers and the raw forward share this machine's {cores} core(s)",
@@ -626,20 +796,7 @@ async fn main() -> Result<(), BoxError> {
         );
     }
     println!();
-    println!(
-        "{:<22} {:>5} {:>11} {:>11} {:>9} {:>9} {:>10} {:>8} {:>6} {:>9} {:>9}",
-        "service (Predict)",
-        "conc",
-        "rows/s",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "avg batch",
-        "reqs",
-        "errs",
-        "srv µs/r",
-        "cli µs/r"
-    );
+    print_load_header("service (Predict)");
     for (c, l) in &on {
         print_load("batching on", *c, l);
     }
