@@ -7,6 +7,7 @@
 pub mod data;
 pub mod encoding;
 pub mod error;
+pub mod files;
 pub mod npy;
 pub mod prepare;
 pub mod scaler;

@@ -11,14 +11,13 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use kiln_core::data::Table;
+use kiln_core::files::{sha256_hex, write_atomically};
 use kiln_core::{npy, FieldError};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::db::Db;
 
@@ -73,14 +72,6 @@ pub struct DatasetStore {
     dir: PathBuf,
     metas: RwLock<HashMap<String, DatasetMeta>>,
     db: Option<Arc<Db>>,
-}
-
-/// Hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 impl DatasetStore {
@@ -287,19 +278,6 @@ fn is_regular_file(path: &Path) -> bool {
 
 fn data_file(meta: &DatasetMeta) -> String {
     format!("{}.{}", meta.id, meta.format.extension())
-}
-
-/// Writes `bytes` to `path` through a synced temporary file and a rename.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent() {
-        fs::File::open(parent)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

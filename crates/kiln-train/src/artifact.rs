@@ -15,11 +15,11 @@ use burn::module::Module;
 use burn::store::{ModuleRecord, ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{activation, Bytes, Device, Tensor, TensorData};
 use kiln_core::encoding::InputEncoding;
+use kiln_core::files::{sha256_hex, write_atomically};
 use kiln_core::prepare::Prepared;
 use kiln_core::scaler::Scaler;
 use kiln_core::spec::Task;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::model::{Mlp, ModelArch};
 use crate::train::Trained;
@@ -210,25 +210,6 @@ fn safetensors_metadata(bytes: &[u8]) -> Result<String, ArtifactError> {
         .as_str()
         .map(str::to_string)
         .ok_or_else(|| not_a_model("no \"kiln.model\" metadata in the safetensors header"))
-}
-
-/// Temporary file, fsync, rename over `path`, fsync of the directory.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, bytes)?;
-    fs::File::open(&tmp)?.sync_all()?;
-    fs::rename(tmp, path)?;
-    match path.parent() {
-        Some(dir) => fs::File::open(dir)?.sync_all(),
-        None => Ok(()),
-    }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// What a model answers for a batch of rows.

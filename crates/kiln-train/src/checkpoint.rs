@@ -189,7 +189,7 @@ impl Checkpoint {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        crate::artifact::write_atomically(path, &self.to_bytes())?;
+        kiln_core::files::write_atomically(path, &self.to_bytes())?;
         Ok(())
     }
 
