@@ -19,6 +19,15 @@ async fn sweeps(server: &Server) -> SweepServiceClient<Channel> {
     SweepServiceClient::new(server.channel().await)
 }
 
+async fn submit_sweep(server: &Server, request: pb::SubmitSweepRequest) -> pb::Sweep {
+    sweeps(server)
+        .await
+        .submit_sweep(request)
+        .await
+        .expect("SubmitSweep")
+        .into_inner()
+}
+
 fn number(x: f64) -> prost_types::Value {
     prost_types::Value {
         kind: Some(Kind::NumberValue(x)),
@@ -146,12 +155,7 @@ async fn two_trials_train_at_once(server: &Server) {
         model_name: "pair".into(),
         ..Default::default()
     };
-    let sweep = sweeps(server)
-        .await
-        .submit_sweep(request)
-        .await
-        .unwrap()
-        .into_inner();
+    let sweep = submit_sweep(server, request).await;
     let deadline = std::time::Instant::now() + JOB_WAIT;
     loop {
         let jobs = sweep_jobs(server, &sweep.id, "").await;
@@ -198,12 +202,7 @@ async fn a_grid_runs_every_point_under_the_concurrency_cap() {
         model_name: "grid".into(),
         ..Default::default()
     };
-    let sweep = sweeps(&server)
-        .await
-        .submit_sweep(request)
-        .await
-        .unwrap()
-        .into_inner();
+    let sweep = submit_sweep(&server, request).await;
     assert_eq!(sweep.total_trials, 6);
     assert_eq!(sweep.metric, "val_loss");
     assert_eq!(sweep.goal(), pb::Goal::Minimize);
@@ -427,12 +426,7 @@ async fn asha_stops_weak_trials_and_the_best_model_is_served() {
         model_name: "asha".into(),
         ..Default::default()
     };
-    let sweep = sweeps(&server)
-        .await
-        .submit_sweep(request)
-        .await
-        .unwrap()
-        .into_inner();
+    let sweep = submit_sweep(&server, request).await;
     let events = watch_sweep(&server, &sweep.id).await;
     let done = final_sweep(&events);
     assert_eq!(done.state(), pb::SweepState::Succeeded, "{}", done.message);
@@ -681,12 +675,7 @@ async fn a_sweep_resumes_after_a_kill() {
         model_name: "survivor".into(),
         ..Default::default()
     };
-    let sweep = sweeps(&server)
-        .await
-        .submit_sweep(request)
-        .await
-        .unwrap()
-        .into_inner();
+    let sweep = submit_sweep(&server, request).await;
     let before = wait_for_second_trial(&server, &sweep.id).await;
     let data_dir = server.kill_keeping_data();
     assert_eq!(before.state(), pb::SweepState::Running);
@@ -738,12 +727,7 @@ async fn a_trial_submitted_just_before_a_kill_is_adopted_not_run_twice() {
         model_name: "racer".into(),
         ..Default::default()
     };
-    let sweep = sweeps(&server)
-        .await
-        .submit_sweep(request)
-        .await
-        .unwrap()
-        .into_inner();
+    let sweep = submit_sweep(&server, request).await;
     wait_for_second_trial(&server, &sweep.id).await;
     let data_dir = server.kill_keeping_data();
 
@@ -792,12 +776,7 @@ async fn the_sweeps_model_survives_a_restart() {
         model_name: "kept".into(),
         ..Default::default()
     };
-    let sweep = sweeps(&server)
-        .await
-        .submit_sweep(request)
-        .await
-        .unwrap()
-        .into_inner();
+    let sweep = submit_sweep(&server, request).await;
     let done = final_sweep(&watch_sweep(&server, &sweep.id).await);
     assert_eq!(done.state(), pb::SweepState::Succeeded, "{}", done.message);
     let served = |models: Vec<pb::ModelInfo>| -> Vec<(u32, String)> {
@@ -809,31 +788,27 @@ async fn the_sweeps_model_survives_a_restart() {
     };
     let before = served(list_models(&server).await);
     assert_eq!(before.len(), 1, "one version under the sweep's name");
-    let ask = |server: &Server| {
-        let addr = server.addr.clone();
-        async move {
-            let channel = Channel::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-            pb::inference_service_client::InferenceServiceClient::new(channel)
-                .predict(pb::PredictRequest {
-                    model: "kept".into(),
-                    rows: vec![pb::Row {
-                        values: vec![0.1, 0.5, 0.9],
-                    }],
-                    ..Default::default()
-                })
-                .await
-                .expect("Predict on the sweep's model")
-                .into_inner()
-                .predictions
-        }
-    };
-    let answer = ask(&server).await;
+    let answer = predict_kept(&server).await;
 
     let server = Server::start_in(server.kill_keeping_data(), &[]);
     assert_eq!(served(list_models(&server).await), before);
-    assert_eq!(ask(&server).await, answer);
+    assert_eq!(predict_kept(&server).await, answer);
+}
+
+/// The sweep model "kept"'s answer for one row.
+async fn predict_kept(server: &Server) -> Vec<pb::Prediction> {
+    server
+        .inference()
+        .await
+        .predict(pb::PredictRequest {
+            model: "kept".into(),
+            rows: vec![pb::Row {
+                values: vec![0.1, 0.5, 0.9],
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("Predict on the sweep's model")
+        .into_inner()
+        .predictions
 }
