@@ -21,10 +21,12 @@ build: setup
 run: build
 	$(CARGO) run -p kiln-server
 
-# The end-to-end tests start the real server binary, so build it first.
-# Every test binary and the deploy check run even when one fails (cargo
-# lists the failed ones at the end); any failure makes the target fail.
-test: build
+# One `cargo test` builds everything the tests need, the kiln-server binary
+# included (the e2e tests start it; the CLI's tests too), with one feature
+# set, so nothing is compiled twice. Every test binary and the deploy check
+# run even when one fails (cargo lists the failed ones at the end); any
+# failure makes the target fail.
+test: setup
 	@status=0; \
 	$(CARGO) test --workspace --no-fail-fast || status=1; \
 	scripts/check-deploy.sh || status=1; \

@@ -56,7 +56,7 @@ if [[ -n $missing ]]; then
   "$py" -m pip install --quiet --disable-pip-version-check "${deploy_tools[@]}"
 fi
 
-# Python SDK (sdk/python, `kiln_sdk`) and pytest, for tests/python_sdk.rs.
+# Python SDK (sdk/python, `kiln_sdk`) and pytest, for services/kiln-server/tests/e2e/python_sdk.rs.
 # Reinstalled when the SDK's sources or proto/ change (its gRPC stubs are
 # generated from proto/ when pip builds it; see sdk/python/README.md).
 sdk_hash=$("$py" - "$root" <<'PY'

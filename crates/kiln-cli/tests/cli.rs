@@ -1,106 +1,20 @@
-//! End to end: the `kiln` binary against a real kiln-server (started as
-//! tests/common/mod.rs at the workspace root does: a free port, its own data
-//! directory, one torch thread).
+//! End to end: the `kiln` binary against a real kiln-server (started by
+//! `kiln_testkit::Server`: a free port, its own data directory, one torch
+//! thread).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::{Command, Output};
 
-struct Server {
-    child: Child,
-    addr: String,
-    data_dir: PathBuf,
+use kiln_testkit::{repo_root, temp_dir, Server};
+
+/// Runs `kiln --server <the server> args...`.
+trait RunKiln {
+    fn kiln(&self, args: &[&str]) -> Output;
 }
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn server_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("KILN_SERVER_BIN") {
-        return path.into();
-    }
-    // Integration tests run from target/<profile>/deps; the server sits in target/<profile>.
-    let exe = std::env::current_exe().expect("test executable path");
-    let path = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .expect("target dir")
-        .join("kiln-server");
-    assert!(
-        path.exists(),
-        "{} is missing: build it first with `cargo build -p kiln-server` (make test does)",
-        path.display()
-    );
-    path
-}
-
-/// A fresh temporary directory for this test process.
-fn temp_dir(tag: &str) -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "kiln-cli-{tag}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-impl Server {
-    fn start() -> Server {
-        Self::start_with(&[])
-    }
-
-    fn start_with(env: &[(&str, &str)]) -> Server {
-        let data_dir = temp_dir("data");
-        let mut child = Command::new(server_binary())
-            .env("KILN_LISTEN", "127.0.0.1:0")
-            .env("KILN_DATA_DIR", &data_dir)
-            .env("KILN_TORCH_THREADS", "1")
-            .env("KILN_LOG", "warn")
-            // Tests run servers side by side: no Prometheus listener.
-            .env("KILN_METRICS_LISTEN", "")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start kiln-server");
-        let stdout = child.stdout.take().unwrap();
-        let mut reader = BufReader::new(stdout);
-        // Log lines before the banner are passed on to stderr.
-        let addr = loop {
-            let mut line = String::new();
-            let read = reader.read_line(&mut line).expect("read server banner");
-            if read == 0 {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("kiln-server exited before its banner");
-            }
-            match line.trim().strip_prefix("kiln-server listening on ") {
-                Some(addr) => break addr.to_string(),
-                None => eprint!("{line}"),
-            }
-        };
-        Server {
-            child,
-            addr,
-            data_dir,
-        }
-    }
-
-    /// Runs `kiln --server <this server> args...`.
+impl RunKiln for Server {
     fn kiln(&self, args: &[&str]) -> Output {
-        kiln(&[&["--server", &format!("http://{}", self.addr)], args].concat())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data_dir);
+        kiln(&[&["--server", &self.url()], args].concat())
     }
 }
 

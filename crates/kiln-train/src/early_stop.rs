@@ -140,7 +140,7 @@ mod tests {
     }
 
     // The expected values below are what keras.callbacks.EarlyStopping
-    // (Keras 3.15.1) decided on the same scripted logs; tests/early_stop_keras.rs
+    // (Keras 3.15.1) decided on the same scripted logs; tests/integration/early_stop_keras.rs
     // runs Keras itself on many more.
 
     #[test]

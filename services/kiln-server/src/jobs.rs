@@ -170,14 +170,13 @@ impl JobService for Jobs {
     }
 }
 
-/// Checks the data of a validated spec, records the job QUEUED and hands it
-/// to the runner (SubmitJob, and each sweep trial).
+/// Submits a sweep trial: as [`submit_checked`] without the queue limit,
+/// since the sweep's own parallelism paces its trials.
 pub async fn submit(
     kiln: &Arc<Kiln>,
     proto: pb::JobSpec,
     spec: JobSpec,
 ) -> Result<pb::Job, Status> {
-    // Sweep trials: the sweep's own parallelism paces them, not the queue limit.
     submit_checked(kiln, proto, spec, false).await
 }
 
@@ -218,6 +217,9 @@ fn check_budget(kiln: &Kiln, spec: &JobSpec, train_rows: usize) -> Result<(), St
     Ok(())
 }
 
+/// Checks the data of a validated spec, records the job QUEUED and hands it
+/// to the runner; with `limit_queue` (SubmitJob) refuses it when
+/// `max_queued_jobs` are already waiting.
 async fn submit_checked(
     kiln: &Arc<Kiln>,
     proto: pb::JobSpec,

@@ -140,8 +140,8 @@ impl Runner {
         *count == 0
     }
 
-    /// Queues a job on its device's trainer thread (started on first use).
-    /// Lets up to `jobs` jobs train at once on each device (at least 1).
+    /// Lets up to `jobs` jobs train at once on each device (at least 1): the
+    /// number of trainer threads each device's queue gets.
     pub fn with_max_concurrent_jobs(mut self, jobs: usize) -> Self {
         self.threads_per_device = jobs.max(1);
         self
@@ -151,6 +151,7 @@ impl Runner {
         self.context.checkpoints.clone()
     }
 
+    /// Queues a job on its device's trainer threads (started on first use).
     pub fn submit(&self, job: QueuedJob) {
         let mut queues = self.queues.lock().unwrap();
         let queue = queues.entry(job.device_name.clone()).or_insert_with(|| {

@@ -1,0 +1,18 @@
+//! What kiln's end-to-end tests share (the kiln-server package's `e2e` test
+//! binary and the CLI's tests): a real kiln-server started on a free port
+//! with its own data directory ([`Server`]), the gRPC calls the tests make
+//! over and over ([`rpc`]), small job specs ([`specs`]) and the files of the
+//! repository and of the set-up cache ([`paths`]).
+//!
+//! Tests write `use kiln_testkit::*;` and find everything by name.
+#![warn(missing_docs)]
+
+pub mod paths;
+pub mod rpc;
+pub mod server;
+pub mod specs;
+
+pub use paths::*;
+pub use rpc::*;
+pub use server::{server_binary, temp_dir, Server};
+pub use specs::*;

@@ -1,0 +1,28 @@
+//! kiln end to end: each module starts real kiln-server processes
+//! (`kiln_testkit::Server`, the binary cargo built for this package) and
+//! drives them over gRPC, HTTP and the Python clients, the way users do.
+//!
+//! One test binary, so the workspace links the server's dependencies once for
+//! all of them; `cargo test -p kiln-server --test e2e MODULE::` runs one area.
+
+mod grpcurl;
+mod jobs;
+mod malformed;
+mod oip;
+mod persistence;
+mod preprocessing;
+mod python_sdk;
+mod security;
+mod serving;
+mod shutdown;
+mod sweeps;
+mod telemetry;
+mod tensorboard;
+mod training;
+mod training_stack;
+
+/// This folder: the test data the modules read (malformed inputs, the
+/// reference OIP client).
+fn e2e_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e")
+}
