@@ -11,7 +11,7 @@ use pb::job_service_server::JobService;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::runner::QueuedJob;
+use crate::queued_job::QueuedJob;
 use crate::{status, Kiln};
 
 pub struct Jobs(pub Arc<Kiln>);

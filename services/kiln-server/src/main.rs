@@ -9,6 +9,8 @@ mod inference;
 mod jobs;
 mod metrics;
 mod oip;
+mod queued_job;
+mod recovery;
 mod runner;
 mod serve;
 mod status;

@@ -16,7 +16,9 @@ use tonic::transport::Server;
 use tower_layer::{Identity, Stack};
 
 use crate::config::Config;
-use crate::{auth, datasets, inference, jobs, metrics, oip, runner, sweeps, telemetry, Kiln};
+use crate::{
+    auth, datasets, inference, jobs, metrics, oip, recovery, runner, sweeps, telemetry, Kiln,
+};
 
 /// Serves until a shutdown signal, then drains (see [`on_shutdown_signal`]).
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -56,7 +58,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     // Before anything listens: serve the models kept from before, and run
     // again the jobs the previous process left queued or running.
-    runner::recover(&kiln);
+    recovery::recover(&kiln);
     sweeps::resume(&kiln);
     let (health, health_service) = tonic_health::server::health_reporter();
     for service in SERVICES {

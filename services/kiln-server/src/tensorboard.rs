@@ -20,7 +20,7 @@ use kiln_core::spec::{Activation, JobSpec, LossKind, LrScheduleKind, OptimizerKi
 use kiln_tensorboard::{EventWriter, HParamValue, SessionStatus};
 use kiln_train::{EpochReport, GradientHealth};
 
-use crate::runner::QueuedJob;
+use crate::queued_job::QueuedJob;
 
 /// The scalar tags the HParams tab shows as metrics, in every run (a tag the
 /// job's task does not report stays empty).

@@ -1,0 +1,138 @@
+//! At start, before anything listens: the registry and the queue as the
+//! previous process left them.
+
+use std::path::Path;
+
+use kiln::v1 as pb;
+use kiln_core::spec::JobSpec;
+use kiln_train::{Checkpoint, ModelArtifact};
+
+use crate::queued_job::QueuedJob;
+use crate::runner::failed;
+
+/// At start, before anything listens: puts the registry back as it was (the
+/// models of SUCCEEDED jobs and imported models, under their versions, with
+/// their aliases; a version whose files fail their checksums is listed with
+/// the reason and never served), then runs again the jobs the previous
+/// process left QUEUED or RUNNING ([`JobStore::recover`]).
+pub fn recover(kiln: &crate::Kiln) {
+    restore_models(kiln);
+    let checkpoints = kiln.runner.checkpoints();
+    remove_stale_checkpoints(kiln, &checkpoints.dir);
+    // The header only: the whole file is read and checked when the job runs.
+    let resume_after = |id: &str| Checkpoint::epochs_in(&checkpoints.path(id)).unwrap_or(0);
+    let jobs = kiln
+        .store
+        .recover(kiln.config.max_job_restarts, &resume_after);
+    for job in jobs {
+        match requeue(kiln, &job) {
+            Ok(queued) => {
+                tracing::info!(job = %job.id, "job queued again after a restart");
+                kiln.runner.submit(queued);
+            }
+            Err(message) => {
+                tracing::warn!(job = %job.id, %message, "job cannot run again after a restart");
+                let _ = kiln.store.append(
+                    &job.id,
+                    failed(
+                        pb::StopReason::Error,
+                        format!("could not be run again after a restart: {message}"),
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Checkpoints of jobs that ended (or are unknown) are of no more use.
+fn remove_stale_checkpoints(kiln: &crate::Kiln, dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let id = name.strip_suffix(".ckpt").unwrap_or(&name);
+        let unfinished = kiln
+            .store
+            .get(id)
+            .is_ok_and(|j| matches!(j.state(), pb::JobState::Queued | pb::JobState::Running));
+        if !unfinished {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn restore_models(kiln: &crate::Kiln) {
+    let Some(db) = kiln.store.db() else { return };
+    let models_dir = kiln.config.data_dir.join("models");
+    let (rows, aliases) = match (db.models(), db.aliases()) {
+        (Ok(rows), Ok(aliases)) => (rows, aliases),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot read the model registry from the database");
+            return;
+        }
+    };
+    for row in rows {
+        // A model registered by a job that then did not finish (the server
+        // stopped in between) goes: the job runs again and registers anew.
+        let succeeded = kiln
+            .store
+            .get(&row.job_id)
+            .is_ok_and(|j| j.state() == pb::JobState::Succeeded);
+        if !row.job_id.is_empty() && !succeeded {
+            let _ = db.delete_model(&row.name, row.version);
+            continue;
+        }
+        let artifact = ModelArtifact::load(&models_dir.join(&row.artifact));
+        let (device, device_name) =
+            match kiln_train::device::resolve(kiln_core::spec::DeviceChoice::Auto) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, "no device to serve models on");
+                    return;
+                }
+            };
+        let artifact = match artifact {
+            Ok(artifact) => Ok(artifact),
+            Err(e) => {
+                tracing::error!(model = %row.name, version = row.version, error = %e, "model not served");
+                match serde_json::from_str(&row.meta) {
+                    Ok(meta) => Err((meta, e.to_string())),
+                    Err(_) => continue,
+                }
+            }
+        };
+        if let Err(e) = kiln.models.restore(
+            &row.name,
+            row.version,
+            &row.job_id,
+            artifact,
+            device,
+            &device_name,
+        ) {
+            tracing::error!(model = %row.name, version = row.version, error = %e, "model not served");
+        }
+    }
+    for (name, alias, version) in aliases {
+        if let Err(e) = kiln.models.set_alias(&name, &alias, &version.to_string()) {
+            tracing::warn!(model = %name, %alias, version, error = %e, "alias not restored");
+        }
+    }
+}
+
+/// Reads and prepares a stored job's data again, as SubmitJob did.
+fn requeue(kiln: &crate::Kiln, job: &pb::Job) -> Result<QueuedJob, String> {
+    let proto = job.spec.as_ref().ok_or("its spec was not stored")?;
+    let spec = JobSpec::from_proto(proto).map_err(|e| e.to_string())?;
+    let (device, device_name) = kiln_train::device::resolve(spec.device)?;
+    let data = crate::jobs::prepare_data(kiln, &spec).map_err(|s| s.message().to_string())?;
+    Ok(QueuedJob {
+        id: job.id.clone(),
+        model_name: job.model_name.clone(),
+        spec,
+        labels: proto.labels.clone(),
+        data,
+        device,
+        device_name,
+    })
+}

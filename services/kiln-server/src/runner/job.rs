@@ -1,0 +1,305 @@
+//! One job's life on a trainer thread: RUNNING, training (or the LR range
+//! test) with its events recorded as they come, then either back to QUEUED
+//! with a checkpoint (a shutdown) or its final event, after its model is
+//! published.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use kiln::v1 as pb;
+use kiln_core::spec::JobKind;
+use kiln_store::jobs::LiveProgress;
+use kiln_store::jobs::{cancelled_event, CancelFlag};
+use kiln_train::{Checkpoint, Control, LrRangeReport, StopReason, TrainError, TrainEvent};
+use pb::job_event::Kind;
+
+use super::events::{
+    epoch_metrics, event_kind, failed, failed_message, gradient_health, libtorch_summary,
+    lr_range_result, panic_message,
+};
+use super::{Context, QueuedJob};
+use crate::tensorboard::JobLog;
+
+/// What a job produced.
+enum Outcome {
+    Trained(Box<kiln_train::Trained>),
+    LrRangeTest(LrRangeReport),
+}
+
+/// What [`Context::start`] hands to the training step.
+struct Started {
+    cancel: Arc<CancelFlag>,
+    progress: Arc<LiveProgress>,
+    /// Epochs already reported (by a run before a restart or shutdown):
+    /// their events are not sent again when the resumed run repeats them.
+    reported: u32,
+    resume: Option<Checkpoint>,
+}
+
+/// How training ended: its result, or the panic that ended it.
+type Ended = std::thread::Result<Result<Outcome, TrainError>>;
+
+impl Context {
+    pub(super) fn run_job(&self, job: QueuedJob) {
+        let Some(started) = self.start(&job) else {
+            return;
+        };
+        let cancel = started.cancel.clone();
+        // One span per job, from RUNNING to its final event (exported over
+        // OTLP when configured).
+        let span = tracing::info_span!(
+            "job",
+            otel.name = "kiln.job",
+            job.id = %job.id,
+            job.kind = ?job.spec.kind,
+            model = %job.model_name,
+            device = %job.device_name,
+            outcome = tracing::field::Empty,
+        );
+        let _span = span.enter();
+        tracing::info!(job = %job.id, device = %job.device_name, "training started");
+        let mut tensorboard =
+            crate::tensorboard::JobLog::start(self.tensorboard_dir.as_deref(), &job);
+        let ended = self.train(&job, started, &mut tensorboard);
+        if let Some(checkpoint) = suspension(&ended, &cancel) {
+            span.record("outcome", "suspended");
+            self.back_to_queue(&job.id, checkpoint);
+            return;
+        }
+        self.checkpoints.remove(&job.id);
+        let final_event = self.final_event(&job, ended);
+        span.record(
+            "outcome",
+            match &final_event {
+                Kind::Finished(_) => "succeeded",
+                Kind::Failed(f) if f.state() == pb::JobState::Cancelled => "cancelled",
+                _ => "failed",
+            },
+        );
+        tracing::info!(job = %job.id, event = ?final_event, "job ended");
+        tensorboard.end(&final_event);
+        let _ = self.store.append(&job.id, final_event);
+    }
+
+    /// Marks the job RUNNING, unless it was cancelled while queued (or is
+    /// being cancelled now); finds where it resumes.
+    fn start(&self, job: &QueuedJob) -> Option<Started> {
+        let id = &job.id;
+        let (Ok(cancel), Ok(progress)) = (self.store.cancel_flag(id), self.store.live_progress(id))
+        else {
+            return None;
+        };
+        if cancel.is_set() {
+            self.checkpoints.remove(id);
+            return None; // cancelled while queued: already recorded
+        }
+        let resume = self.resume_point(job);
+        let reported = self.store.get(id).map_or(0, |j| j.epochs_completed);
+        let running = self.store.append(
+            id,
+            Kind::StateChanged(pb::StateChanged {
+                state: pb::JobState::Running as i32,
+                device: job.device_name.clone(),
+                ..Default::default()
+            }),
+        );
+        // A cancel can land between the check above and this append.
+        if !running.is_ok_and(|j| j.state() == pb::JobState::Running) {
+            return None;
+        }
+        Some(Started {
+            cancel,
+            progress,
+            reported,
+            resume,
+        })
+    }
+
+    /// Trains (or runs the LR range test), recording each event as it comes;
+    /// a panic inside (libtorch's errors among them) is caught and returned.
+    fn train(&self, job: &QueuedJob, started: Started, tensorboard: &mut JobLog) -> Ended {
+        let Started {
+            cancel,
+            progress,
+            reported,
+            resume,
+        } = started;
+        let id = &job.id;
+        catch_unwind(AssertUnwindSafe(|| {
+            // An epoch's gradient health arrives just before it and travels in its event.
+            let mut health = None;
+            let mut on_event = |event| match event {
+                TrainEvent::Health(h) if h.epoch <= reported => {}
+                TrainEvent::Epoch(r) if r.epoch <= reported => {}
+                TrainEvent::EarlyStopped { epoch, .. } if epoch <= reported => {}
+                TrainEvent::Health(h) => health = Some(h),
+                TrainEvent::Epoch(report) => {
+                    crate::metrics::observe_epoch(report.epoch_seconds);
+                    let health = health.take();
+                    tensorboard.epoch(&report, health.as_ref());
+                    let mut metrics = epoch_metrics(&report);
+                    metrics.gradient_health = health.map(|h| gradient_health(&h));
+                    let _ = self.store.append(id, Kind::Epoch(metrics));
+                }
+                event => {
+                    if let Some(kind) = event_kind(event) {
+                        let _ = self.store.append(id, kind);
+                    }
+                }
+            };
+            let (spec, data, device) = (&job.spec, &job.data, &job.device);
+            let cancelled = || cancel.is_set();
+            let suspended = || self.suspend.load(Ordering::SeqCst);
+            match spec.kind {
+                JobKind::Train => {
+                    let control = Control {
+                        cancelled: &cancelled,
+                        suspended: &suspended,
+                        on_step: &|epoch, rows| progress.set(epoch, rows as u64),
+                        checkpoint_every: self.checkpoints.every_epochs,
+                        on_checkpoint: &mut |c| {
+                            self.checkpoints.save(id, c);
+                        },
+                        resume,
+                    };
+                    kiln_train::train_with(spec, data, device, control, &mut on_event)
+                        .map(|t| Outcome::Trained(Box::new(t)))
+                }
+                // Short, and not checkpointed: a shutdown stops it and it
+                // runs again from the start.
+                JobKind::LrRangeTest => {
+                    let stop = || cancelled() || suspended();
+                    kiln_train::lr_range_test(spec, data, device, &stop, &mut on_event)
+                        .map(Outcome::LrRangeTest)
+                }
+            }
+        }))
+    }
+
+    /// A shutdown stopped the job: back to QUEUED where it stands (its
+    /// checkpoint, if one could be written); the next process continues it.
+    fn back_to_queue(&self, id: &str, checkpoint: Option<&Checkpoint>) {
+        let resume_after_epoch = match checkpoint {
+            Some(c) if self.checkpoints.save(id, c) => c.epochs_completed(),
+            _ => {
+                self.checkpoints.remove(id);
+                0
+            }
+        };
+        tracing::info!(job = %id, resume_after_epoch, "job suspended by the shutdown");
+        let _ = self.store.append(
+            id,
+            Kind::StateChanged(pb::StateChanged {
+                state: pb::JobState::Queued as i32,
+                resume_after_epoch,
+                suspended: true,
+                ..Default::default()
+            }),
+        );
+    }
+
+    /// The job's final event; a trained model is published first, so that it
+    /// answers Predict once the job is seen SUCCEEDED.
+    fn final_event(&self, job: &QueuedJob, ended: Ended) -> Kind {
+        let id = &job.id;
+        match ended {
+            Ok(Ok(Outcome::LrRangeTest(report))) => {
+                let _ = self
+                    .store
+                    .append(id, Kind::LrRangeResult(lr_range_result(&report)));
+                // No model: the job's answer is the curve and its suggestions.
+                Kind::Finished(pb::Finished {
+                    reason: pb::StopReason::Completed as i32,
+                    ..Default::default()
+                })
+            }
+            Ok(Err(e @ (TrainError::LrRangeTest(_) | TrainError::Checkpoint(_)))) => {
+                failed(pb::StopReason::Error, e.to_string())
+            }
+            Ok(Err(TrainError::Suspended(_))) => unreachable!("handled by back_to_queue"),
+            Ok(Ok(Outcome::Trained(trained))) => match self.publish(job, &trained) {
+                Ok(()) => Kind::Finished(pb::Finished {
+                    reason: match trained.reason {
+                        StopReason::Completed => pb::StopReason::Completed,
+                        StopReason::EarlyStopped => pb::StopReason::EarlyStopped,
+                    } as i32,
+                    best_epoch: trained.best.epoch,
+                    best: Some(epoch_metrics(&trained.best)),
+                    epochs_completed: trained.epochs_completed,
+                    model_name: job.model_name.clone(),
+                    train_seconds: trained.train_seconds,
+                    swa: trained.swa.as_ref().map(epoch_metrics),
+                    served_swa: trained.served_swa,
+                }),
+                Err(message) => failed(pb::StopReason::Error, message),
+            },
+            Ok(Err(e @ TrainError::Cancelled { .. })) => cancelled_event(&e.to_string()),
+            Ok(Err(
+                ref e @ TrainError::Diverged {
+                    epoch, ref layer, ..
+                },
+            )) => Kind::Failed(pb::Failed {
+                epoch,
+                layer: layer.as_ref().map(|l| l.layer.clone()).unwrap_or_default(),
+                ..failed_message(pb::StopReason::Diverged, e.to_string())
+            }),
+            Err(panic) => {
+                let message = panic_message(panic.as_ref());
+                let message = libtorch_summary(&message);
+                if kiln_train::device::is_out_of_memory(message) {
+                    failed(
+                        pb::StopReason::OutOfMemory,
+                        format!(
+                            "out of memory on {}: {message}; try a smaller \
+                             spec.training.batch_size or fewer units",
+                            job.device_name
+                        ),
+                    )
+                } else {
+                    failed(pb::StopReason::Error, format!("training failed: {message}"))
+                }
+            }
+        }
+    }
+
+    /// The checkpoint a job continues from. One that cannot continue this
+    /// job (another format, spec or data) is dropped; if the job had reported
+    /// progress, a restart event then says it starts over.
+    fn resume_point(&self, job: &QueuedJob) -> Option<Checkpoint> {
+        if job.spec.kind != JobKind::Train {
+            return None;
+        }
+        let checkpoint = self
+            .checkpoints
+            .load(&job.id)
+            .filter(|c| c.matches(&job.spec, &job.data));
+        if checkpoint.is_none() {
+            self.checkpoints.remove(&job.id);
+            let progressed = self
+                .store
+                .get(&job.id)
+                .is_ok_and(|j| j.epochs_completed > 0 || j.lr_range.is_some());
+            if progressed {
+                let _ = self.store.append(
+                    &job.id,
+                    Kind::StateChanged(pb::StateChanged {
+                        state: pb::JobState::Queued as i32,
+                        ..Default::default()
+                    }),
+                );
+            }
+        }
+        checkpoint
+    }
+}
+
+/// Whether training stopped for a shutdown (not a cancel): `Some` with the
+/// checkpoint to continue from, if there is one.
+fn suspension<'a>(ended: &'a Ended, cancel: &CancelFlag) -> Option<Option<&'a Checkpoint>> {
+    match ended {
+        Ok(Err(TrainError::Suspended(c))) => Some(Some(c)),
+        Ok(Err(TrainError::Cancelled { .. })) if !cancel.is_set() => Some(None),
+        _ => None,
+    }
+}

@@ -1,0 +1,231 @@
+//! Runs queued jobs: `max_concurrent_jobs` trainer threads per device (one by
+//! default, so one job trains per device at a time) sharing the device's
+//! queue; the rest wait QUEUED, in submission order. A finished
+//! job's best model is written to the data directory and registered for
+//! Predict before its final event is published.
+//!
+//! `job.rs` is one job's life on a trainer thread, step by step; `events.rs`
+//! turns the trainer's reports into the job's recorded events.
+
+mod events;
+mod job;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use kiln_serve::ModelRegistry;
+use kiln_store::JobStore;
+use kiln_train::{Checkpoint, ModelArtifact};
+
+pub use crate::queued_job::QueuedJob;
+pub use events::failed;
+
+pub struct Runner {
+    queues: Mutex<HashMap<String, mpsc::Sender<QueuedJob>>>,
+    context: Arc<Context>,
+    /// Trainer threads per device (the `max_concurrent_jobs` config key).
+    threads_per_device: usize,
+}
+
+struct Context {
+    store: Arc<JobStore>,
+    models: Arc<ModelRegistry>,
+    models_dir: PathBuf,
+    /// Root of the jobs' TensorBoard logs; `None`: off.
+    tensorboard_dir: Option<PathBuf>,
+    checkpoints: Checkpoints,
+    /// Set by a shutdown: running jobs checkpoint and go back to QUEUED,
+    /// queued ones stay queued.
+    suspend: AtomicBool,
+    /// Jobs in [`Context::run`] now; a shutdown waits for none.
+    active: (Mutex<usize>, Condvar),
+}
+
+/// Where training checkpoints live (`<data_dir>/checkpoints/<job id>.ckpt`)
+/// and how often they are written.
+#[derive(Clone)]
+pub struct Checkpoints {
+    pub dir: PathBuf,
+    /// Epochs between checkpoints; 0: only on suspension.
+    pub every_epochs: u32,
+}
+
+impl Checkpoints {
+    /// The job's checkpoint file.
+    pub fn path(&self, job_id: &str) -> PathBuf {
+        self.dir.join(format!("{job_id}.ckpt"))
+    }
+
+    /// The job's checkpoint; `None` when it has none. A file that is
+    /// corrupted or of another format is reported and ignored.
+    fn load(&self, job_id: &str) -> Option<Checkpoint> {
+        let path = self.path(job_id);
+        match Checkpoint::load(&path) {
+            Ok(c) => Some(c),
+            Err(kiln_train::CheckpointError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                None
+            }
+            Err(e) => {
+                tracing::warn!(job = %job_id, error = %e, path = %path.display(), "checkpoint ignored");
+                None
+            }
+        }
+    }
+
+    fn save(&self, job_id: &str, checkpoint: &Checkpoint) -> bool {
+        match checkpoint.save(&self.path(job_id)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(job = %job_id, error = %e, "checkpoint not written");
+                false
+            }
+        }
+    }
+
+    fn remove(&self, job_id: &str) {
+        let _ = std::fs::remove_file(self.path(job_id));
+    }
+}
+
+impl Runner {
+    pub fn new(
+        store: Arc<JobStore>,
+        models: Arc<ModelRegistry>,
+        models_dir: PathBuf,
+        tensorboard_dir: Option<PathBuf>,
+        checkpoints: Checkpoints,
+    ) -> Self {
+        Self {
+            queues: Mutex::default(),
+            threads_per_device: 1,
+            context: Arc::new(Context {
+                store,
+                models,
+                models_dir,
+                tensorboard_dir,
+                checkpoints,
+                suspend: AtomicBool::new(false),
+                active: Default::default(),
+            }),
+        }
+    }
+
+    /// For a shutdown: running jobs stop at their next batch, write a
+    /// checkpoint and go back to QUEUED; queued jobs are not started.
+    pub fn suspend_all(&self) {
+        self.context.suspend.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until no job is running (after [`suspend_all`](Self::suspend_all)),
+    /// at most `timeout`; whether none is.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let (count, idle) = &self.context.active;
+        let count = count.lock().unwrap();
+        let (count, _) = idle.wait_timeout_while(count, timeout, |n| *n > 0).unwrap();
+        *count == 0
+    }
+
+    /// Lets up to `jobs` jobs train at once on each device (at least 1): the
+    /// number of trainer threads each device's queue gets.
+    pub fn with_max_concurrent_jobs(mut self, jobs: usize) -> Self {
+        self.threads_per_device = jobs.max(1);
+        self
+    }
+
+    pub fn checkpoints(&self) -> Checkpoints {
+        self.context.checkpoints.clone()
+    }
+
+    /// Queues a job on its device's trainer threads (started on first use).
+    pub fn submit(&self, job: QueuedJob) {
+        let mut queues = self.queues.lock().unwrap();
+        let queue = queues.entry(job.device_name.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel::<QueuedJob>();
+            // The device's trainer threads take jobs from one queue, in order.
+            let rx = Arc::new(Mutex::new(rx));
+            for n in 0..self.threads_per_device {
+                let context = self.context.clone();
+                let rx = rx.clone();
+                let name = if self.threads_per_device == 1 {
+                    format!("train-{}", job.device_name)
+                } else {
+                    format!("train-{}-{n}", job.device_name)
+                };
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || loop {
+                        // Hold the lock only while taking a job, not while training it.
+                        let next = rx.lock().unwrap().recv();
+                        match next {
+                            Ok(job) => context.run(job),
+                            Err(_) => return,
+                        }
+                    })
+                    .expect("spawn trainer thread");
+            }
+            tx
+        });
+        queue
+            .send(job)
+            .expect("trainer threads live as long as the runner");
+    }
+}
+
+impl Context {
+    fn run(&self, job: QueuedJob) {
+        if self.suspend.load(Ordering::SeqCst) {
+            return; // shutting down: it stays QUEUED and runs after the restart
+        }
+        *self.active.0.lock().unwrap() += 1;
+        // Counted down however run_job ends, a panic outside training included.
+        struct Done<'a>(&'a (Mutex<usize>, Condvar));
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                let mut count = self.0 .0.lock().unwrap_or_else(|e| e.into_inner());
+                *count -= 1;
+                self.0 .1.notify_all();
+            }
+        }
+        let _done = Done(&self.active);
+        self.run_job(job);
+    }
+
+    /// Writes the best model to `<data_dir>/models/<job id>` and serves it.
+    fn publish(&self, job: &QueuedJob, trained: &kiln_train::Trained) -> Result<(), String> {
+        let artifact =
+            ModelArtifact::from_trained(trained, &job.data).map_err(|e| e.to_string())?;
+        artifact
+            .save(&self.models_dir.join(&job.id))
+            .map_err(|e| e.to_string())?;
+        let model = self
+            .models
+            .register(
+                &job.model_name,
+                &job.id,
+                artifact,
+                job.device.clone(),
+                &job.device_name,
+            )
+            .map_err(|e| e.to_string())?;
+        record_model(&self.store, &model, &job.id);
+        Ok(())
+    }
+}
+
+/// Writes a registry version to the database, so a restart serves it again.
+pub fn record_model(store: &JobStore, model: &kiln_serve::ServedModel, artifact: &str) {
+    let Some(db) = store.db() else { return };
+    let row = kiln_store::ModelRow {
+        name: model.name.clone(),
+        version: model.version,
+        job_id: model.job_id.clone(),
+        artifact: artifact.to_string(),
+        meta: serde_json::to_string(&model.meta).expect("model metadata serializes"),
+    };
+    if let Err(e) = db.put_model(&row) {
+        tracing::error!(model = %row.name, version = row.version, error = %e, "model version not persisted");
+    }
+}
