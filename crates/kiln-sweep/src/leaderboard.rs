@@ -5,8 +5,8 @@ use kiln::v1 as pb;
 
 use crate::policy::Goal;
 
-/// Trial indices, best first: trials with a value by it (ties by number),
-/// then nothing else (trials without a value, or with NaN, are unranked).
+/// The indices of the trials with a value (not NaN), best first, ties by
+/// number; the others are unranked.
 pub fn ranking(trials: &[pb::Trial], goal: Goal) -> Vec<usize> {
     let mut ranked: Vec<usize> = (0..trials.len())
         .filter(|&i| trials[i].best_value.is_some_and(|v| !v.is_nan()))
