@@ -1,14 +1,33 @@
-//! The pure side of kiln's hyper-parameter sweeps, with no server and no
-//! burn: search spaces (grid expansion, seeded random sampling), trial specs
-//! made by setting a JobSpec field by its proto path (through prost-reflect),
-//! the early-termination policies (the median stopping rule and ASHA) and
-//! spec diffs for run comparison.
+//! The pure side of kiln's hyper-parameter sweeps, with no server, no
+//! runtime and no burn: search spaces (grid expansion, seeded random
+//! sampling), trial specs made by setting a JobSpec field by its proto path
+//! (through prost-reflect), the early-termination policies (the median
+//! stopping rule and ASHA), spec diffs for run comparison, and every decision
+//! of a sweep's controller: the plan validated from a request, the
+//! leaderboard, which trials start and which are stopped, what is taken over
+//! after a restart, and how the sweep ends. kiln-server does the I/O.
 
+#![warn(missing_docs)]
+
+pub mod adoption;
+pub mod controller;
+pub mod leaderboard;
+pub mod metric;
+pub mod outcome;
+pub mod plan;
 pub mod policy;
+pub mod pruning;
 pub mod space;
 pub mod spec_path;
+#[cfg(test)]
+mod testing;
 
+pub use adoption::{Adoption, Resume};
+pub use controller::{Controller, Start};
+pub use metric::epoch_value;
+pub use plan::{plan, Plan};
 pub use policy::{Asha, AshaRungs, Goal, MedianStopping};
+pub use pruning::{Policy, Pruner};
 pub use space::{Dimension, Rng, SearchSpace, TrialParams};
 pub use spec_path::{apply, diff_specs, flatten_spec, trial_spec};
 

@@ -30,7 +30,9 @@ use std::collections::BTreeMap;
 /// Which way a metric is better.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Goal {
+    /// Lower is better (losses, errors).
     Minimize,
+    /// Higher is better (accuracy, R²).
     Maximize,
 }
 
@@ -78,6 +80,7 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+/// The median stopping rule's settings (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MedianStopping {
     /// Epochs a trial runs before it can be stopped; the running averages
@@ -123,6 +126,7 @@ impl MedianStopping {
     }
 }
 
+/// ASHA's settings (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Asha {
     /// r: the first rung's epoch.

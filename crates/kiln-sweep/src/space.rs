@@ -13,27 +13,35 @@ use prost_types::Value;
 /// Grids larger than this are refused.
 pub const MAX_GRID: usize = 10_000;
 
+/// One parameter's values.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Dimension {
+    /// These values (grid points, or random choices).
     List(Vec<Value>),
+    /// Uniform in [low, high).
     Uniform(f64, f64),
+    /// exp(uniform(ln low, ln high)).
     LogUniform(f64, f64),
+    /// An integer in [low, high].
     IntUniform(i64, i64),
 }
 
 /// One trial's values, by path, sorted by path.
 pub type TrialParams = Vec<(String, Value)>;
 
+/// A sweep's search space, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchSpace {
     /// Sorted by path.
     pub dimensions: Vec<(String, Dimension)>,
 }
 
+/// The request field of parameter `path`, as errors name it.
 pub fn field(path: &str) -> String {
     format!("search_space[\"{path}\"]")
 }
 
+/// A number as a parameter value.
 pub fn number(x: f64) -> Value {
     Value {
         kind: Some(Kind::NumberValue(x)),
@@ -41,6 +49,7 @@ pub fn number(x: f64) -> Value {
 }
 
 impl SearchSpace {
+    /// Checks a request's `search_space`; errors name the parameter.
     pub fn from_proto(space: &HashMap<String, pb::Parameter>) -> Result<SearchSpace, FieldError> {
         use pb::parameter::Kind as P;
         if space.is_empty() {
@@ -185,10 +194,12 @@ impl SearchSpace {
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator whose sequence is fixed by `seed`.
     pub fn new(seed: u64) -> Self {
         Rng(seed)
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
