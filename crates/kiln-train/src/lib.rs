@@ -3,10 +3,12 @@
 //! stopping, and the artifact and predictor of the model it produces.
 
 pub mod artifact;
+mod backend;
 pub mod checkpoint;
 pub mod device;
 pub mod early_stop;
 pub mod health;
+mod libtorch;
 pub mod loss;
 pub mod lr_find;
 pub mod model;
