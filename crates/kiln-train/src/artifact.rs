@@ -22,7 +22,7 @@ use kiln_core::spec::Task;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Mlp, ModelArch};
-use crate::train::Trained;
+use crate::outcome::Trained;
 
 const META_FILE: &str = "model.json";
 const WEIGHTS_FILE: &str = "weights.bpk";

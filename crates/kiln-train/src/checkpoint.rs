@@ -25,9 +25,9 @@ use sha2::{Digest, Sha256};
 use crate::early_stop::EarlyStopping;
 use crate::health::ProbeValues;
 use crate::model::{Mlp, ModelArch};
+use crate::report::EpochReport;
 use crate::schedule::LrScheduler;
 use crate::swa::Swalr;
-use crate::train::EpochReport;
 
 const MAGIC: &[u8; 8] = b"KILNCKPT";
 /// Bumped whenever the layout of [`Progress`] or the sections changes; an

@@ -13,8 +13,11 @@ pub mod loss;
 pub mod lr_find;
 pub mod model;
 pub mod optim;
+mod outcome;
+mod report;
 pub mod schedule;
 pub mod swa;
+mod tensors;
 pub mod train;
 
 pub use artifact::{ModelArtifact, ModelMeta, Output, Predictor};

@@ -13,7 +13,8 @@ mod batch_norm;
 mod init;
 mod mlp;
 
-use kiln_core::spec::{LayerSpec, OutputActivation, Task};
+use kiln_core::prepare::Prepared;
+use kiln_core::spec::{JobSpec, LayerSpec, OutputActivation, Task};
 use serde::{Deserialize, Serialize};
 
 pub use activation::{activate, AlphaDropout};
@@ -42,6 +43,17 @@ impl ModelArch {
         match task {
             Task::Binary => 1,
             Task::Regression | Task::Multiclass => outputs,
+        }
+    }
+
+    /// The network `spec` describes for `data`'s width and outputs.
+    pub(crate) fn for_job(spec: &JobSpec, data: &Prepared) -> Self {
+        ModelArch {
+            task: spec.task,
+            inputs: data.width,
+            hidden: spec.model.hidden.clone(),
+            outputs: ModelArch::output_units(spec.task, data.outputs),
+            output_activation: spec.model.output_activation,
         }
     }
 }
