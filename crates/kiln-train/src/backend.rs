@@ -73,15 +73,15 @@ pub(crate) trait Backend {
         None
     }
 
-    /// One torch.optim.Adam / AdamW single-tensor step. `Err` hands the
-    /// inputs back for the burn-op path.
+    /// One torch.optim.Adam / AdamW single-tensor step; a declined step
+    /// hands the inputs back for the burn-op path.
     fn adam_step<const D: usize>(
         _settings: &AdamSettings,
         param: Tensor<D>,
         grad: Tensor<D>,
         state: Option<AdamMoments<D>>,
     ) -> AdamOutcome<D> {
-        Err((param, grad, state))
+        AdamOutcome::Declined(param, grad, state)
     }
 }
 
@@ -116,6 +116,10 @@ pub(crate) struct AdamMoments<const D: usize> {
     pub max_exp_avg_sq: Option<Tensor<D>>,
 }
 
-/// The new parameter and state, or the untouched inputs.
-pub(crate) type AdamOutcome<const D: usize> =
-    Result<(Tensor<D>, AdamMoments<D>), (Tensor<D>, Tensor<D>, Option<AdamMoments<D>>)>;
+/// What [`Backend::adam_step`] did.
+pub(crate) enum AdamOutcome<const D: usize> {
+    /// The step ran: the new parameter and state.
+    Stepped(Tensor<D>, AdamMoments<D>),
+    /// Not for this backend: the parameter, gradient and state, untouched.
+    Declined(Tensor<D>, Tensor<D>, Option<AdamMoments<D>>),
+}

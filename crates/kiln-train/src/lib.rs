@@ -2,6 +2,8 @@
 //! spec describes, its loss and optimizer, the training loop with early
 //! stopping, and the artifact and predictor of the model it produces.
 
+#![warn(missing_docs)]
+
 pub mod artifact;
 mod backend;
 pub mod checkpoint;

@@ -8,11 +8,14 @@ use crate::backend::{Active, Backend};
 /// Targets on the training device: values `[n, outputs]` or class indices `[n]`.
 #[derive(Debug, Clone)]
 pub enum TargetTensor {
+    /// Regression targets, `[n, outputs]`.
     Values(Tensor<2>),
+    /// Class indices, `[n]`.
     Classes(Tensor<1, Int>),
 }
 
 impl TargetTensor {
+    /// The rows at `idx`.
     pub fn select(&self, idx: Tensor<1, Int>) -> Self {
         match self {
             TargetTensor::Values(t) => TargetTensor::Values(t.clone().select(0, idx)),
@@ -20,6 +23,7 @@ impl TargetTensor {
         }
     }
 
+    /// Rows `start..end`.
     pub fn slice_rows(&self, start: usize, end: usize) -> Self {
         match self {
             TargetTensor::Values(t) => TargetTensor::Values(t.clone().slice(start..end)),
@@ -36,6 +40,7 @@ pub struct Loss {
 }
 
 impl Loss {
+    /// The loss `spec` describes, its class weights on `device`.
     pub fn new(spec: &LossSpec, device: &Device) -> Self {
         let class_weights = (!spec.class_weights.is_empty()).then(|| {
             let w: Vec<f32> = spec.class_weights.iter().map(|&v| v as f32).collect();

@@ -32,7 +32,7 @@ pub(super) fn adam_step<const D: usize>(
                 && s.max_exp_avg_sq.as_ref().is_none_or(is_libtorch)
         });
     if !on_libtorch {
-        return Err((param, grad, state));
+        return AdamOutcome::Declined(param, grad, state);
     }
     let state = state.map(|s| {
         (
@@ -54,7 +54,7 @@ pub(super) fn adam_step<const D: usize>(
         into_tch(grad),
         state,
     );
-    Ok((
+    AdamOutcome::Stepped(
         from_tch(param),
         AdamMoments {
             step,
@@ -62,7 +62,7 @@ pub(super) fn adam_step<const D: usize>(
             exp_avg_sq: from_tch(exp_avg_sq),
             max_exp_avg_sq: max_exp_avg_sq.map(from_tch),
         },
-    ))
+    )
 }
 
 /// Whether `t` is a plain (non-autodiff) LibTorch tensor.

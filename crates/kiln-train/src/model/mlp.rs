@@ -12,6 +12,7 @@ use super::init::{initializer, linear};
 use super::ModelArch;
 use crate::backend::{Active, Backend};
 
+/// The network: hidden blocks, then the linear output layer.
 #[derive(Module, Debug)]
 pub struct Mlp {
     blocks: Vec<Block>,

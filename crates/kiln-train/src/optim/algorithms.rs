@@ -7,7 +7,7 @@ use burn::optim::{LearningRate, Optimizer, RecordState, StateSink, StateSource};
 use burn::tensor::{Device, Tensor};
 
 use super::MomentumOverride;
-use crate::backend::{Active, AdamMoments, AdamSettings, Backend};
+use crate::backend::{Active, AdamMoments, AdamOutcome, AdamSettings, Backend};
 
 /// Implements burn's [`RecordState`] (the optimizer record) for a state
 /// struct: its tensors, optional tensors and scalars by field name.
@@ -222,8 +222,10 @@ impl Optimizer for Adam {
         };
         let moments = state.map(AdamState::into_moments);
         let state = match Active::adam_step(&settings, param, grad, moments) {
-            Ok((param, moments)) => return (param, Some(AdamState::from_moments(moments))),
-            Err((p, g, moments)) => {
+            AdamOutcome::Stepped(param, moments) => {
+                return (param, Some(AdamState::from_moments(moments)))
+            }
+            AdamOutcome::Declined(p, g, moments) => {
                 (param, grad) = (p, g);
                 moments.map(AdamState::from_moments)
             }

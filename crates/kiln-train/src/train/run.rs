@@ -435,7 +435,7 @@ impl Run {
             return true;
         }
         let every = control.checkpoint_every;
-        if every > 0 && epoch % every == 0 && epoch < training.epochs {
+        if every > 0 && epoch.is_multiple_of(every) && epoch < training.epochs {
             let c = self.snapshot(setup);
             (control.on_checkpoint)(&c);
         }
