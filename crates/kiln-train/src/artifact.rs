@@ -22,7 +22,7 @@ use kiln_core::spec::Task;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Mlp, ModelArch};
-use crate::train::Trained;
+use crate::outcome::Trained;
 
 const META_FILE: &str = "model.json";
 const WEIGHTS_FILE: &str = "weights.bpk";
@@ -33,40 +33,55 @@ pub const SAFETENSORS_META_KEY: &str = "kiln.model";
 /// Everything about a model but its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelMeta {
+    /// The network's shape.
     pub arch: ModelArch,
     /// The input columns and their one-hot encodings; `feature_names` are its features.
     pub encoding: InputEncoding,
+    /// The features' names, in input order.
     pub feature_names: Vec<String>,
+    /// The target columns' names.
     pub target_names: Vec<String>,
     /// Classification: the label of each class index.
     pub class_labels: Vec<String>,
+    /// Standardizes the input features as in training.
     pub feature_scaler: Scaler,
+    /// Regression: maps the network's outputs back to the targets' units.
     pub target_scaler: Option<Scaler>,
+    /// The epoch whose weights these are.
     pub best_epoch: u32,
 }
 
+/// A model as saved: its metadata and its weights.
 #[derive(Debug, Clone)]
 pub struct ModelArtifact {
+    /// Everything but the weights.
     pub meta: ModelMeta,
     /// burn's record of the network's weights and BatchNorm statistics.
     pub weights: Vec<u8>,
 }
 
+/// Why a model artifact cannot be saved or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
+    /// Reading or writing a file failed.
     #[error("model artifact I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// `model.json` does not parse.
     #[error("model artifact metadata: {0}")]
     Meta(#[from] serde_json::Error),
+    /// The weights do not serialize or do not fit the network.
     #[error("model artifact weights: {0}")]
     Weights(String),
+    /// Not a safetensors file that carries kiln's model metadata.
     #[error("not a kiln model file: {0}")]
     NotAModel(String),
+    /// A file does not match its checksum, or is missing.
     #[error("model artifact corrupted: {0}")]
     Corrupt(String),
 }
 
 impl ModelArtifact {
+    /// The artifact of a finished run on `data` (its encoding and scalers).
     pub fn from_trained(trained: &Trained, data: &Prepared) -> Result<Self, ArtifactError> {
         let weights = trained
             .model
@@ -216,20 +231,32 @@ fn safetensors_metadata(bytes: &[u8]) -> Result<String, ArtifactError> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// Regression: `width` values per row, in the targets' original units.
-    Values { values: Vec<f32>, width: usize },
+    Values {
+        /// Row-major, `width` per row.
+        values: Vec<f32>,
+        /// Targets per row.
+        width: usize,
+    },
     /// Classification: one probability per class per row.
-    Probabilities { probs: Vec<f32>, classes: usize },
+    Probabilities {
+        /// Row-major, `classes` per row.
+        probs: Vec<f32>,
+        /// Classes per row (2 for a binary task).
+        classes: usize,
+    },
 }
 
 /// An evaluation-mode model on one device, with its scalers.
 #[derive(Debug)]
 pub struct Predictor {
     model: Mlp,
+    /// The model's metadata.
     pub meta: ModelMeta,
     device: Device,
 }
 
 impl Predictor {
+    /// Loads `artifact`'s network onto `device` in evaluation mode.
     pub fn new(artifact: &ModelArtifact, device: &Device) -> Result<Self, ArtifactError> {
         Ok(Self {
             model: artifact.model(device)?,

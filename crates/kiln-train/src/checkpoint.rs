@@ -25,21 +25,25 @@ use sha2::{Digest, Sha256};
 use crate::early_stop::EarlyStopping;
 use crate::health::ProbeValues;
 use crate::model::{Mlp, ModelArch};
+use crate::report::EpochReport;
 use crate::schedule::LrScheduler;
 use crate::swa::Swalr;
-use crate::train::EpochReport;
 
 const MAGIC: &[u8; 8] = b"KILNCKPT";
 /// Bumped whenever the layout of [`Progress`] or the sections changes; an
 /// older checkpoint is then refused rather than misread.
 const VERSION: u32 = 1;
 
+/// Why a checkpoint cannot be saved or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    /// Reading or writing the file failed.
     #[error("checkpoint I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The bytes are damaged: bad magic, checksum or layout.
     #[error("checkpoint corrupted: {0}")]
     Corrupt(String),
+    /// Intact, but not for this kiln or this run.
     #[error("checkpoint unusable: {0}")]
     Unusable(String),
 }
@@ -103,6 +107,7 @@ impl Checkpoint {
         self.progress.fingerprint == fingerprint(spec, data)
     }
 
+    /// The checkpoint as bytes: header, sections and checksum.
     pub fn to_bytes(&self) -> Vec<u8> {
         let progress = rmp_serde::to_vec_named(&self.progress).expect("progress serializes");
         let mut out = Vec::with_capacity(
@@ -135,6 +140,7 @@ impl Checkpoint {
         out
     }
 
+    /// Parses and verifies bytes written by [`to_bytes`](Self::to_bytes).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CheckpointError> {
         let corrupt = |why: &str| CheckpointError::Corrupt(why.to_string());
         if bytes.len() < MAGIC.len() + 4 + 32 || &bytes[..MAGIC.len()] != MAGIC {
@@ -193,6 +199,7 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// Reads and verifies the checkpoint at `path`.
     pub fn load(path: &Path) -> Result<Self, CheckpointError> {
         Self::from_bytes(&std::fs::read(path)?)
     }

@@ -5,8 +5,10 @@
 use kiln_core::spec::{EarlyStoppingSpec, Metric};
 use serde::{Deserialize, Serialize};
 
+/// Keras' EarlyStopping state: the best value so far and the epochs waited.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EarlyStopping {
+    /// The metric watched.
     pub monitor: Metric,
     mode_max: bool,
     min_delta: f64,
@@ -15,10 +17,13 @@ pub struct EarlyStopping {
     baseline: Option<f64>,
     start_from_epoch: u32,
     wait: u32,
+    /// The best monitored value so far.
     pub best: Option<f64>,
+    /// The epoch that had it (0 before any).
     pub best_epoch: u32,
 }
 
+/// What one epoch's value means for the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
     /// This epoch is the new best: keep its weights.

@@ -25,6 +25,7 @@ pub const EXPLODING_RATIO: f64 = 1e3;
 /// Validation rows the dead-unit count looks at.
 pub const DEAD_UNIT_ROWS: usize = 1024;
 
+/// One linear layer's gradient health in the measured step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerHealth {
     /// "hidden1", ..., "output".
@@ -40,11 +41,16 @@ pub struct LayerHealth {
     pub dead_fraction: Option<f64>,
 }
 
+/// The gradient health of one epoch, all layers, judged.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GradientHealth {
+    /// The epoch measured.
     pub epoch: u32,
+    /// Each linear layer, input side first.
     pub layers: Vec<LayerHealth>,
+    /// Some hidden layer's gradient vanishes.
     pub vanishing: bool,
+    /// Some layer's gradient explodes or is not finite.
     pub exploding: bool,
     /// Which layers were flagged, with their ratios; empty when healthy.
     pub detail: String,
@@ -64,6 +70,7 @@ fn l2(t: Tensor<2>) -> Tensor<1> {
 }
 
 impl StepProbe {
+    /// Measures the gradients and the weights before the optimizer step.
     pub fn before_step(model: &Mlp, grads: &GradientsParams) -> Self {
         let weights = model.layer_weights();
         let grad_norms = weights
@@ -81,6 +88,7 @@ impl StepProbe {
         }
     }
 
+    /// Measures the change the step made to the weights.
     pub fn after_step(&mut self, model: &Mlp) {
         let (weight_norms, update_norms) = model
             .layer_weights()

@@ -2,17 +2,24 @@
 //! spec describes, its loss and optimizer, the training loop with early
 //! stopping, and the artifact and predictor of the model it produces.
 
+#![warn(missing_docs)]
+
 pub mod artifact;
+mod backend;
 pub mod checkpoint;
 pub mod device;
 pub mod early_stop;
 pub mod health;
+mod libtorch;
 pub mod loss;
 pub mod lr_find;
 pub mod model;
 pub mod optim;
+mod outcome;
+mod report;
 pub mod schedule;
 pub mod swa;
+mod tensors;
 pub mod train;
 
 pub use artifact::{ModelArtifact, ModelMeta, Output, Predictor};

@@ -3,14 +3,19 @@
 use burn::tensor::{activation, Device, Int, Tensor, TensorData};
 use kiln_core::spec::{LossKind, LossSpec};
 
+use crate::backend::{Active, Backend};
+
 /// Targets on the training device: values `[n, outputs]` or class indices `[n]`.
 #[derive(Debug, Clone)]
 pub enum TargetTensor {
+    /// Regression targets, `[n, outputs]`.
     Values(Tensor<2>),
+    /// Class indices, `[n]`.
     Classes(Tensor<1, Int>),
 }
 
 impl TargetTensor {
+    /// The rows at `idx`.
     pub fn select(&self, idx: Tensor<1, Int>) -> Self {
         match self {
             TargetTensor::Values(t) => TargetTensor::Values(t.clone().select(0, idx)),
@@ -18,6 +23,7 @@ impl TargetTensor {
         }
     }
 
+    /// Rows `start..end`.
     pub fn slice_rows(&self, start: usize, end: usize) -> Self {
         match self {
             TargetTensor::Values(t) => TargetTensor::Values(t.clone().slice(start..end)),
@@ -34,6 +40,7 @@ pub struct Loss {
 }
 
 impl Loss {
+    /// The loss `spec` describes, its class weights on `device`.
     pub fn new(spec: &LossSpec, device: &Device) -> Self {
         let class_weights = (!spec.class_weights.is_empty()).then(|| {
             let w: Vec<f32> = spec.class_weights.iter().map(|&v| v as f32).collect();
@@ -65,7 +72,7 @@ impl Loss {
             (LossKind::CrossEntropy, TargetTensor::Classes(y)) => {
                 if spec.label_smoothing == 0.0 {
                     if let Some(loss) =
-                        libtorch_ce::cross_entropy(&output, y, self.class_weights.as_ref())
+                        Active::cross_entropy(&output, y, self.class_weights.as_ref())
                     {
                         return loss;
                     }
@@ -110,110 +117,5 @@ impl Loss {
             return nll;
         }
         nll.mul_scalar(1.0 - eps) + smooth.mul_scalar(eps / classes as f64)
-    }
-}
-
-/// Cross-entropy without label smoothing on libtorch's kernels, as one
-/// autodiff operation on the training device: `log_softmax` then `nll_loss`
-/// forward (what torch.nn.CrossEntropyLoss runs), `nll_loss_backward` then
-/// `_log_softmax_backward_data` backward. burn composes it of about five
-/// operations forward and more backward. Other devices and label smoothing
-/// take [`Loss::cross_entropy`].
-#[allow(deprecated)] // burn-tch is deprecated in 0.22 (removed in 0.23) but is our backend.
-mod libtorch_ce {
-    use burn::backend::autodiff::checkpoint::base::Checkpointer;
-    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
-    use burn::backend::autodiff::grads::Gradients;
-    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-    use burn::backend::libtorch::TchTensor;
-    use burn::backend::{Autodiff, BackendTypes, LibTorch};
-    use burn::tensor::{Int, Tensor};
-
-    type AdTorch = Autodiff<LibTorch, NoCheckpointing>;
-    type AdTensor = <AdTorch as BackendTypes>::FloatTensorPrimitive;
-
-    /// Ignores no class: every class index is >= 0.
-    const IGNORE_INDEX: i64 = -100;
-
-    pub(super) fn cross_entropy(
-        logits: &Tensor<2>,
-        targets: &Tensor<1, Int>,
-        class_weights: Option<&Tensor<1>>,
-    ) -> Option<Tensor<1>> {
-        let logits: AdTensor = logits.clone().try_into_primitive::<AdTorch>().ok()?;
-        let targets: TchTensor = targets.clone().try_into_primitive::<AdTorch>().ok()?;
-        let weights: Option<TchTensor> = match class_weights {
-            Some(w) => Some(
-                w.clone()
-                    .try_into_primitive::<AdTorch>()
-                    .ok()?
-                    .into_primitive(),
-            ),
-            None => None,
-        };
-        let weight = weights.as_ref().map(|w| &w.tensor);
-        let log_probs = logits.primitive().tensor.f_log_softmax(1, None).ok()?;
-        let loss = log_probs
-            .f_nll_loss(&targets.tensor, weight, tch::Reduction::Mean, IGNORE_INDEX)
-            .ok()?;
-        // Loss::forward returns shape [1]; nll_loss a 0-dim tensor.
-        let loss = TchTensor::new(loss.reshape([1]));
-        let output = match CrossEntropy
-            .prepare::<NoCheckpointing>([logits.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                prep.finish((TchTensor::new(log_probs), targets, weights), loss)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(loss),
-        };
-        Some(Tensor::from_primitive::<AdTorch>(output))
-    }
-
-    #[derive(Debug)]
-    struct CrossEntropy;
-
-    impl Backward<LibTorch, 1> for CrossEntropy {
-        /// The log-probabilities, the targets and the class weights.
-        type State = (TchTensor, TchTensor, Option<TchTensor>);
-
-        fn backward(
-            self,
-            ops: Ops<Self::State, 1>,
-            grads: &mut Gradients,
-            _checkpointer: &mut Checkpointer,
-        ) {
-            let [node] = ops.parents;
-            let grad = grads.consume::<LibTorch>(&ops.node).tensor;
-            let Some(node) = node else { return };
-            let (log_probs, targets, weights) = ops.state;
-            let (log_probs, targets) = (log_probs.tensor, targets.tensor);
-            let weight = weights.as_ref().map(|w| &w.tensor);
-            // The mean's denominator: the rows, or their classes' summed weights.
-            let total_weight = match weight {
-                Some(w) => w.index_select(0, &targets).sum(tch::Kind::Float),
-                None => tch::Tensor::full(
-                    [] as [i64; 0],
-                    log_probs.size()[0] as f64,
-                    (log_probs.kind(), log_probs.device()),
-                ),
-            };
-            let grad_log_probs = log_probs.nll_loss_backward(
-                &grad.reshape([] as [i64; 0]),
-                &targets,
-                weight,
-                tch::Reduction::Mean,
-                IGNORE_INDEX,
-                &total_weight,
-            );
-            let grad_logits = tch::Tensor::internal_log_softmax_backward_data(
-                &grad_log_probs,
-                &log_probs,
-                1,
-                log_probs.kind(),
-            );
-            grads.register::<LibTorch>(node.id, TchTensor::new(grad_logits));
-        }
     }
 }

@@ -25,57 +25,22 @@
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_core::prepare::Prepared;
-use kiln_core::spec::{JobSpec, LrRangeSpec, LrSuggestion};
+use kiln_core::spec::{JobSpec, LrRangeSpec};
 use rand::{seq::SliceRandom, SeedableRng};
 
 use crate::loss::Loss;
-use crate::model::Mlp;
+use crate::model::{Mlp, ModelArch};
 use crate::optim;
-use crate::train::{features, model_arch, targets, TrainError, TrainEvent};
+use crate::outcome::TrainError;
+use crate::report::TrainEvent;
+use crate::tensors::{features, targets};
+
+pub use crate::report::{LrPoint, LrRangeReport, LrSuggestions};
 
 /// fastai's `AvgSmoothLoss` beta.
 pub const SMOOTHING_BETA: f64 = 0.98;
 /// fastai's `stop_div`: stop once the smoothed loss exceeds this multiple of its minimum.
 pub const DIVERGENCE_FACTOR: f64 = 4.0;
-
-/// One iteration of the test.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LrPoint {
-    pub iteration: u32,
-    pub learning_rate: f64,
-    pub loss: f64,
-    pub smoothed_loss: f64,
-}
-
-/// fastai's three suggestion functions' learning rates.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LrSuggestions {
-    pub valley: f64,
-    pub steepest: f64,
-    /// The learning rate at the minimum smoothed loss, divided by 10.
-    pub minimum: f64,
-}
-
-impl LrSuggestions {
-    pub fn pick(&self, which: LrSuggestion) -> f64 {
-        match which {
-            LrSuggestion::Valley => self.valley,
-            LrSuggestion::Steepest => self.steepest,
-            LrSuggestion::Minimum => self.minimum,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct LrRangeReport {
-    pub suggestions: LrSuggestions,
-    /// Iterations run.
-    pub iterations: u32,
-    /// Stopped by the 4x rule or by a non-finite loss.
-    pub diverged: bool,
-    /// With `auto_learning_rate`: the learning rate training then used.
-    pub chosen: Option<f64>,
-}
 
 /// Runs the test on `spec`'s network, optimizer, loss, batch size and seed;
 /// each point goes to `emit` as [`TrainEvent::LrPoint`] as it is measured.
@@ -90,7 +55,7 @@ pub fn lr_range_test(
     let settings = spec.lr_range_test;
     device.seed(training.seed);
     let ad = device.clone().autodiff();
-    let arch = model_arch(spec, data);
+    let arch = ModelArch::for_job(spec, data);
     let mut model = Mlp::new(&arch, &ad);
     let mut optimizer = optim::build(&training.optimizer);
     let train_x = features(&data.train, data.width, &ad);

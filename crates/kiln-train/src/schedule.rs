@@ -117,6 +117,121 @@ struct Phase {
     end_momentum: f64,
 }
 
+impl Plateau {
+    /// ReduceLROnPlateau's state before its first step, from a
+    /// `ReduceOnPlateau` schedule kind.
+    fn new(kind: &LrScheduleKind) -> Self {
+        let LrScheduleKind::ReduceOnPlateau {
+            monitor,
+            mode_max,
+            factor,
+            patience,
+            threshold,
+            threshold_rel,
+            cooldown,
+            min_lr,
+            eps,
+        } = *kind
+        else {
+            unreachable!("Plateau::new takes a ReduceOnPlateau kind")
+        };
+        Plateau {
+            monitor,
+            mode_max,
+            factor,
+            patience: u64::from(patience),
+            threshold,
+            threshold_rel,
+            cooldown: u64::from(cooldown),
+            min_lr,
+            eps,
+            best: if mode_max {
+                f64::NEG_INFINITY
+            } else {
+                f64::INFINITY
+            },
+            num_bad_epochs: 0,
+            cooldown_counter: 0,
+        }
+    }
+}
+
+impl OneCycle {
+    /// OneCycleLR's phases and state before its first step, from a
+    /// `OneCycle` schedule kind.
+    fn new(kind: &LrScheduleKind, steps_per_epoch: usize, epochs: u32) -> Self {
+        let LrScheduleKind::OneCycle {
+            max_lr,
+            pct_start,
+            anneal_cos,
+            div_factor,
+            final_div_factor,
+            three_phase,
+            cycle_momentum,
+            base_momentum,
+            max_momentum,
+        } = *kind
+        else {
+            unreachable!("OneCycle::new takes a OneCycle kind")
+        };
+
+        let total_steps = (steps_per_epoch.max(1) as u64 * u64::from(epochs)).max(1);
+        let total = total_steps as f64;
+        let initial_lr = max_lr / div_factor;
+        let min_lr = initial_lr / final_div_factor;
+        let phases = if three_phase {
+            vec![
+                Phase {
+                    end_step: pct_start * total - 1.0,
+                    start_lr: initial_lr,
+                    end_lr: max_lr,
+                    start_momentum: max_momentum,
+                    end_momentum: base_momentum,
+                },
+                Phase {
+                    end_step: 2.0 * pct_start * total - 2.0,
+                    start_lr: max_lr,
+                    end_lr: initial_lr,
+                    start_momentum: base_momentum,
+                    end_momentum: max_momentum,
+                },
+                Phase {
+                    end_step: total - 1.0,
+                    start_lr: initial_lr,
+                    end_lr: min_lr,
+                    start_momentum: max_momentum,
+                    end_momentum: max_momentum,
+                },
+            ]
+        } else {
+            vec![
+                Phase {
+                    end_step: pct_start * total - 1.0,
+                    start_lr: initial_lr,
+                    end_lr: max_lr,
+                    start_momentum: max_momentum,
+                    end_momentum: base_momentum,
+                },
+                Phase {
+                    end_step: total - 1.0,
+                    start_lr: max_lr,
+                    end_lr: min_lr,
+                    start_momentum: base_momentum,
+                    end_momentum: max_momentum,
+                },
+            ]
+        };
+        OneCycle {
+            phases,
+            anneal_cos,
+            cycle_momentum,
+            total_steps,
+            step: 0,
+            momentum: max_momentum,
+        }
+    }
+}
+
 impl LrScheduler {
     /// `base_lr`: the optimizer's learning rate. `steps_per_epoch`: optimizer
     /// steps per epoch (>= 1). `epochs`: the epoch budget (OneCycle's
@@ -134,99 +249,9 @@ impl LrScheduler {
                 t_max: u64::from(t_max.max(1)),
                 eta_min,
             },
-            LrScheduleKind::ReduceOnPlateau {
-                monitor,
-                mode_max,
-                factor,
-                patience,
-                threshold,
-                threshold_rel,
-                cooldown,
-                min_lr,
-                eps,
-            } => Main::Plateau(Plateau {
-                monitor,
-                mode_max,
-                factor,
-                patience: u64::from(patience),
-                threshold,
-                threshold_rel,
-                cooldown: u64::from(cooldown),
-                min_lr,
-                eps,
-                best: if mode_max {
-                    f64::NEG_INFINITY
-                } else {
-                    f64::INFINITY
-                },
-                num_bad_epochs: 0,
-                cooldown_counter: 0,
-            }),
-            LrScheduleKind::OneCycle {
-                max_lr,
-                pct_start,
-                anneal_cos,
-                div_factor,
-                final_div_factor,
-                three_phase,
-                cycle_momentum,
-                base_momentum,
-                max_momentum,
-            } => {
-                let total_steps = (steps_per_epoch.max(1) as u64 * u64::from(epochs)).max(1);
-                let total = total_steps as f64;
-                let initial_lr = max_lr / div_factor;
-                let min_lr = initial_lr / final_div_factor;
-                let phases = if three_phase {
-                    vec![
-                        Phase {
-                            end_step: pct_start * total - 1.0,
-                            start_lr: initial_lr,
-                            end_lr: max_lr,
-                            start_momentum: max_momentum,
-                            end_momentum: base_momentum,
-                        },
-                        Phase {
-                            end_step: 2.0 * pct_start * total - 2.0,
-                            start_lr: max_lr,
-                            end_lr: initial_lr,
-                            start_momentum: base_momentum,
-                            end_momentum: max_momentum,
-                        },
-                        Phase {
-                            end_step: total - 1.0,
-                            start_lr: initial_lr,
-                            end_lr: min_lr,
-                            start_momentum: max_momentum,
-                            end_momentum: max_momentum,
-                        },
-                    ]
-                } else {
-                    vec![
-                        Phase {
-                            end_step: pct_start * total - 1.0,
-                            start_lr: initial_lr,
-                            end_lr: max_lr,
-                            start_momentum: max_momentum,
-                            end_momentum: base_momentum,
-                        },
-                        Phase {
-                            end_step: total - 1.0,
-                            start_lr: max_lr,
-                            end_lr: min_lr,
-                            start_momentum: base_momentum,
-                            end_momentum: max_momentum,
-                        },
-                    ]
-                };
-                Main::OneCycle(OneCycle {
-                    phases,
-                    anneal_cos,
-                    cycle_momentum,
-                    total_steps,
-                    step: 0,
-                    momentum: max_momentum,
-                })
+            LrScheduleKind::ReduceOnPlateau { .. } => Main::Plateau(Plateau::new(&spec.kind)),
+            LrScheduleKind::OneCycle { .. } => {
+                Main::OneCycle(OneCycle::new(&spec.kind, steps_per_epoch, epochs))
             }
         };
         let warmup = match (spec.warmup, &main) {

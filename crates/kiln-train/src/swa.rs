@@ -27,6 +27,7 @@ pub struct Swalr {
 }
 
 impl Swalr {
+    /// SWALR for `swa`, built with the optimizer's LR `lr` at the switch.
     pub fn new(lr: f64, swa: &SwaSpec) -> Self {
         Self::with(lr, swa.swa_lr, swa.anneal_epochs, swa.anneal_cos)
     }
@@ -90,6 +91,7 @@ pub struct WeightAverage {
 }
 
 impl WeightAverage {
+    /// An empty average.
     pub fn new() -> Self {
         Self::default()
     }

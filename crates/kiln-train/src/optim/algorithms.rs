@@ -6,7 +6,8 @@
 use burn::optim::{LearningRate, Optimizer, RecordState, StateSink, StateSource};
 use burn::tensor::{Device, Tensor};
 
-use super::{libtorch, MomentumOverride};
+use super::MomentumOverride;
+use crate::backend::{Active, AdamMoments, AdamOutcome, AdamSettings, Backend};
 
 /// Implements burn's [`RecordState`] (the optimizer record) for a state
 /// struct: its tensors, optional tensors and scalars by field name.
@@ -177,6 +178,27 @@ record_state!(AdamState {
     scalars: [step: u64]
 });
 
+/// The same state as the backend seam spells it (field for field).
+impl<const D: usize> AdamState<D> {
+    fn into_moments(self) -> AdamMoments<D> {
+        AdamMoments {
+            step: self.step,
+            exp_avg: self.exp_avg,
+            exp_avg_sq: self.exp_avg_sq,
+            max_exp_avg_sq: self.max_exp_avg_sq,
+        }
+    }
+
+    fn from_moments(m: AdamMoments<D>) -> Self {
+        Self {
+            step: m.step,
+            exp_avg: m.exp_avg,
+            exp_avg_sq: m.exp_avg_sq,
+            max_exp_avg_sq: m.max_exp_avg_sq,
+        }
+    }
+}
+
 impl Optimizer for Adam {
     type State<const D: usize> = AdamState<D>;
 
@@ -189,44 +211,25 @@ impl Optimizer for Adam {
     ) -> (Tensor<D>, Option<AdamState<D>>) {
         let beta1 = self.overrides.or(self.beta1);
         let beta2 = self.beta2;
-        let on_libtorch = libtorch::is_libtorch(&param)
-            && libtorch::is_libtorch(&grad)
-            && state.as_ref().is_none_or(|s| {
-                libtorch::is_libtorch(&s.exp_avg)
-                    && libtorch::is_libtorch(&s.exp_avg_sq)
-                    && s.max_exp_avg_sq.as_ref().is_none_or(libtorch::is_libtorch)
-            });
-        if on_libtorch {
-            let state = state.map(|s| {
-                (
-                    s.step,
-                    libtorch::into_tch(s.exp_avg),
-                    libtorch::into_tch(s.exp_avg_sq),
-                    s.max_exp_avg_sq.map(libtorch::into_tch),
-                )
-            });
-            let (param, (step, exp_avg, exp_avg_sq, max_exp_avg_sq)) = libtorch::adam(
-                lr,
-                beta1,
-                beta2,
-                self.eps,
-                self.amsgrad,
-                self.weight_decay,
-                self.decoupled,
-                libtorch::into_tch(param),
-                libtorch::into_tch(grad),
-                state,
-            );
-            return (
-                libtorch::from_tch(param),
-                Some(AdamState {
-                    step,
-                    exp_avg: libtorch::from_tch(exp_avg),
-                    exp_avg_sq: libtorch::from_tch(exp_avg_sq),
-                    max_exp_avg_sq: max_exp_avg_sq.map(libtorch::from_tch),
-                }),
-            );
-        }
+        let settings = AdamSettings {
+            lr,
+            beta1,
+            beta2,
+            eps: self.eps,
+            amsgrad: self.amsgrad,
+            weight_decay: self.weight_decay,
+            decoupled: self.decoupled,
+        };
+        let moments = state.map(AdamState::into_moments);
+        let state = match Active::adam_step(&settings, param, grad, moments) {
+            AdamOutcome::Stepped(param, moments) => {
+                return (param, Some(AdamState::from_moments(moments)))
+            }
+            AdamOutcome::Declined(p, g, moments) => {
+                (param, grad) = (p, g);
+                moments.map(AdamState::from_moments)
+            }
+        };
         let AdamState {
             step,
             exp_avg,

@@ -22,8 +22,9 @@
 //! run differs from its float64 run (tests/optim_parity.rs).
 //!
 //! Adam and AdamW, the default optimizer, have a faster path when their
-//! tensors are plain LibTorch tensors (always, in training): `libtorch.rs`
-//! runs torch's own in-place kernels, or on float32 CPU tensors the same
+//! tensors are plain LibTorch tensors (always, in training): the backend's
+//! Adam step (`src/libtorch/optim.rs`, through [`crate::backend`]) runs
+//! torch's own in-place kernels, or on float32 CPU tensors the same
 //! arithmetic fused into two passes. That path matches
 //! `torch.optim.Adam(foreach=False)` bit for bit, fused multiply-adds
 //! included (checked on 20 steps of a 210k-parameter layer: Adam, Adam with
@@ -38,8 +39,6 @@
 
 mod algorithms;
 mod clip;
-#[allow(deprecated)] // burn-tch is deprecated in 0.22 (removed in 0.23) but is our backend.
-mod libtorch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

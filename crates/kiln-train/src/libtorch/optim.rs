@@ -14,18 +14,69 @@ use burn::backend::libtorch::TchTensor;
 use burn::backend::LibTorch;
 use burn::tensor::Tensor;
 
+use crate::backend::{AdamMoments, AdamOutcome, AdamSettings};
+
+/// [`adam`] on burn tensors when every one of them is a plain LibTorch
+/// tensor; otherwise the inputs come back untouched.
+pub(super) fn adam_step<const D: usize>(
+    settings: &AdamSettings,
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    state: Option<AdamMoments<D>>,
+) -> AdamOutcome<D> {
+    let on_libtorch = is_libtorch(&param)
+        && is_libtorch(&grad)
+        && state.as_ref().is_none_or(|s| {
+            is_libtorch(&s.exp_avg)
+                && is_libtorch(&s.exp_avg_sq)
+                && s.max_exp_avg_sq.as_ref().is_none_or(is_libtorch)
+        });
+    if !on_libtorch {
+        return AdamOutcome::Declined(param, grad, state);
+    }
+    let state = state.map(|s| {
+        (
+            s.step,
+            into_tch(s.exp_avg),
+            into_tch(s.exp_avg_sq),
+            s.max_exp_avg_sq.map(into_tch),
+        )
+    });
+    let (param, (step, exp_avg, exp_avg_sq, max_exp_avg_sq)) = adam(
+        settings.lr,
+        settings.beta1,
+        settings.beta2,
+        settings.eps,
+        settings.amsgrad,
+        settings.weight_decay,
+        settings.decoupled,
+        into_tch(param),
+        into_tch(grad),
+        state,
+    );
+    AdamOutcome::Stepped(
+        from_tch(param),
+        AdamMoments {
+            step,
+            exp_avg: from_tch(exp_avg),
+            exp_avg_sq: from_tch(exp_avg_sq),
+            max_exp_avg_sq: max_exp_avg_sq.map(from_tch),
+        },
+    )
+}
+
 /// Whether `t` is a plain (non-autodiff) LibTorch tensor.
-pub(super) fn is_libtorch<const D: usize>(t: &Tensor<D>) -> bool {
+fn is_libtorch<const D: usize>(t: &Tensor<D>) -> bool {
     t.clone().try_into_primitive::<LibTorch>().is_ok()
 }
 
 /// The libtorch tensor behind `t`. Check [`is_libtorch`] first.
-pub(super) fn into_tch<const D: usize>(t: Tensor<D>) -> TchTensor {
+fn into_tch<const D: usize>(t: Tensor<D>) -> TchTensor {
     t.try_into_primitive::<LibTorch>()
         .expect("a plain LibTorch tensor")
 }
 
-pub(super) fn from_tch<const D: usize>(t: tch::Tensor) -> Tensor<D> {
+fn from_tch<const D: usize>(t: tch::Tensor) -> Tensor<D> {
     Tensor::from_primitive::<LibTorch>(TchTensor::new(t))
 }
 
@@ -33,7 +84,7 @@ pub(super) fn from_tch<const D: usize>(t: tch::Tensor) -> Tensor<D> {
 /// burn tensor shares it (burn-tch's rule for its own in-place operations),
 /// else a copy. Parameters are shared, for example, with the best epoch's
 /// snapshot, which must not change.
-pub(super) fn writable(t: TchTensor) -> tch::Tensor {
+fn writable(t: TchTensor) -> tch::Tensor {
     if t.can_mut() {
         t.tensor
     } else {
@@ -45,7 +96,7 @@ pub(super) fn writable(t: TchTensor) -> tch::Tensor {
 /// `state` is (step, exp_avg, exp_avg_sq, max_exp_avg_sq); a first step
 /// starts from zeros. Returns the new parameter and state.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn adam(
+fn adam(
     lr: f64,
     beta1: f64,
     beta2: f64,
