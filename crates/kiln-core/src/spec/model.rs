@@ -1,0 +1,329 @@
+//! `spec.model`: the hidden layers (units, activation, initializer, dropout,
+//! BatchNorm) and the output activation.
+
+use kiln::v1 as pb;
+use serde::{Deserialize, Serialize};
+
+use super::check::{ensure, unknown_enum};
+use super::Task;
+use crate::error::{FieldError, Result};
+
+pub const MAX_UNITS: u32 = 65_536;
+pub const MAX_HIDDEN_LAYERS: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub hidden: Vec<LayerSpec>,
+    pub output_activation: OutputActivation,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerSpec {
+    pub units: usize,
+    pub activation: Activation,
+    pub init: Init,
+    pub dropout: f64,
+    /// AlphaDropout (for SELU) instead of standard dropout.
+    pub alpha_dropout: bool,
+    pub batch_norm: Option<BatchNormSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Activation {
+    Relu,
+    Tanh,
+    Sigmoid,
+    LeakyRelu {
+        negative_slope: f64,
+    },
+    Elu {
+        alpha: f64,
+    },
+    Selu,
+    Gelu,
+    Softplus,
+    Silu,
+    /// torch.nn.RReLU: slope ~ U(lower, upper) in training, their mean in evaluation.
+    RRelu {
+        lower: f64,
+        upper: f64,
+    },
+    /// torch.nn.PReLU with one learned slope per layer.
+    PRelu {
+        init: f64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BatchNormSpec {
+    pub momentum: f64,
+    pub eps: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutputActivation {
+    Identity,
+    Tanh,
+    Sigmoid,
+    Softplus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Init {
+    pub kind: InitKind,
+    pub distribution: InitDistribution,
+    pub fan: FanMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InitKind {
+    He,
+    Lecun,
+    Glorot,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InitDistribution {
+    Uniform,
+    Normal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FanMode {
+    In,
+    Out,
+}
+
+pub(super) fn validate_model(model: Option<&pb::ModelSpec>, task: Task) -> Result<ModelSpec> {
+    let default = pb::ModelSpec::default();
+    let model = model.unwrap_or(&default);
+    if model.hidden_layers.len() > MAX_HIDDEN_LAYERS {
+        return Err(FieldError::new(
+            "spec.model.hidden_layers",
+            format!("at most {MAX_HIDDEN_LAYERS} layers"),
+        ));
+    }
+    let hidden = model
+        .hidden_layers
+        .iter()
+        .enumerate()
+        .map(|(i, layer)| validate_layer(&format!("spec.model.hidden_layers[{i}]"), layer))
+        .collect::<Result<Vec<_>>>()?;
+    let output_activation = match pb::OutputActivation::try_from(model.output_activation) {
+        Ok(pb::OutputActivation::OutputDefault | pb::OutputActivation::OutputIdentity) => {
+            OutputActivation::Identity
+        }
+        Ok(pb::OutputActivation::OutputTanh) => OutputActivation::Tanh,
+        Ok(pb::OutputActivation::OutputSigmoid) => OutputActivation::Sigmoid,
+        Ok(pb::OutputActivation::OutputSoftplus) => OutputActivation::Softplus,
+        Err(_) => {
+            return Err(unknown_enum(
+                "spec.model.output_activation",
+                model.output_activation,
+            ))
+        }
+    };
+    if task.is_classification() && output_activation != OutputActivation::Identity {
+        return Err(FieldError::new(
+            "spec.model.output_activation",
+            "only applies to regression (classification outputs logits; Predict applies sigmoid or softmax)",
+        ));
+    }
+    Ok(ModelSpec {
+        hidden,
+        output_activation,
+    })
+}
+
+fn validate_layer(path: &str, layer: &pb::HiddenLayer) -> Result<LayerSpec> {
+    let field = |name: &str| format!("{path}.{name}");
+    ensure(
+        (1..=MAX_UNITS).contains(&layer.units),
+        &field("units"),
+        &format!("must be in [1, {MAX_UNITS}]"),
+    )?;
+    let p = layer.activation_params.unwrap_or_default();
+    let param = |name: &str| field(&format!("activation_params.{name}"));
+    if let Some(v) = p.negative_slope {
+        ensure(
+            v.is_finite() && v >= 0.0,
+            &param("negative_slope"),
+            "must be finite and >= 0",
+        )?;
+    }
+    if let Some(v) = p.alpha {
+        ensure(
+            v.is_finite() && v > 0.0,
+            &param("alpha"),
+            "must be finite and > 0",
+        )?;
+    }
+    let activation = match pb::Activation::try_from(layer.activation) {
+        Ok(pb::Activation::Default | pb::Activation::Relu) => Activation::Relu,
+        Ok(pb::Activation::Tanh) => Activation::Tanh,
+        Ok(pb::Activation::Sigmoid) => Activation::Sigmoid,
+        Ok(pb::Activation::LeakyRelu) => Activation::LeakyRelu {
+            negative_slope: p.negative_slope.unwrap_or(0.01),
+        },
+        Ok(pb::Activation::Elu) => Activation::Elu {
+            alpha: p.alpha.unwrap_or(1.0),
+        },
+        Ok(pb::Activation::Selu) => Activation::Selu,
+        Ok(pb::Activation::Gelu) => Activation::Gelu,
+        Ok(pb::Activation::Softplus) => Activation::Softplus,
+        Ok(pb::Activation::Silu) => Activation::Silu,
+        Ok(pb::Activation::Rrelu) => {
+            let (lower, upper) = (
+                p.rrelu_lower.unwrap_or(1.0 / 8.0),
+                p.rrelu_upper.unwrap_or(1.0 / 3.0),
+            );
+            ensure(
+                lower.is_finite() && upper.is_finite() && 0.0 <= lower && lower <= upper,
+                &param("rrelu_upper"),
+                "needs 0 <= rrelu_lower <= rrelu_upper",
+            )?;
+            Activation::RRelu { lower, upper }
+        }
+        Ok(pb::Activation::Prelu) => {
+            let init = p.prelu_init.unwrap_or(0.25);
+            ensure(init.is_finite(), &param("prelu_init"), "must be finite")?;
+            Activation::PRelu { init }
+        }
+        Err(_) => return Err(unknown_enum(&field("activation"), layer.activation)),
+    };
+    ensure(
+        (0.0..1.0).contains(&layer.dropout),
+        &field("dropout"),
+        "must be in [0, 1)",
+    )?;
+    let alpha_dropout = match pb::DropoutKind::try_from(layer.dropout_kind) {
+        Ok(pb::DropoutKind::DropoutDefault | pb::DropoutKind::DropoutStandard) => false,
+        Ok(pb::DropoutKind::DropoutAlpha) => true,
+        Err(_) => return Err(unknown_enum(&field("dropout_kind"), layer.dropout_kind)),
+    };
+    let batch_norm = if layer.batch_norm {
+        let bn = layer.batch_norm_params.unwrap_or_default();
+        let momentum = bn.momentum.unwrap_or(0.1);
+        let eps = bn.eps.unwrap_or(1e-5);
+        ensure(
+            momentum > 0.0 && momentum <= 1.0,
+            &field("batch_norm_params.momentum"),
+            "must be in (0, 1]",
+        )?;
+        ensure(
+            eps > 0.0 && eps.is_finite(),
+            &field("batch_norm_params.eps"),
+            "must be > 0",
+        )?;
+        Some(BatchNormSpec { momentum, eps })
+    } else {
+        None
+    };
+    let init = validate_init(
+        &field("initializer"),
+        layer.initializer.as_ref(),
+        activation,
+    )?;
+    Ok(LayerSpec {
+        units: layer.units as usize,
+        activation,
+        init,
+        dropout: layer.dropout,
+        alpha_dropout,
+        batch_norm,
+    })
+}
+
+/// The guide's default initializer for an activation (DESIGN.md).
+pub fn default_init_kind(activation: Activation) -> InitKind {
+    match activation {
+        Activation::Relu
+        | Activation::LeakyRelu { .. }
+        | Activation::RRelu { .. }
+        | Activation::PRelu { .. } => InitKind::He,
+        Activation::Selu | Activation::Elu { .. } => InitKind::Lecun,
+        Activation::Tanh
+        | Activation::Sigmoid
+        | Activation::Gelu
+        | Activation::Softplus
+        | Activation::Silu => InitKind::Glorot,
+    }
+}
+
+fn validate_init(path: &str, init: Option<&pb::Initializer>, act: Activation) -> Result<Init> {
+    let default = pb::Initializer::default();
+    let init = init.unwrap_or(&default);
+    let kind = match pb::InitializerKind::try_from(init.kind) {
+        Ok(pb::InitializerKind::InitDefault) => default_init_kind(act),
+        Ok(pb::InitializerKind::InitHe) => InitKind::He,
+        Ok(pb::InitializerKind::InitLecun) => InitKind::Lecun,
+        Ok(pb::InitializerKind::InitGlorot) => InitKind::Glorot,
+        Err(_) => return Err(unknown_enum(&format!("{path}.kind"), init.kind)),
+    };
+    let distribution = match pb::InitDistribution::try_from(init.distribution) {
+        Ok(pb::InitDistribution::Default) => match kind {
+            InitKind::Glorot => InitDistribution::Uniform,
+            InitKind::He | InitKind::Lecun => InitDistribution::Normal,
+        },
+        Ok(pb::InitDistribution::InitUniform) => InitDistribution::Uniform,
+        Ok(pb::InitDistribution::InitNormal) => InitDistribution::Normal,
+        Err(_) => {
+            return Err(unknown_enum(
+                &format!("{path}.distribution"),
+                init.distribution,
+            ))
+        }
+    };
+    let fan = match pb::FanMode::try_from(init.fan_mode) {
+        Ok(pb::FanMode::FanDefault | pb::FanMode::FanIn) => FanMode::In,
+        Ok(pb::FanMode::FanOut) if kind == InitKind::Glorot => {
+            return Err(FieldError::new(
+                format!("{path}.fan_mode"),
+                "Glorot always averages fan-in and fan-out; leave fan_mode unset",
+            ))
+        }
+        Ok(pb::FanMode::FanOut) => FanMode::Out,
+        Err(_) => return Err(unknown_enum(&format!("{path}.fan_mode"), init.fan_mode)),
+    };
+    Ok(Init {
+        kind,
+        distribution,
+        fan,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::testing::minimal;
+    use crate::spec::JobSpec;
+
+    #[test]
+    fn init_defaults_follow_activation() {
+        let mut spec = minimal();
+        let layer = |a: pb::Activation| pb::HiddenLayer {
+            units: 4,
+            activation: a as i32,
+            ..Default::default()
+        };
+        spec.model = Some(pb::ModelSpec {
+            hidden_layers: vec![
+                layer(pb::Activation::Relu),
+                layer(pb::Activation::Selu),
+                layer(pb::Activation::Tanh),
+            ],
+            ..Default::default()
+        });
+        let spec = JobSpec::from_proto(&spec).unwrap();
+        let kinds: Vec<_> = spec.model.hidden.iter().map(|l| l.init.kind).collect();
+        assert_eq!(kinds, [InitKind::He, InitKind::Lecun, InitKind::Glorot]);
+        assert_eq!(
+            spec.model.hidden[0].init.distribution,
+            InitDistribution::Normal
+        );
+        assert_eq!(
+            spec.model.hidden[2].init.distribution,
+            InitDistribution::Uniform
+        );
+    }
+}

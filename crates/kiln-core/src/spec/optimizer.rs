@@ -1,0 +1,342 @@
+//! `spec.training.optimizer` and `spec.training.grad_clip`: torch.optim's
+//! optimizers with their defaults, weight decay (the regularization), and
+//! gradient clipping.
+
+use kiln::v1 as pb;
+
+use super::check::{beta, ensure, non_negative, positive};
+use crate::error::{FieldError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OptimizerSpec {
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub kind: OptimizerKind,
+}
+
+/// torch.optim's optimizers, each hyper-parameter with torch's name and default.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OptimizerKind {
+    /// torch.optim.SGD.
+    Sgd {
+        momentum: f64,
+        dampening: f64,
+        nesterov: bool,
+    },
+    /// torch.optim.Adam; `weight_decay` is coupled L2.
+    Adam {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        amsgrad: bool,
+    },
+    /// torch.optim.AdamW; `weight_decay` is decoupled (`w -= lr * wd * w`).
+    AdamW {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        amsgrad: bool,
+    },
+    /// torch.optim.NAdam (not the decoupled variant).
+    Nadam {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        momentum_decay: f64,
+    },
+    /// torch.optim.RMSprop.
+    RmsProp {
+        alpha: f64,
+        eps: f64,
+        momentum: f64,
+        centered: bool,
+    },
+    /// torch.optim.Adamax.
+    Adamax { beta1: f64, beta2: f64, eps: f64 },
+    /// torch.optim.Adagrad.
+    Adagrad {
+        lr_decay: f64,
+        initial_accumulator_value: f64,
+        eps: f64,
+    },
+}
+
+/// Gradient clipping between backward and the optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GradClip {
+    /// torch.nn.utils.clip_grad_norm_ over all parameters (one global norm).
+    Norm { max_norm: f64, norm_type: f64 },
+    /// torch.nn.utils.clip_grad_value_.
+    Value { clip_value: f64 },
+}
+
+pub(super) fn validate_optimizer(opt: Option<&pb::Optimizer>) -> Result<OptimizerSpec> {
+    use pb::optimizer::Kind;
+    let default = pb::Optimizer::default();
+    let opt = opt.unwrap_or(&default);
+    let f = |name: &str| format!("spec.training.optimizer.{name}");
+    let adam = |name: &str, a: &pb::Adam| -> Result<(f64, f64, f64)> {
+        Ok((
+            beta(&f(&format!("{name}.beta1")), a.beta1, 0.9)?,
+            beta(&f(&format!("{name}.beta2")), a.beta2, 0.999)?,
+            positive(&f(&format!("{name}.eps")), a.eps, 1e-8)?,
+        ))
+    };
+    // (kind, torch's default learning rate, torch's default weight decay)
+    let (kind, default_lr, default_wd) = match &opt.kind {
+        None => (
+            OptimizerKind::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                amsgrad: false,
+            },
+            1e-3,
+            0.0,
+        ),
+        Some(Kind::Adam(a)) => {
+            let (beta1, beta2, eps) = adam("adam", a)?;
+            (
+                OptimizerKind::Adam {
+                    beta1,
+                    beta2,
+                    eps,
+                    amsgrad: a.amsgrad,
+                },
+                1e-3,
+                0.0,
+            )
+        }
+        Some(Kind::Adamw(a)) => {
+            let (beta1, beta2, eps) = adam("adamw", a)?;
+            (
+                OptimizerKind::AdamW {
+                    beta1,
+                    beta2,
+                    eps,
+                    amsgrad: a.amsgrad,
+                },
+                1e-3,
+                1e-2,
+            )
+        }
+        Some(Kind::Sgd(s)) => {
+            let momentum = non_negative(&f("sgd.momentum"), s.momentum)?;
+            ensure(
+                (0.0..=1.0).contains(&s.dampening),
+                &f("sgd.dampening"),
+                "must be in [0, 1]",
+            )?;
+            ensure(
+                !s.nesterov || (momentum > 0.0 && s.dampening == 0.0),
+                &f("sgd.nesterov"),
+                "needs momentum > 0 and dampening 0 (as torch.optim.SGD)",
+            )?;
+            let kind = OptimizerKind::Sgd {
+                momentum,
+                dampening: s.dampening,
+                nesterov: s.nesterov,
+            };
+            (kind, 1e-3, 0.0)
+        }
+        Some(Kind::Nadam(n)) => (
+            OptimizerKind::Nadam {
+                beta1: beta(&f("nadam.beta1"), n.beta1, 0.9)?,
+                beta2: beta(&f("nadam.beta2"), n.beta2, 0.999)?,
+                eps: positive(&f("nadam.eps"), n.eps, 1e-8)?,
+                momentum_decay: non_negative(
+                    &f("nadam.momentum_decay"),
+                    n.momentum_decay.unwrap_or(4e-3),
+                )?,
+            },
+            2e-3,
+            0.0,
+        ),
+        Some(Kind::Rmsprop(r)) => (
+            OptimizerKind::RmsProp {
+                alpha: beta(&f("rmsprop.alpha"), r.alpha, 0.99)?,
+                eps: positive(&f("rmsprop.eps"), r.eps, 1e-8)?,
+                momentum: non_negative(&f("rmsprop.momentum"), r.momentum)?,
+                centered: r.centered,
+            },
+            1e-2,
+            0.0,
+        ),
+        Some(Kind::Adamax(a)) => (
+            OptimizerKind::Adamax {
+                beta1: beta(&f("adamax.beta1"), a.beta1, 0.9)?,
+                beta2: beta(&f("adamax.beta2"), a.beta2, 0.999)?,
+                eps: positive(&f("adamax.eps"), a.eps, 1e-8)?,
+            },
+            2e-3,
+            0.0,
+        ),
+        Some(Kind::Adagrad(a)) => (
+            OptimizerKind::Adagrad {
+                lr_decay: non_negative(&f("adagrad.lr_decay"), a.lr_decay)?,
+                initial_accumulator_value: non_negative(
+                    &f("adagrad.initial_accumulator_value"),
+                    a.initial_accumulator_value,
+                )?,
+                eps: positive(&f("adagrad.eps"), a.eps, 1e-10)?,
+            },
+            1e-2,
+            0.0,
+        ),
+    };
+    ensure(
+        !(opt.auto_learning_rate && opt.learning_rate.is_some()),
+        &f("learning_rate"),
+        "must be unset when auto_learning_rate is true",
+    )?;
+    Ok(OptimizerSpec {
+        learning_rate: positive(&f("learning_rate"), opt.learning_rate, default_lr)?,
+        weight_decay: non_negative(&f("weight_decay"), opt.weight_decay.unwrap_or(default_wd))?,
+        kind,
+    })
+}
+
+pub(super) fn validate_clip(clip: &pb::GradClip) -> Result<GradClip> {
+    use pb::grad_clip::Kind;
+    match &clip.kind {
+        None => Err(FieldError::new(
+            "spec.training.grad_clip",
+            "set norm or value",
+        )),
+        Some(Kind::Norm(n)) => {
+            let norm_type = n.norm_type.unwrap_or(2.0);
+            ensure(
+                norm_type >= 1.0,
+                "spec.training.grad_clip.norm.norm_type",
+                "must be >= 1 (or inf)",
+            )?;
+            Ok(GradClip::Norm {
+                max_norm: positive(
+                    "spec.training.grad_clip.norm.max_norm",
+                    Some(n.max_norm),
+                    0.0,
+                )?,
+                norm_type,
+            })
+        }
+        Some(Kind::Value(v)) => Ok(GradClip::Value {
+            clip_value: positive(
+                "spec.training.grad_clip.value.clip_value",
+                Some(v.clip_value),
+                0.0,
+            )?,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::testing::{assert_training_errors, err, minimal};
+    use crate::spec::JobSpec;
+
+    #[test]
+    fn auto_learning_rate_leaves_the_rate_unset() {
+        let auto = |learning_rate: Option<f64>, kind: pb::JobKind| pb::JobSpec {
+            kind: kind as i32,
+            training: Some(pb::TrainingSpec {
+                optimizer: Some(pb::Optimizer {
+                    auto_learning_rate: true,
+                    learning_rate,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..minimal()
+        };
+        let spec = JobSpec::from_proto(&auto(None, pb::JobKind::Train)).unwrap();
+        assert!(spec.training.auto_learning_rate);
+        assert_eq!(
+            err(&auto(Some(0.1), pb::JobKind::Train)),
+            "spec.training.optimizer.learning_rate: must be unset when auto_learning_rate is true"
+        );
+        assert_eq!(
+            err(&auto(None, pb::JobKind::LrRangeTest)),
+            "spec.training.optimizer.auto_learning_rate: applies to training jobs, not to JOB_KIND_LR_RANGE_TEST"
+        );
+    }
+
+    #[test]
+    fn optimizer_defaults_are_torchs() {
+        let lr_of = |kind: pb::optimizer::Kind| {
+            let mut s = minimal();
+            s.training = Some(pb::TrainingSpec {
+                optimizer: Some(pb::Optimizer {
+                    kind: Some(kind),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            let o = JobSpec::from_proto(&s).unwrap().training.optimizer;
+            (o.learning_rate, o.weight_decay)
+        };
+        use pb::optimizer::Kind;
+        assert_eq!(lr_of(Kind::Sgd(Default::default())), (1e-3, 0.0));
+        assert_eq!(lr_of(Kind::Adamw(Default::default())), (1e-3, 1e-2));
+        assert_eq!(lr_of(Kind::Nadam(Default::default())), (2e-3, 0.0));
+        assert_eq!(lr_of(Kind::Rmsprop(Default::default())), (1e-2, 0.0));
+        assert_eq!(lr_of(Kind::Adamax(Default::default())), (2e-3, 0.0));
+        assert_eq!(lr_of(Kind::Adagrad(Default::default())), (1e-2, 0.0));
+    }
+
+    /// One bad value per optimizer and clipping field, each refused with its path.
+    #[test]
+    fn optimizer_errors_name_the_field() {
+        use pb::optimizer;
+        let opt = |kind: optimizer::Kind| pb::TrainingSpec {
+            optimizer: Some(pb::Optimizer {
+                kind: Some(kind),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let cases: Vec<(pb::TrainingSpec, &str)> = vec![
+            (
+                opt(optimizer::Kind::Adamw(pb::Adam {
+                    beta1: Some(-0.1),
+                    ..Default::default()
+                })),
+                "spec.training.optimizer.adamw.beta1: must be in [0, 1)",
+            ),
+            (
+                opt(optimizer::Kind::Nadam(pb::Nadam {
+                    momentum_decay: Some(-1.0),
+                    ..Default::default()
+                })),
+                "spec.training.optimizer.nadam.momentum_decay: must be >= 0",
+            ),
+            (
+                opt(optimizer::Kind::Rmsprop(pb::RmsProp {
+                    alpha: Some(1.0),
+                    ..Default::default()
+                })),
+                "spec.training.optimizer.rmsprop.alpha: must be in [0, 1)",
+            ),
+            (
+                opt(optimizer::Kind::Adagrad(pb::Adagrad {
+                    eps: Some(0.0),
+                    ..Default::default()
+                })),
+                "spec.training.optimizer.adagrad.eps: must be > 0",
+            ),
+            (
+                pb::TrainingSpec {
+                    grad_clip: Some(pb::GradClip {
+                        kind: Some(pb::grad_clip::Kind::Norm(pb::ClipByNorm {
+                            max_norm: -1.0,
+                            norm_type: None,
+                        })),
+                    }),
+                    ..Default::default()
+                },
+                "spec.training.grad_clip.norm.max_norm: must be > 0",
+            ),
+        ];
+        assert_training_errors(cases);
+    }
+}

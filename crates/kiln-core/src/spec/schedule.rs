@@ -1,0 +1,367 @@
+//! `spec.training.lr_schedule` (torch.optim.lr_scheduler, with a linear
+//! warmup) and `spec.lr_range_test` (fastai's `lr_find`).
+
+use kiln::v1 as pb;
+
+use super::check::{beta, ensure, non_negative, positive, unknown_enum};
+use super::metric::{metric, mode_max};
+use super::{Metric, Task};
+use crate::error::Result;
+
+/// fastai `lr_find`'s settings (DESIGN.md): exponential from `start_lr` to
+/// `end_lr` over `iterations` mini-batches, stop at 4x the minimum smoothed loss.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LrRangeSpec {
+    pub start_lr: f64,
+    pub end_lr: f64,
+    pub iterations: u32,
+    pub stop_on_divergence: bool,
+    /// The suggestion `auto_learning_rate` trains with.
+    pub suggestion: LrSuggestion,
+}
+
+impl Default for LrRangeSpec {
+    fn default() -> Self {
+        Self {
+            start_lr: 1e-7,
+            end_lr: 10.0,
+            iterations: 100,
+            stop_on_divergence: true,
+            suggestion: LrSuggestion::Valley,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LrSuggestion {
+    Valley,
+    Steepest,
+    Minimum,
+}
+
+/// How the learning rate moves during training (torch.optim.lr_scheduler).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LrScheduleSpec {
+    pub kind: LrScheduleKind,
+    /// Linear warmup (torch's LinearLR, stepped per epoch): the LR is scaled
+    /// from `start_factor` up to 1 over `epochs` epochs, multiplying the main
+    /// schedule (as ChainedScheduler does). None: no warmup.
+    pub warmup: Option<Warmup>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Warmup {
+    pub epochs: u32,
+    pub start_factor: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LrScheduleKind {
+    Constant,
+    /// StepLR, per epoch: lr * gamma^(epoch / step_size).
+    Step {
+        step_size: u32,
+        gamma: f64,
+    },
+    /// ExponentialLR, per epoch.
+    Exponential {
+        gamma: f64,
+    },
+    /// CosineAnnealingLR, per epoch.
+    Cosine {
+        t_max: u32,
+        eta_min: f64,
+    },
+    /// ReduceLROnPlateau, per epoch, on a logged metric.
+    ReduceOnPlateau {
+        monitor: Metric,
+        /// true: "max" mode (the metric should rise); false: "min".
+        mode_max: bool,
+        factor: f64,
+        patience: u32,
+        threshold: f64,
+        /// true: "rel" threshold mode; false: "abs".
+        threshold_rel: bool,
+        cooldown: u32,
+        min_lr: f64,
+        eps: f64,
+    },
+    /// OneCycleLR, per batch. `total_steps` is epochs x batches per epoch.
+    OneCycle {
+        max_lr: f64,
+        pct_start: f64,
+        /// true: "cos" annealing; false: "linear".
+        anneal_cos: bool,
+        div_factor: f64,
+        final_div_factor: f64,
+        three_phase: bool,
+        /// Cycle SGD momentum or Adam/NAdam beta1 inversely to the LR.
+        cycle_momentum: bool,
+        base_momentum: f64,
+        max_momentum: f64,
+    },
+}
+
+pub(super) fn validate_lr_range_test(test: Option<&pb::LrRangeTest>) -> Result<LrRangeSpec> {
+    let default = LrRangeSpec::default();
+    let Some(t) = test else {
+        return Ok(default);
+    };
+    let f = |name: &str| format!("spec.lr_range_test.{name}");
+    let start_lr = positive(&f("start_lr"), t.start_lr, default.start_lr)?;
+    let end_lr = positive(&f("end_lr"), t.end_lr, default.end_lr)?;
+    ensure(end_lr > start_lr, &f("end_lr"), "must be above start_lr")?;
+    let iterations = t.iterations.unwrap_or(default.iterations);
+    ensure(
+        (6..=10_000).contains(&iterations),
+        &f("iterations"),
+        "must be between 6 and 10000",
+    )?;
+    let suggestion = match pb::LrSuggestion::try_from(t.suggestion) {
+        Ok(pb::LrSuggestion::Default | pb::LrSuggestion::Valley) => LrSuggestion::Valley,
+        Ok(pb::LrSuggestion::Steepest) => LrSuggestion::Steepest,
+        Ok(pb::LrSuggestion::Minimum) => LrSuggestion::Minimum,
+        Err(_) => return Err(unknown_enum(&f("suggestion"), t.suggestion)),
+    };
+    Ok(LrRangeSpec {
+        start_lr,
+        end_lr,
+        iterations,
+        stop_on_divergence: t.stop_on_divergence.unwrap_or(true),
+        suggestion,
+    })
+}
+
+pub(super) fn validate_schedule(
+    schedule: Option<&pb::LrSchedule>,
+    task: Task,
+    epochs: u32,
+) -> Result<LrScheduleSpec> {
+    use pb::lr_schedule::Kind;
+    let default = pb::LrSchedule::default();
+    let schedule = schedule.unwrap_or(&default);
+    let f = |name: &str| format!("spec.training.lr_schedule.{name}");
+    let kind = match &schedule.kind {
+        None | Some(Kind::Constant(_)) => LrScheduleKind::Constant,
+        Some(Kind::Step(st)) => {
+            ensure(
+                st.step_size >= 1,
+                &f("step.step_size"),
+                "required, at least 1",
+            )?;
+            LrScheduleKind::Step {
+                step_size: st.step_size,
+                gamma: positive(&f("step.gamma"), st.gamma, 0.1)?,
+            }
+        }
+        Some(Kind::Exponential(e)) => {
+            ensure(
+                e.gamma > 0.0 && e.gamma <= 1.0,
+                &f("exponential.gamma"),
+                "required, in (0, 1]",
+            )?;
+            LrScheduleKind::Exponential { gamma: e.gamma }
+        }
+        Some(Kind::Cosine(c)) => LrScheduleKind::Cosine {
+            t_max: if c.t_max == 0 { epochs } else { c.t_max },
+            eta_min: non_negative(&f("cosine.eta_min"), c.eta_min)?,
+        },
+        Some(Kind::ReduceOnPlateau(p)) => {
+            let monitor = metric(&f("reduce_on_plateau.monitor"), &p.monitor, task)?;
+            let factor = p.factor.unwrap_or(0.1);
+            ensure(
+                factor > 0.0 && factor < 1.0,
+                &f("reduce_on_plateau.factor"),
+                "must be in (0, 1)",
+            )?;
+            LrScheduleKind::ReduceOnPlateau {
+                monitor,
+                mode_max: mode_max(&f("reduce_on_plateau.mode"), p.mode, monitor)?,
+                factor,
+                patience: p.patience.unwrap_or(10),
+                threshold: non_negative(
+                    &f("reduce_on_plateau.threshold"),
+                    p.threshold.unwrap_or(1e-4),
+                )?,
+                threshold_rel: match pb::ThresholdMode::try_from(p.threshold_mode) {
+                    Ok(pb::ThresholdMode::ThresholdDefault | pb::ThresholdMode::ThresholdRel) => {
+                        true
+                    }
+                    Ok(pb::ThresholdMode::ThresholdAbs) => false,
+                    Err(_) => {
+                        return Err(unknown_enum(
+                            &f("reduce_on_plateau.threshold_mode"),
+                            p.threshold_mode,
+                        ))
+                    }
+                },
+                cooldown: p.cooldown,
+                min_lr: non_negative(&f("reduce_on_plateau.min_lr"), p.min_lr)?,
+                eps: non_negative(&f("reduce_on_plateau.eps"), p.eps.unwrap_or(1e-8))?,
+            }
+        }
+        Some(Kind::OneCycle(o)) => {
+            let pct_start = o.pct_start.unwrap_or(0.3);
+            ensure(
+                pct_start > 0.0 && pct_start < 1.0,
+                &f("one_cycle.pct_start"),
+                "must be in (0, 1)",
+            )?;
+            ensure(
+                !o.three_phase || pct_start <= 0.5,
+                &f("one_cycle.pct_start"),
+                "must be at most 0.5 with three_phase (the phases would overlap)",
+            )?;
+            let base_momentum = beta(&f("one_cycle.base_momentum"), o.base_momentum, 0.85)?;
+            let max_momentum = beta(&f("one_cycle.max_momentum"), o.max_momentum, 0.95)?;
+            ensure(
+                base_momentum <= max_momentum,
+                &f("one_cycle.base_momentum"),
+                "must not exceed max_momentum",
+            )?;
+            LrScheduleKind::OneCycle {
+                max_lr: positive(&f("one_cycle.max_lr"), Some(o.max_lr), 0.0)?,
+                pct_start,
+                anneal_cos: match pb::Anneal::try_from(o.anneal_strategy) {
+                    Ok(pb::Anneal::Default | pb::Anneal::Cos) => true,
+                    Ok(pb::Anneal::Linear) => false,
+                    Err(_) => {
+                        return Err(unknown_enum(
+                            &f("one_cycle.anneal_strategy"),
+                            o.anneal_strategy,
+                        ))
+                    }
+                },
+                div_factor: positive(&f("one_cycle.div_factor"), o.div_factor, 25.0)?,
+                final_div_factor: positive(
+                    &f("one_cycle.final_div_factor"),
+                    o.final_div_factor,
+                    1e4,
+                )?,
+                three_phase: o.three_phase,
+                cycle_momentum: o.cycle_momentum.unwrap_or(true),
+                base_momentum,
+                max_momentum,
+            }
+        }
+    };
+    let warmup = match &schedule.warmup {
+        None => None,
+        Some(w) => {
+            ensure(
+                !matches!(kind, LrScheduleKind::OneCycle { .. }),
+                &f("warmup"),
+                "one_cycle has its own warm-up phase (pct_start)",
+            )?;
+            ensure(w.epochs >= 1, &f("warmup.epochs"), "required, at least 1")?;
+            let start_factor = w.start_factor.unwrap_or(1.0 / 3.0);
+            ensure(
+                start_factor > 0.0 && start_factor <= 1.0,
+                &f("warmup.start_factor"),
+                "must be in (0, 1]",
+            )?;
+            Some(Warmup {
+                epochs: w.epochs,
+                start_factor,
+            })
+        }
+    };
+    Ok(LrScheduleSpec { kind, warmup })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::testing::{assert_training_errors, err, minimal};
+    use crate::spec::JobKind;
+    use crate::spec::JobSpec;
+
+    #[test]
+    fn lr_range_test_defaults_are_fastais_and_bad_settings_name_the_field() {
+        let spec = JobSpec::from_proto(&minimal()).unwrap();
+        assert_eq!(spec.kind, JobKind::Train);
+        assert_eq!(spec.lr_range_test, LrRangeSpec::default());
+        assert_eq!(
+            (spec.lr_range_test.start_lr, spec.lr_range_test.end_lr),
+            (1e-7, 10.0)
+        );
+        assert_eq!(spec.lr_range_test.iterations, 100);
+        assert!(!spec.training.auto_learning_rate);
+
+        let with = |t: pb::LrRangeTest| pb::JobSpec {
+            kind: pb::JobKind::LrRangeTest as i32,
+            lr_range_test: Some(t),
+            ..minimal()
+        };
+        let ok = JobSpec::from_proto(&with(pb::LrRangeTest {
+            iterations: Some(50),
+            suggestion: pb::LrSuggestion::Steepest as i32,
+            stop_on_divergence: Some(false),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(ok.kind, JobKind::LrRangeTest);
+        assert_eq!(ok.lr_range_test.iterations, 50);
+        assert_eq!(ok.lr_range_test.suggestion, LrSuggestion::Steepest);
+        assert!(!ok.lr_range_test.stop_on_divergence);
+        assert_eq!(
+            err(&with(pb::LrRangeTest {
+                start_lr: Some(1.0),
+                end_lr: Some(0.5),
+                ..Default::default()
+            })),
+            "spec.lr_range_test.end_lr: must be above start_lr"
+        );
+        assert_eq!(
+            err(&with(pb::LrRangeTest {
+                iterations: Some(5),
+                ..Default::default()
+            })),
+            "spec.lr_range_test.iterations: must be between 6 and 10000"
+        );
+        assert_eq!(
+            err(&pb::JobSpec {
+                kind: 9,
+                ..minimal()
+            }),
+            "spec.kind: unknown value 9"
+        );
+    }
+
+    /// One bad value per schedule field, each refused with its path.
+    #[test]
+    fn schedule_errors_name_the_field() {
+        use pb::lr_schedule;
+        let sched = |kind: lr_schedule::Kind| pb::TrainingSpec {
+            lr_schedule: Some(pb::LrSchedule {
+                kind: Some(kind),
+                warmup: None,
+            }),
+            ..Default::default()
+        };
+        let cases: Vec<(pb::TrainingSpec, &str)> = vec![
+            (
+                sched(lr_schedule::Kind::Step(pb::StepLr::default())),
+                "spec.training.lr_schedule.step.step_size: required, at least 1",
+            ),
+            (
+                sched(lr_schedule::Kind::Exponential(pb::ExponentialLr {
+                    gamma: 1.5,
+                })),
+                "spec.training.lr_schedule.exponential.gamma: required, in (0, 1]",
+            ),
+            (
+                sched(lr_schedule::Kind::ReduceOnPlateau(pb::ReduceLrOnPlateau {
+                    monitor: "val_r2".into(),
+                    ..Default::default()
+                })),
+                "spec.training.lr_schedule.reduce_on_plateau.monitor:",
+            ),
+            (
+                sched(lr_schedule::Kind::OneCycle(pb::OneCycleLr::default())),
+                "spec.training.lr_schedule.one_cycle.max_lr: must be > 0",
+            ),
+        ];
+        assert_training_errors(cases);
+    }
+}
