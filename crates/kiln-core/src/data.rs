@@ -14,8 +14,9 @@ use crate::error::{FieldError, Result};
 use crate::npy;
 use crate::spec::{DataSpec, Task};
 
-/// The most columns a table may have (CSV, inline rows or NumPy arrays).
-pub const MAX_COLUMNS: usize = 1 << 16;
+/// Defined with the spec, which bounds its column lists by it, so that data
+/// depends on spec and not the other way round.
+pub use crate::spec::MAX_COLUMNS;
 
 /// A rectangular table with named columns.
 #[derive(Debug, Clone, PartialEq)]

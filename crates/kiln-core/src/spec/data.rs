@@ -8,8 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use super::check::unknown_enum;
 use super::Task;
-use crate::data::MAX_COLUMNS;
 use crate::error::{FieldError, Result};
+
+/// The most columns a table may have (CSV, inline rows or NumPy arrays), and
+/// so the most names a column list of the spec may hold.
+pub const MAX_COLUMNS: usize = 1 << 16;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DataSpec {
