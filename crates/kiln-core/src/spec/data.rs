@@ -30,6 +30,11 @@ pub struct DataSpec {
     pub column_scaling: BTreeMap<String, Scaling>,
 }
 
+impl DataSpec {
+    /// The share of rows held out for validation when unset.
+    pub const DEFAULT_VALIDATION_FRACTION: f64 = 0.2;
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum DataSource {
     Dataset(String),
@@ -81,7 +86,9 @@ pub(super) fn validate_data(data: &pb::DataSpec, task: Task) -> Result<DataSpec>
             format!("\"{c}\" is also a target column"),
         ));
     }
-    let validation_fraction = data.validation_fraction.unwrap_or(0.2);
+    let validation_fraction = data
+        .validation_fraction
+        .unwrap_or(DataSpec::DEFAULT_VALIDATION_FRACTION);
     if !(validation_fraction > 0.0 && validation_fraction < 1.0) {
         return Err(FieldError::new(
             "spec.data.validation_fraction",

@@ -20,14 +20,19 @@ pub struct LossSpec {
 }
 
 impl LossSpec {
+    /// torch.nn.HuberLoss's `delta`.
+    pub const DEFAULT_HUBER_DELTA: f64 = 1.0;
+    /// BCE's `pos_weight` when unset: both classes weigh the same.
+    pub const DEFAULT_POS_WEIGHT: f64 = 1.0;
+
     /// A loss with torch's defaults for every parameter.
     pub fn plain(kind: LossKind) -> Self {
         Self {
             kind,
-            huber_delta: 1.0,
+            huber_delta: Self::DEFAULT_HUBER_DELTA,
             label_smoothing: 0.0,
             class_weights: Vec::new(),
-            pos_weight: 1.0,
+            pos_weight: Self::DEFAULT_POS_WEIGHT,
         }
     }
 }
@@ -41,15 +46,22 @@ pub enum LossKind {
     BinaryCrossEntropy,
 }
 
+impl LossKind {
+    /// The loss when `kind` is unset: MSE, BCE or cross-entropy by task.
+    pub fn default_for(task: Task) -> LossKind {
+        match task {
+            Task::Regression => LossKind::Mse,
+            Task::Binary => LossKind::BinaryCrossEntropy,
+            Task::Multiclass => LossKind::CrossEntropy,
+        }
+    }
+}
+
 pub(super) fn validate_loss(loss: Option<&pb::Loss>, task: Task) -> Result<LossSpec> {
     let default = pb::Loss::default();
     let loss = loss.unwrap_or(&default);
     let kind = match pb::LossKind::try_from(loss.kind) {
-        Ok(pb::LossKind::LossDefault) => match task {
-            Task::Regression => LossKind::Mse,
-            Task::Binary => LossKind::BinaryCrossEntropy,
-            Task::Multiclass => LossKind::CrossEntropy,
-        },
+        Ok(pb::LossKind::LossDefault) => LossKind::default_for(task),
         Ok(pb::LossKind::LossMse) => LossKind::Mse,
         Ok(pb::LossKind::LossMae) => LossKind::Mae,
         Ok(pb::LossKind::LossHuber) => LossKind::Huber,
@@ -67,7 +79,7 @@ pub(super) fn validate_loss(loss: Option<&pb::Loss>, task: Task) -> Result<LossS
         "spec.training.loss.kind",
         &format!("{kind:?} does not fit task {task:?}"),
     )?;
-    let huber_delta = loss.huber_delta.unwrap_or(1.0);
+    let huber_delta = loss.huber_delta.unwrap_or(LossSpec::DEFAULT_HUBER_DELTA);
     ensure(
         huber_delta > 0.0 && huber_delta.is_finite(),
         "spec.training.loss.huber_delta",
@@ -100,7 +112,7 @@ pub(super) fn validate_loss(loss: Option<&pb::Loss>, task: Task) -> Result<LossS
             "must be finite and >= 0",
         )?;
     }
-    let pos_weight = loss.pos_weight.unwrap_or(1.0);
+    let pos_weight = loss.pos_weight.unwrap_or(LossSpec::DEFAULT_POS_WEIGHT);
     ensure(
         pos_weight.is_finite() && pos_weight > 0.0,
         "spec.training.loss.pos_weight",

@@ -19,6 +19,9 @@ pub enum Metric {
 }
 
 impl Metric {
+    /// What early stopping and ReduceLROnPlateau watch when `monitor` is unset.
+    pub const DEFAULT_MONITOR: Metric = Metric::ValLoss;
+
     pub const ALL: [Metric; 6] = [
         Metric::TrainLoss,
         Metric::ValLoss,
@@ -56,7 +59,7 @@ impl Metric {
 /// A metric by name that applies to `task`, or an error listing the ones that do.
 pub(super) fn metric(field: &str, name: &str, task: Task) -> Result<Metric> {
     if name.is_empty() {
-        return Ok(Metric::ValLoss);
+        return Ok(Metric::DEFAULT_MONITOR);
     }
     match Metric::ALL.iter().copied().find(|m| m.name() == name) {
         Some(m) if m.applies_to(task) => Ok(m),

@@ -54,10 +54,34 @@ pub enum Activation {
     },
 }
 
+/// torch.nn's defaults for the activations' parameters.
+impl Activation {
+    /// LeakyReLU's `negative_slope`.
+    pub const DEFAULT_LEAKY_RELU_SLOPE: f64 = 0.01;
+    /// ELU's `alpha`.
+    pub const DEFAULT_ELU_ALPHA: f64 = 1.0;
+    /// RReLU's `lower`.
+    pub const DEFAULT_RRELU_LOWER: f64 = 1.0 / 8.0;
+    /// RReLU's `upper`.
+    pub const DEFAULT_RRELU_UPPER: f64 = 1.0 / 3.0;
+    /// PReLU's `init`.
+    pub const DEFAULT_PRELU_INIT: f64 = 0.25;
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BatchNormSpec {
     pub momentum: f64,
     pub eps: f64,
+}
+
+/// torch.nn.BatchNorm1d's defaults.
+impl Default for BatchNormSpec {
+    fn default() -> Self {
+        Self {
+            momentum: 0.1,
+            eps: 1e-5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +110,16 @@ pub enum InitKind {
 pub enum InitDistribution {
     Uniform,
     Normal,
+}
+
+impl InitDistribution {
+    /// The distribution when unset: uniform for Glorot, normal for He and LeCun.
+    pub fn default_for(kind: InitKind) -> InitDistribution {
+        match kind {
+            InitKind::Glorot => InitDistribution::Uniform,
+            InitKind::He | InitKind::Lecun => InitDistribution::Normal,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,55 +176,7 @@ fn validate_layer(path: &str, layer: &pb::HiddenLayer) -> Result<LayerSpec> {
         &field("units"),
         &format!("must be in [1, {MAX_UNITS}]"),
     )?;
-    let p = layer.activation_params.unwrap_or_default();
-    let param = |name: &str| field(&format!("activation_params.{name}"));
-    if let Some(v) = p.negative_slope {
-        ensure(
-            v.is_finite() && v >= 0.0,
-            &param("negative_slope"),
-            "must be finite and >= 0",
-        )?;
-    }
-    if let Some(v) = p.alpha {
-        ensure(
-            v.is_finite() && v > 0.0,
-            &param("alpha"),
-            "must be finite and > 0",
-        )?;
-    }
-    let activation = match pb::Activation::try_from(layer.activation) {
-        Ok(pb::Activation::Default | pb::Activation::Relu) => Activation::Relu,
-        Ok(pb::Activation::Tanh) => Activation::Tanh,
-        Ok(pb::Activation::Sigmoid) => Activation::Sigmoid,
-        Ok(pb::Activation::LeakyRelu) => Activation::LeakyRelu {
-            negative_slope: p.negative_slope.unwrap_or(0.01),
-        },
-        Ok(pb::Activation::Elu) => Activation::Elu {
-            alpha: p.alpha.unwrap_or(1.0),
-        },
-        Ok(pb::Activation::Selu) => Activation::Selu,
-        Ok(pb::Activation::Gelu) => Activation::Gelu,
-        Ok(pb::Activation::Softplus) => Activation::Softplus,
-        Ok(pb::Activation::Silu) => Activation::Silu,
-        Ok(pb::Activation::Rrelu) => {
-            let (lower, upper) = (
-                p.rrelu_lower.unwrap_or(1.0 / 8.0),
-                p.rrelu_upper.unwrap_or(1.0 / 3.0),
-            );
-            ensure(
-                lower.is_finite() && upper.is_finite() && 0.0 <= lower && lower <= upper,
-                &param("rrelu_upper"),
-                "needs 0 <= rrelu_lower <= rrelu_upper",
-            )?;
-            Activation::RRelu { lower, upper }
-        }
-        Ok(pb::Activation::Prelu) => {
-            let init = p.prelu_init.unwrap_or(0.25);
-            ensure(init.is_finite(), &param("prelu_init"), "must be finite")?;
-            Activation::PRelu { init }
-        }
-        Err(_) => return Err(unknown_enum(&field("activation"), layer.activation)),
-    };
+    let activation = validate_activation(path, layer)?;
     ensure(
         (0.0..1.0).contains(&layer.dropout),
         &field("dropout"),
@@ -202,20 +188,7 @@ fn validate_layer(path: &str, layer: &pb::HiddenLayer) -> Result<LayerSpec> {
         Err(_) => return Err(unknown_enum(&field("dropout_kind"), layer.dropout_kind)),
     };
     let batch_norm = if layer.batch_norm {
-        let bn = layer.batch_norm_params.unwrap_or_default();
-        let momentum = bn.momentum.unwrap_or(0.1);
-        let eps = bn.eps.unwrap_or(1e-5);
-        ensure(
-            momentum > 0.0 && momentum <= 1.0,
-            &field("batch_norm_params.momentum"),
-            "must be in (0, 1]",
-        )?;
-        ensure(
-            eps > 0.0 && eps.is_finite(),
-            &field("batch_norm_params.eps"),
-            "must be > 0",
-        )?;
-        Some(BatchNormSpec { momentum, eps })
+        Some(validate_batch_norm(path, layer)?)
     } else {
         None
     };
@@ -232,6 +205,86 @@ fn validate_layer(path: &str, layer: &pb::HiddenLayer) -> Result<LayerSpec> {
         alpha_dropout,
         batch_norm,
     })
+}
+
+/// A layer's `activation` with its `activation_params`, torch's defaults for
+/// those unset.
+fn validate_activation(path: &str, layer: &pb::HiddenLayer) -> Result<Activation> {
+    let p = layer.activation_params.unwrap_or_default();
+    let param = |name: &str| format!("{path}.activation_params.{name}");
+    if let Some(v) = p.negative_slope {
+        ensure(
+            v.is_finite() && v >= 0.0,
+            &param("negative_slope"),
+            "must be finite and >= 0",
+        )?;
+    }
+    if let Some(v) = p.alpha {
+        ensure(
+            v.is_finite() && v > 0.0,
+            &param("alpha"),
+            "must be finite and > 0",
+        )?;
+    }
+    Ok(match pb::Activation::try_from(layer.activation) {
+        Ok(pb::Activation::Default | pb::Activation::Relu) => Activation::Relu,
+        Ok(pb::Activation::Tanh) => Activation::Tanh,
+        Ok(pb::Activation::Sigmoid) => Activation::Sigmoid,
+        Ok(pb::Activation::LeakyRelu) => Activation::LeakyRelu {
+            negative_slope: p
+                .negative_slope
+                .unwrap_or(Activation::DEFAULT_LEAKY_RELU_SLOPE),
+        },
+        Ok(pb::Activation::Elu) => Activation::Elu {
+            alpha: p.alpha.unwrap_or(Activation::DEFAULT_ELU_ALPHA),
+        },
+        Ok(pb::Activation::Selu) => Activation::Selu,
+        Ok(pb::Activation::Gelu) => Activation::Gelu,
+        Ok(pb::Activation::Softplus) => Activation::Softplus,
+        Ok(pb::Activation::Silu) => Activation::Silu,
+        Ok(pb::Activation::Rrelu) => {
+            let (lower, upper) = (
+                p.rrelu_lower.unwrap_or(Activation::DEFAULT_RRELU_LOWER),
+                p.rrelu_upper.unwrap_or(Activation::DEFAULT_RRELU_UPPER),
+            );
+            ensure(
+                lower.is_finite() && upper.is_finite() && 0.0 <= lower && lower <= upper,
+                &param("rrelu_upper"),
+                "needs 0 <= rrelu_lower <= rrelu_upper",
+            )?;
+            Activation::RRelu { lower, upper }
+        }
+        Ok(pb::Activation::Prelu) => {
+            let init = p.prelu_init.unwrap_or(Activation::DEFAULT_PRELU_INIT);
+            ensure(init.is_finite(), &param("prelu_init"), "must be finite")?;
+            Activation::PRelu { init }
+        }
+        Err(_) => {
+            return Err(unknown_enum(
+                &format!("{path}.activation"),
+                layer.activation,
+            ))
+        }
+    })
+}
+
+/// A layer's `batch_norm_params`, BatchNorm1d's defaults for those unset.
+fn validate_batch_norm(path: &str, layer: &pb::HiddenLayer) -> Result<BatchNormSpec> {
+    let default = BatchNormSpec::default();
+    let bn = layer.batch_norm_params.unwrap_or_default();
+    let momentum = bn.momentum.unwrap_or(default.momentum);
+    let eps = bn.eps.unwrap_or(default.eps);
+    ensure(
+        momentum > 0.0 && momentum <= 1.0,
+        &format!("{path}.batch_norm_params.momentum"),
+        "must be in (0, 1]",
+    )?;
+    ensure(
+        eps > 0.0 && eps.is_finite(),
+        &format!("{path}.batch_norm_params.eps"),
+        "must be > 0",
+    )?;
+    Ok(BatchNormSpec { momentum, eps })
 }
 
 /// The guide's default initializer for an activation (DESIGN.md).
@@ -261,10 +314,7 @@ fn validate_init(path: &str, init: Option<&pb::Initializer>, act: Activation) ->
         Err(_) => return Err(unknown_enum(&format!("{path}.kind"), init.kind)),
     };
     let distribution = match pb::InitDistribution::try_from(init.distribution) {
-        Ok(pb::InitDistribution::Default) => match kind {
-            InitKind::Glorot => InitDistribution::Uniform,
-            InitKind::He | InitKind::Lecun => InitDistribution::Normal,
-        },
+        Ok(pb::InitDistribution::Default) => InitDistribution::default_for(kind),
         Ok(pb::InitDistribution::InitUniform) => InitDistribution::Uniform,
         Ok(pb::InitDistribution::InitNormal) => InitDistribution::Normal,
         Err(_) => {
@@ -324,6 +374,50 @@ mod tests {
         assert_eq!(
             spec.model.hidden[2].init.distribution,
             InitDistribution::Uniform
+        );
+    }
+
+    /// Parameters left unset get torch.nn's values.
+    #[test]
+    fn activation_and_batch_norm_defaults_are_torchs() {
+        let layer = |a: pb::Activation| pb::HiddenLayer {
+            units: 4,
+            activation: a as i32,
+            batch_norm: true,
+            ..Default::default()
+        };
+        let mut spec = minimal();
+        spec.model = Some(pb::ModelSpec {
+            hidden_layers: vec![
+                layer(pb::Activation::LeakyRelu),
+                layer(pb::Activation::Elu),
+                layer(pb::Activation::Rrelu),
+                layer(pb::Activation::Prelu),
+            ],
+            ..Default::default()
+        });
+        let hidden = JobSpec::from_proto(&spec).unwrap().model.hidden;
+        let activations: Vec<_> = hidden.iter().map(|l| l.activation).collect();
+        assert_eq!(
+            activations,
+            [
+                Activation::LeakyRelu {
+                    negative_slope: 0.01
+                },
+                Activation::Elu { alpha: 1.0 },
+                Activation::RRelu {
+                    lower: 1.0 / 8.0,
+                    upper: 1.0 / 3.0
+                },
+                Activation::PRelu { init: 0.25 },
+            ]
+        );
+        assert_eq!(
+            hidden[0].batch_norm,
+            Some(BatchNormSpec {
+                momentum: 0.1,
+                eps: 1e-5
+            })
         );
     }
 }

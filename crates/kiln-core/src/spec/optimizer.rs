@@ -61,6 +61,53 @@ pub enum OptimizerKind {
     },
 }
 
+/// torch.optim's defaults.
+impl OptimizerKind {
+    /// `betas[0]` of Adam, AdamW, NAdam and Adamax.
+    pub const DEFAULT_BETA1: f64 = 0.9;
+    /// `betas[1]` of Adam, AdamW, NAdam and Adamax.
+    pub const DEFAULT_BETA2: f64 = 0.999;
+    /// `eps` of every optimizer but Adagrad.
+    pub const DEFAULT_EPS: f64 = 1e-8;
+    /// Adagrad's `eps`.
+    pub const DEFAULT_ADAGRAD_EPS: f64 = 1e-10;
+    /// RMSprop's `alpha`.
+    pub const DEFAULT_RMSPROP_ALPHA: f64 = 0.99;
+    /// NAdam's `momentum_decay`.
+    pub const DEFAULT_NADAM_MOMENTUM_DECAY: f64 = 4e-3;
+
+    /// torch's default learning rate for this optimizer.
+    pub fn default_learning_rate(self) -> f64 {
+        match self {
+            OptimizerKind::Sgd { .. }
+            | OptimizerKind::Adam { .. }
+            | OptimizerKind::AdamW { .. } => 1e-3,
+            OptimizerKind::Nadam { .. } | OptimizerKind::Adamax { .. } => 2e-3,
+            OptimizerKind::RmsProp { .. } | OptimizerKind::Adagrad { .. } => 1e-2,
+        }
+    }
+
+    /// torch's default weight decay for this optimizer: 1e-2 for AdamW, else 0.
+    pub fn default_weight_decay(self) -> f64 {
+        match self {
+            OptimizerKind::AdamW { .. } => 1e-2,
+            _ => 0.0,
+        }
+    }
+}
+
+/// Adam with torch's defaults: the optimizer when none is named.
+impl Default for OptimizerKind {
+    fn default() -> Self {
+        OptimizerKind::Adam {
+            beta1: Self::DEFAULT_BETA1,
+            beta2: Self::DEFAULT_BETA2,
+            eps: Self::DEFAULT_EPS,
+            amsgrad: false,
+        }
+    }
+}
+
 /// Gradient clipping between backward and the optimizer step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum GradClip {
@@ -70,55 +117,67 @@ pub enum GradClip {
     Value { clip_value: f64 },
 }
 
+impl GradClip {
+    /// clip_grad_norm_'s `norm_type`: the L2 norm.
+    pub const DEFAULT_NORM_TYPE: f64 = 2.0;
+}
+
 pub(super) fn validate_optimizer(opt: Option<&pb::Optimizer>) -> Result<OptimizerSpec> {
-    use pb::optimizer::Kind;
     let default = pb::Optimizer::default();
     let opt = opt.unwrap_or(&default);
     let f = |name: &str| format!("spec.training.optimizer.{name}");
+    let kind = validate_optimizer_kind(opt.kind.as_ref())?;
+    ensure(
+        !(opt.auto_learning_rate && opt.learning_rate.is_some()),
+        &f("learning_rate"),
+        "must be unset when auto_learning_rate is true",
+    )?;
+    Ok(OptimizerSpec {
+        learning_rate: positive(
+            &f("learning_rate"),
+            opt.learning_rate,
+            kind.default_learning_rate(),
+        )?,
+        weight_decay: non_negative(
+            &f("weight_decay"),
+            opt.weight_decay.unwrap_or(kind.default_weight_decay()),
+        )?,
+        kind,
+    })
+}
+
+/// The optimizer and its hyper-parameters, torch's defaults for those unset;
+/// Adam when no optimizer is named.
+fn validate_optimizer_kind(kind: Option<&pb::optimizer::Kind>) -> Result<OptimizerKind> {
+    use pb::optimizer::Kind;
+    use OptimizerKind as K;
+    let f = |name: &str| format!("spec.training.optimizer.{name}");
     let adam = |name: &str, a: &pb::Adam| -> Result<(f64, f64, f64)> {
         Ok((
-            beta(&f(&format!("{name}.beta1")), a.beta1, 0.9)?,
-            beta(&f(&format!("{name}.beta2")), a.beta2, 0.999)?,
-            positive(&f(&format!("{name}.eps")), a.eps, 1e-8)?,
+            beta(&f(&format!("{name}.beta1")), a.beta1, K::DEFAULT_BETA1)?,
+            beta(&f(&format!("{name}.beta2")), a.beta2, K::DEFAULT_BETA2)?,
+            positive(&f(&format!("{name}.eps")), a.eps, K::DEFAULT_EPS)?,
         ))
     };
-    // (kind, torch's default learning rate, torch's default weight decay)
-    let (kind, default_lr, default_wd) = match &opt.kind {
-        None => (
-            OptimizerKind::Adam {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                amsgrad: false,
-            },
-            1e-3,
-            0.0,
-        ),
+    Ok(match kind {
+        None => K::default(),
         Some(Kind::Adam(a)) => {
             let (beta1, beta2, eps) = adam("adam", a)?;
-            (
-                OptimizerKind::Adam {
-                    beta1,
-                    beta2,
-                    eps,
-                    amsgrad: a.amsgrad,
-                },
-                1e-3,
-                0.0,
-            )
+            K::Adam {
+                beta1,
+                beta2,
+                eps,
+                amsgrad: a.amsgrad,
+            }
         }
         Some(Kind::Adamw(a)) => {
             let (beta1, beta2, eps) = adam("adamw", a)?;
-            (
-                OptimizerKind::AdamW {
-                    beta1,
-                    beta2,
-                    eps,
-                    amsgrad: a.amsgrad,
-                },
-                1e-3,
-                1e-2,
-            )
+            K::AdamW {
+                beta1,
+                beta2,
+                eps,
+                amsgrad: a.amsgrad,
+            }
         }
         Some(Kind::Sgd(s)) => {
             let momentum = non_negative(&f("sgd.momentum"), s.momentum)?;
@@ -132,67 +191,40 @@ pub(super) fn validate_optimizer(opt: Option<&pb::Optimizer>) -> Result<Optimize
                 &f("sgd.nesterov"),
                 "needs momentum > 0 and dampening 0 (as torch.optim.SGD)",
             )?;
-            let kind = OptimizerKind::Sgd {
+            K::Sgd {
                 momentum,
                 dampening: s.dampening,
                 nesterov: s.nesterov,
-            };
-            (kind, 1e-3, 0.0)
+            }
         }
-        Some(Kind::Nadam(n)) => (
-            OptimizerKind::Nadam {
-                beta1: beta(&f("nadam.beta1"), n.beta1, 0.9)?,
-                beta2: beta(&f("nadam.beta2"), n.beta2, 0.999)?,
-                eps: positive(&f("nadam.eps"), n.eps, 1e-8)?,
-                momentum_decay: non_negative(
-                    &f("nadam.momentum_decay"),
-                    n.momentum_decay.unwrap_or(4e-3),
-                )?,
-            },
-            2e-3,
-            0.0,
-        ),
-        Some(Kind::Rmsprop(r)) => (
-            OptimizerKind::RmsProp {
-                alpha: beta(&f("rmsprop.alpha"), r.alpha, 0.99)?,
-                eps: positive(&f("rmsprop.eps"), r.eps, 1e-8)?,
-                momentum: non_negative(&f("rmsprop.momentum"), r.momentum)?,
-                centered: r.centered,
-            },
-            1e-2,
-            0.0,
-        ),
-        Some(Kind::Adamax(a)) => (
-            OptimizerKind::Adamax {
-                beta1: beta(&f("adamax.beta1"), a.beta1, 0.9)?,
-                beta2: beta(&f("adamax.beta2"), a.beta2, 0.999)?,
-                eps: positive(&f("adamax.eps"), a.eps, 1e-8)?,
-            },
-            2e-3,
-            0.0,
-        ),
-        Some(Kind::Adagrad(a)) => (
-            OptimizerKind::Adagrad {
-                lr_decay: non_negative(&f("adagrad.lr_decay"), a.lr_decay)?,
-                initial_accumulator_value: non_negative(
-                    &f("adagrad.initial_accumulator_value"),
-                    a.initial_accumulator_value,
-                )?,
-                eps: positive(&f("adagrad.eps"), a.eps, 1e-10)?,
-            },
-            1e-2,
-            0.0,
-        ),
-    };
-    ensure(
-        !(opt.auto_learning_rate && opt.learning_rate.is_some()),
-        &f("learning_rate"),
-        "must be unset when auto_learning_rate is true",
-    )?;
-    Ok(OptimizerSpec {
-        learning_rate: positive(&f("learning_rate"), opt.learning_rate, default_lr)?,
-        weight_decay: non_negative(&f("weight_decay"), opt.weight_decay.unwrap_or(default_wd))?,
-        kind,
+        Some(Kind::Nadam(n)) => K::Nadam {
+            beta1: beta(&f("nadam.beta1"), n.beta1, K::DEFAULT_BETA1)?,
+            beta2: beta(&f("nadam.beta2"), n.beta2, K::DEFAULT_BETA2)?,
+            eps: positive(&f("nadam.eps"), n.eps, K::DEFAULT_EPS)?,
+            momentum_decay: non_negative(
+                &f("nadam.momentum_decay"),
+                n.momentum_decay.unwrap_or(K::DEFAULT_NADAM_MOMENTUM_DECAY),
+            )?,
+        },
+        Some(Kind::Rmsprop(r)) => K::RmsProp {
+            alpha: beta(&f("rmsprop.alpha"), r.alpha, K::DEFAULT_RMSPROP_ALPHA)?,
+            eps: positive(&f("rmsprop.eps"), r.eps, K::DEFAULT_EPS)?,
+            momentum: non_negative(&f("rmsprop.momentum"), r.momentum)?,
+            centered: r.centered,
+        },
+        Some(Kind::Adamax(a)) => K::Adamax {
+            beta1: beta(&f("adamax.beta1"), a.beta1, K::DEFAULT_BETA1)?,
+            beta2: beta(&f("adamax.beta2"), a.beta2, K::DEFAULT_BETA2)?,
+            eps: positive(&f("adamax.eps"), a.eps, K::DEFAULT_EPS)?,
+        },
+        Some(Kind::Adagrad(a)) => K::Adagrad {
+            lr_decay: non_negative(&f("adagrad.lr_decay"), a.lr_decay)?,
+            initial_accumulator_value: non_negative(
+                &f("adagrad.initial_accumulator_value"),
+                a.initial_accumulator_value,
+            )?,
+            eps: positive(&f("adagrad.eps"), a.eps, K::DEFAULT_ADAGRAD_EPS)?,
+        },
     })
 }
 
@@ -204,7 +236,7 @@ pub(super) fn validate_clip(clip: &pb::GradClip) -> Result<GradClip> {
             "set norm or value",
         )),
         Some(Kind::Norm(n)) => {
-            let norm_type = n.norm_type.unwrap_or(2.0);
+            let norm_type = n.norm_type.unwrap_or(GradClip::DEFAULT_NORM_TYPE);
             ensure(
                 norm_type >= 1.0,
                 "spec.training.grad_clip.norm.norm_type",

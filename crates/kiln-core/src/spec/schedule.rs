@@ -20,6 +20,13 @@ pub struct LrRangeSpec {
     pub suggestion: LrSuggestion,
 }
 
+impl LrRangeSpec {
+    /// The fewest mini-batches a range test may take.
+    pub const MIN_ITERATIONS: u32 = 6;
+    /// The most mini-batches a range test may take.
+    pub const MAX_ITERATIONS: u32 = 10_000;
+}
+
 impl Default for LrRangeSpec {
     fn default() -> Self {
         Self {
@@ -53,6 +60,11 @@ pub struct LrScheduleSpec {
 pub struct Warmup {
     pub epochs: u32,
     pub start_factor: f64,
+}
+
+impl Warmup {
+    /// LinearLR's `start_factor`.
+    pub const DEFAULT_START_FACTOR: f64 = 1.0 / 3.0;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -102,6 +114,32 @@ pub enum LrScheduleKind {
     },
 }
 
+/// torch.optim.lr_scheduler's defaults for the settings left unset.
+impl LrScheduleKind {
+    /// StepLR's `gamma`.
+    pub const DEFAULT_STEP_GAMMA: f64 = 0.1;
+    /// ReduceLROnPlateau's `factor`.
+    pub const DEFAULT_PLATEAU_FACTOR: f64 = 0.1;
+    /// ReduceLROnPlateau's `patience`.
+    pub const DEFAULT_PLATEAU_PATIENCE: u32 = 10;
+    /// ReduceLROnPlateau's `threshold`.
+    pub const DEFAULT_PLATEAU_THRESHOLD: f64 = 1e-4;
+    /// ReduceLROnPlateau's `eps`.
+    pub const DEFAULT_PLATEAU_EPS: f64 = 1e-8;
+    /// OneCycleLR's `pct_start`.
+    pub const DEFAULT_ONE_CYCLE_PCT_START: f64 = 0.3;
+    /// OneCycleLR's `base_momentum`.
+    pub const DEFAULT_ONE_CYCLE_BASE_MOMENTUM: f64 = 0.85;
+    /// OneCycleLR's `max_momentum`.
+    pub const DEFAULT_ONE_CYCLE_MAX_MOMENTUM: f64 = 0.95;
+    /// OneCycleLR's `div_factor`.
+    pub const DEFAULT_ONE_CYCLE_DIV_FACTOR: f64 = 25.0;
+    /// OneCycleLR's `final_div_factor`.
+    pub const DEFAULT_ONE_CYCLE_FINAL_DIV_FACTOR: f64 = 1e4;
+    /// OneCycleLR's `cycle_momentum`.
+    pub const DEFAULT_ONE_CYCLE_CYCLE_MOMENTUM: bool = true;
+}
+
 pub(super) fn validate_lr_range_test(test: Option<&pb::LrRangeTest>) -> Result<LrRangeSpec> {
     let default = LrRangeSpec::default();
     let Some(t) = test else {
@@ -112,10 +150,11 @@ pub(super) fn validate_lr_range_test(test: Option<&pb::LrRangeTest>) -> Result<L
     let end_lr = positive(&f("end_lr"), t.end_lr, default.end_lr)?;
     ensure(end_lr > start_lr, &f("end_lr"), "must be above start_lr")?;
     let iterations = t.iterations.unwrap_or(default.iterations);
+    let (min, max) = (LrRangeSpec::MIN_ITERATIONS, LrRangeSpec::MAX_ITERATIONS);
     ensure(
-        (6..=10_000).contains(&iterations),
+        (min..=max).contains(&iterations),
         &f("iterations"),
-        "must be between 6 and 10000",
+        &format!("must be between {min} and {max}"),
     )?;
     let suggestion = match pb::LrSuggestion::try_from(t.suggestion) {
         Ok(pb::LrSuggestion::Default | pb::LrSuggestion::Valley) => LrSuggestion::Valley,
@@ -127,7 +166,7 @@ pub(super) fn validate_lr_range_test(test: Option<&pb::LrRangeTest>) -> Result<L
         start_lr,
         end_lr,
         iterations,
-        stop_on_divergence: t.stop_on_divergence.unwrap_or(true),
+        stop_on_divergence: t.stop_on_divergence.unwrap_or(default.stop_on_divergence),
         suggestion,
     })
 }
@@ -151,7 +190,11 @@ pub(super) fn validate_schedule(
             )?;
             LrScheduleKind::Step {
                 step_size: st.step_size,
-                gamma: positive(&f("step.gamma"), st.gamma, 0.1)?,
+                gamma: positive(
+                    &f("step.gamma"),
+                    st.gamma,
+                    LrScheduleKind::DEFAULT_STEP_GAMMA,
+                )?,
             }
         }
         Some(Kind::Exponential(e)) => {
@@ -163,110 +206,144 @@ pub(super) fn validate_schedule(
             LrScheduleKind::Exponential { gamma: e.gamma }
         }
         Some(Kind::Cosine(c)) => LrScheduleKind::Cosine {
+            // Unset: one half-cosine over the whole run.
             t_max: if c.t_max == 0 { epochs } else { c.t_max },
             eta_min: non_negative(&f("cosine.eta_min"), c.eta_min)?,
         },
-        Some(Kind::ReduceOnPlateau(p)) => {
-            let monitor = metric(&f("reduce_on_plateau.monitor"), &p.monitor, task)?;
-            let factor = p.factor.unwrap_or(0.1);
-            ensure(
-                factor > 0.0 && factor < 1.0,
-                &f("reduce_on_plateau.factor"),
-                "must be in (0, 1)",
-            )?;
-            LrScheduleKind::ReduceOnPlateau {
-                monitor,
-                mode_max: mode_max(&f("reduce_on_plateau.mode"), p.mode, monitor)?,
-                factor,
-                patience: p.patience.unwrap_or(10),
-                threshold: non_negative(
-                    &f("reduce_on_plateau.threshold"),
-                    p.threshold.unwrap_or(1e-4),
-                )?,
-                threshold_rel: match pb::ThresholdMode::try_from(p.threshold_mode) {
-                    Ok(pb::ThresholdMode::ThresholdDefault | pb::ThresholdMode::ThresholdRel) => {
-                        true
-                    }
-                    Ok(pb::ThresholdMode::ThresholdAbs) => false,
-                    Err(_) => {
-                        return Err(unknown_enum(
-                            &f("reduce_on_plateau.threshold_mode"),
-                            p.threshold_mode,
-                        ))
-                    }
-                },
-                cooldown: p.cooldown,
-                min_lr: non_negative(&f("reduce_on_plateau.min_lr"), p.min_lr)?,
-                eps: non_negative(&f("reduce_on_plateau.eps"), p.eps.unwrap_or(1e-8))?,
-            }
-        }
-        Some(Kind::OneCycle(o)) => {
-            let pct_start = o.pct_start.unwrap_or(0.3);
-            ensure(
-                pct_start > 0.0 && pct_start < 1.0,
-                &f("one_cycle.pct_start"),
-                "must be in (0, 1)",
-            )?;
-            ensure(
-                !o.three_phase || pct_start <= 0.5,
-                &f("one_cycle.pct_start"),
-                "must be at most 0.5 with three_phase (the phases would overlap)",
-            )?;
-            let base_momentum = beta(&f("one_cycle.base_momentum"), o.base_momentum, 0.85)?;
-            let max_momentum = beta(&f("one_cycle.max_momentum"), o.max_momentum, 0.95)?;
-            ensure(
-                base_momentum <= max_momentum,
-                &f("one_cycle.base_momentum"),
-                "must not exceed max_momentum",
-            )?;
-            LrScheduleKind::OneCycle {
-                max_lr: positive(&f("one_cycle.max_lr"), Some(o.max_lr), 0.0)?,
-                pct_start,
-                anneal_cos: match pb::Anneal::try_from(o.anneal_strategy) {
-                    Ok(pb::Anneal::Default | pb::Anneal::Cos) => true,
-                    Ok(pb::Anneal::Linear) => false,
-                    Err(_) => {
-                        return Err(unknown_enum(
-                            &f("one_cycle.anneal_strategy"),
-                            o.anneal_strategy,
-                        ))
-                    }
-                },
-                div_factor: positive(&f("one_cycle.div_factor"), o.div_factor, 25.0)?,
-                final_div_factor: positive(
-                    &f("one_cycle.final_div_factor"),
-                    o.final_div_factor,
-                    1e4,
-                )?,
-                three_phase: o.three_phase,
-                cycle_momentum: o.cycle_momentum.unwrap_or(true),
-                base_momentum,
-                max_momentum,
-            }
-        }
+        Some(Kind::ReduceOnPlateau(p)) => reduce_on_plateau(p, task)?,
+        Some(Kind::OneCycle(o)) => one_cycle(o)?,
     };
-    let warmup = match &schedule.warmup {
-        None => None,
-        Some(w) => {
-            ensure(
-                !matches!(kind, LrScheduleKind::OneCycle { .. }),
-                &f("warmup"),
-                "one_cycle has its own warm-up phase (pct_start)",
-            )?;
-            ensure(w.epochs >= 1, &f("warmup.epochs"), "required, at least 1")?;
-            let start_factor = w.start_factor.unwrap_or(1.0 / 3.0);
-            ensure(
-                start_factor > 0.0 && start_factor <= 1.0,
-                &f("warmup.start_factor"),
-                "must be in (0, 1]",
-            )?;
-            Some(Warmup {
-                epochs: w.epochs,
-                start_factor,
-            })
-        }
-    };
+    let warmup = schedule
+        .warmup
+        .as_ref()
+        .map(|w| validate_warmup(w, &kind))
+        .transpose()?;
     Ok(LrScheduleSpec { kind, warmup })
+}
+
+/// ReduceLROnPlateau's settings, torch's defaults for those unset.
+fn reduce_on_plateau(p: &pb::ReduceLrOnPlateau, task: Task) -> Result<LrScheduleKind> {
+    let f = |name: &str| format!("spec.training.lr_schedule.{name}");
+    let monitor = metric(&f("reduce_on_plateau.monitor"), &p.monitor, task)?;
+    let factor = p.factor.unwrap_or(LrScheduleKind::DEFAULT_PLATEAU_FACTOR);
+    ensure(
+        factor > 0.0 && factor < 1.0,
+        &f("reduce_on_plateau.factor"),
+        "must be in (0, 1)",
+    )?;
+    Ok(LrScheduleKind::ReduceOnPlateau {
+        monitor,
+        mode_max: mode_max(&f("reduce_on_plateau.mode"), p.mode, monitor)?,
+        factor,
+        patience: p
+            .patience
+            .unwrap_or(LrScheduleKind::DEFAULT_PLATEAU_PATIENCE),
+        threshold: non_negative(
+            &f("reduce_on_plateau.threshold"),
+            p.threshold
+                .unwrap_or(LrScheduleKind::DEFAULT_PLATEAU_THRESHOLD),
+        )?,
+        threshold_rel: match pb::ThresholdMode::try_from(p.threshold_mode) {
+            Ok(pb::ThresholdMode::ThresholdDefault | pb::ThresholdMode::ThresholdRel) => true,
+            Ok(pb::ThresholdMode::ThresholdAbs) => false,
+            Err(_) => {
+                return Err(unknown_enum(
+                    &f("reduce_on_plateau.threshold_mode"),
+                    p.threshold_mode,
+                ))
+            }
+        },
+        cooldown: p.cooldown,
+        min_lr: non_negative(&f("reduce_on_plateau.min_lr"), p.min_lr)?,
+        eps: non_negative(
+            &f("reduce_on_plateau.eps"),
+            p.eps.unwrap_or(LrScheduleKind::DEFAULT_PLATEAU_EPS),
+        )?,
+    })
+}
+
+/// OneCycleLR's settings, torch's defaults for those unset.
+fn one_cycle(o: &pb::OneCycleLr) -> Result<LrScheduleKind> {
+    let f = |name: &str| format!("spec.training.lr_schedule.{name}");
+    let pct_start = o
+        .pct_start
+        .unwrap_or(LrScheduleKind::DEFAULT_ONE_CYCLE_PCT_START);
+    ensure(
+        pct_start > 0.0 && pct_start < 1.0,
+        &f("one_cycle.pct_start"),
+        "must be in (0, 1)",
+    )?;
+    ensure(
+        !o.three_phase || pct_start <= 0.5,
+        &f("one_cycle.pct_start"),
+        "must be at most 0.5 with three_phase (the phases would overlap)",
+    )?;
+    let base_momentum = beta(
+        &f("one_cycle.base_momentum"),
+        o.base_momentum,
+        LrScheduleKind::DEFAULT_ONE_CYCLE_BASE_MOMENTUM,
+    )?;
+    let max_momentum = beta(
+        &f("one_cycle.max_momentum"),
+        o.max_momentum,
+        LrScheduleKind::DEFAULT_ONE_CYCLE_MAX_MOMENTUM,
+    )?;
+    ensure(
+        base_momentum <= max_momentum,
+        &f("one_cycle.base_momentum"),
+        "must not exceed max_momentum",
+    )?;
+    Ok(LrScheduleKind::OneCycle {
+        max_lr: positive(&f("one_cycle.max_lr"), Some(o.max_lr), 0.0)?,
+        pct_start,
+        anneal_cos: match pb::Anneal::try_from(o.anneal_strategy) {
+            Ok(pb::Anneal::Default | pb::Anneal::Cos) => true,
+            Ok(pb::Anneal::Linear) => false,
+            Err(_) => {
+                return Err(unknown_enum(
+                    &f("one_cycle.anneal_strategy"),
+                    o.anneal_strategy,
+                ))
+            }
+        },
+        div_factor: positive(
+            &f("one_cycle.div_factor"),
+            o.div_factor,
+            LrScheduleKind::DEFAULT_ONE_CYCLE_DIV_FACTOR,
+        )?,
+        final_div_factor: positive(
+            &f("one_cycle.final_div_factor"),
+            o.final_div_factor,
+            LrScheduleKind::DEFAULT_ONE_CYCLE_FINAL_DIV_FACTOR,
+        )?,
+        three_phase: o.three_phase,
+        cycle_momentum: o
+            .cycle_momentum
+            .unwrap_or(LrScheduleKind::DEFAULT_ONE_CYCLE_CYCLE_MOMENTUM),
+        base_momentum,
+        max_momentum,
+    })
+}
+
+/// A warmup before the main schedule, which must not be one_cycle.
+fn validate_warmup(w: &pb::Warmup, kind: &LrScheduleKind) -> Result<Warmup> {
+    let f = |name: &str| format!("spec.training.lr_schedule.{name}");
+    ensure(
+        !matches!(kind, LrScheduleKind::OneCycle { .. }),
+        &f("warmup"),
+        "one_cycle has its own warm-up phase (pct_start)",
+    )?;
+    ensure(w.epochs >= 1, &f("warmup.epochs"), "required, at least 1")?;
+    let start_factor = w.start_factor.unwrap_or(Warmup::DEFAULT_START_FACTOR);
+    ensure(
+        start_factor > 0.0 && start_factor <= 1.0,
+        &f("warmup.start_factor"),
+        "must be in (0, 1]",
+    )?;
+    Ok(Warmup {
+        epochs: w.epochs,
+        start_factor,
+    })
 }
 
 #[cfg(test)]
@@ -363,5 +440,90 @@ mod tests {
             ),
         ];
         assert_training_errors(cases);
+    }
+
+    /// Settings left unset get torch's values.
+    #[test]
+    fn schedule_defaults_are_torchs() {
+        use pb::lr_schedule::Kind;
+        let schedule = |kind: Kind, warmup: Option<pb::Warmup>| {
+            let mut s = minimal();
+            s.training = Some(pb::TrainingSpec {
+                epochs: 40,
+                lr_schedule: Some(pb::LrSchedule {
+                    kind: Some(kind),
+                    warmup,
+                }),
+                ..Default::default()
+            });
+            JobSpec::from_proto(&s).unwrap().training.lr_schedule
+        };
+        let step = schedule(
+            Kind::Step(pb::StepLr {
+                step_size: 5,
+                ..Default::default()
+            }),
+            Some(pb::Warmup {
+                epochs: 2,
+                ..Default::default()
+            }),
+        );
+        assert_eq!(
+            step.kind,
+            LrScheduleKind::Step {
+                step_size: 5,
+                gamma: 0.1
+            }
+        );
+        assert_eq!(
+            step.warmup,
+            Some(Warmup {
+                epochs: 2,
+                start_factor: 1.0 / 3.0
+            })
+        );
+        assert_eq!(
+            schedule(Kind::Cosine(pb::CosineLr::default()), None).kind,
+            LrScheduleKind::Cosine {
+                t_max: 40,
+                eta_min: 0.0
+            }
+        );
+        assert_eq!(
+            schedule(
+                Kind::ReduceOnPlateau(pb::ReduceLrOnPlateau::default()),
+                None
+            )
+            .kind,
+            LrScheduleKind::ReduceOnPlateau {
+                monitor: Metric::ValLoss,
+                mode_max: false,
+                factor: 0.1,
+                patience: 10,
+                threshold: 1e-4,
+                threshold_rel: true,
+                cooldown: 0,
+                min_lr: 0.0,
+                eps: 1e-8,
+            }
+        );
+        let one_cycle = pb::OneCycleLr {
+            max_lr: 0.1,
+            ..Default::default()
+        };
+        assert_eq!(
+            schedule(Kind::OneCycle(one_cycle), None).kind,
+            LrScheduleKind::OneCycle {
+                max_lr: 0.1,
+                pct_start: 0.3,
+                anneal_cos: true,
+                div_factor: 25.0,
+                final_div_factor: 1e4,
+                three_phase: false,
+                cycle_momentum: true,
+                base_momentum: 0.85,
+                max_momentum: 0.95,
+            }
+        );
     }
 }

@@ -31,6 +31,13 @@ pub struct TrainingSpec {
     pub auto_learning_rate: bool,
 }
 
+impl TrainingSpec {
+    /// Epochs when `epochs` is unset (0).
+    pub const DEFAULT_EPOCHS: u32 = 100;
+    /// Mini-batch size when `batch_size` is unset (0).
+    pub const DEFAULT_BATCH_SIZE: u32 = 32;
+}
+
 /// Stochastic Weight Averaging (torch.optim.swa_utils: AveragedModel, SWALR,
 /// update_bn).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,6 +49,11 @@ pub struct SwaSpec {
     pub anneal_epochs: u32,
     /// Cosine annealing (true) or linear (false).
     pub anneal_cos: bool,
+}
+
+impl SwaSpec {
+    /// SWALR's `anneal_epochs` when unset (0), as torch.
+    pub const DEFAULT_ANNEAL_EPOCHS: u32 = 10;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,14 +69,29 @@ pub struct EarlyStoppingSpec {
     pub restore_best_weights: bool,
 }
 
+impl EarlyStoppingSpec {
+    /// Epochs without improvement before stopping, when `patience` is unset.
+    pub const DEFAULT_PATIENCE: u32 = 10;
+    /// Roll back to the best epoch's weights unless told otherwise.
+    pub const DEFAULT_RESTORE_BEST_WEIGHTS: bool = true;
+}
+
 pub(super) fn validate_training(t: pb::TrainingSpec, task: Task) -> Result<TrainingSpec> {
-    let epochs = if t.epochs == 0 { 100 } else { t.epochs };
+    let epochs = if t.epochs == 0 {
+        TrainingSpec::DEFAULT_EPOCHS
+    } else {
+        t.epochs
+    };
     ensure(
         epochs <= MAX_EPOCHS,
         "spec.training.epochs",
         &format!("at most {MAX_EPOCHS}"),
     )?;
-    let batch_size = if t.batch_size == 0 { 32 } else { t.batch_size };
+    let batch_size = if t.batch_size == 0 {
+        TrainingSpec::DEFAULT_BATCH_SIZE
+    } else {
+        t.batch_size
+    };
     ensure(
         batch_size <= MAX_BATCH_SIZE,
         "spec.training.batch_size",
@@ -145,7 +172,7 @@ fn validate_swa(swa: &pb::Swa, epochs: u32, schedule: &LrScheduleSpec) -> Result
         start_epoch: swa.start_epoch,
         swa_lr,
         anneal_epochs: if swa.anneal_epochs == 0 {
-            10
+            SwaSpec::DEFAULT_ANNEAL_EPOCHS
         } else {
             swa.anneal_epochs
         },
@@ -162,11 +189,13 @@ fn validate_early_stopping(es: &pb::EarlyStopping, task: Task) -> Result<EarlySt
     Ok(EarlyStoppingSpec {
         monitor,
         mode_max: mode_max(&f("mode"), es.mode, monitor)?,
-        patience: es.patience.unwrap_or(10),
+        patience: es.patience.unwrap_or(EarlyStoppingSpec::DEFAULT_PATIENCE),
         min_delta: non_negative(&f("min_delta"), es.min_delta)?,
         baseline: es.baseline,
         start_from_epoch: es.start_from_epoch,
-        restore_best_weights: es.restore_best_weights.unwrap_or(true),
+        restore_best_weights: es
+            .restore_best_weights
+            .unwrap_or(EarlyStoppingSpec::DEFAULT_RESTORE_BEST_WEIGHTS),
     })
 }
 
