@@ -14,15 +14,22 @@ use crate::error::{FieldError, Result};
 /// so the most names a column list of the spec may hold.
 pub const MAX_COLUMNS: usize = 1 << 16;
 
+/// `spec.data`, validated: where the rows come from and how they become features and targets.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DataSpec {
+    /// A stored dataset or rows sent with the job.
     pub source: DataSource,
+    /// The columns the model predicts; exactly one for classification.
     pub target_columns: Vec<String>,
     /// Empty: every column that is not a target.
     pub feature_columns: Vec<String>,
+    /// Share of rows held out for validation, in (0, 1).
     pub validation_fraction: f64,
+    /// Seeds the shuffle before the split, so a job's split is reproducible.
     pub split_seed: u64,
+    /// How numeric feature columns are scaled unless `column_scaling` says otherwise.
     pub feature_scaling: Scaling,
+    /// How regression targets are scaled; always `None` for classification.
     pub target_scaling: Scaling,
     /// Feature columns one-hot encoded (never scaled).
     pub categorical_columns: Vec<String>,
@@ -35,19 +42,28 @@ impl DataSpec {
     pub const DEFAULT_VALIDATION_FRACTION: f64 = 0.2;
 }
 
+/// Where a job's rows come from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DataSource {
+    /// A dataset uploaded before, by id.
     Dataset(String),
+    /// Rows sent inside the job spec.
     Inline {
+        /// The column names.
         columns: Vec<String>,
+        /// The rows, one value per column.
         rows: Vec<Vec<f64>>,
     },
 }
 
+/// How a column is scaled, fitted on the training rows only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Scaling {
+    /// Left as is.
     None,
+    /// To zero mean and unit variance.
     Standard,
+    /// To [0, 1].
     MinMax,
 }
 

@@ -6,27 +6,36 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{FieldError, Result};
 
+/// The longest model name.
 pub const MAX_MODEL_NAME_LEN: usize = 128;
 
+/// What a job does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobKind {
+    /// Trains a model.
     Train,
     /// fastai's lr_find alone: the curve and the suggestions, no model.
     LrRangeTest,
 }
 
+/// What the model predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Task {
+    /// Real-valued targets.
     Regression,
+    /// Two classes (one logit).
     Binary,
+    /// More than two classes (one logit per class).
     Multiclass,
 }
 
 impl Task {
+    /// Binary or multiclass.
     pub fn is_classification(self) -> bool {
         !matches!(self, Task::Regression)
     }
 
+    /// The proto value for this task.
     pub fn to_proto(self) -> pb::Task {
         match self {
             Task::Regression => pb::Task::Regression,
@@ -36,10 +45,14 @@ impl Task {
     }
 }
 
+/// Where a job trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceChoice {
+    /// CUDA when there is one, else the CPU.
     Auto,
+    /// The CPU.
     Cpu,
+    /// The CUDA device of this index.
     Cuda(usize),
 }
 

@@ -6,8 +6,10 @@ use super::check::{ensure, unknown_enum};
 use super::Task;
 use crate::error::Result;
 
+/// `spec.training.loss`, validated: the loss and every parameter it takes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LossSpec {
+    /// Which loss.
     pub kind: LossKind,
     /// Huber's delta.
     pub huber_delta: f64,
@@ -37,12 +39,18 @@ impl LossSpec {
     }
 }
 
+/// The losses, as torch.nn names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LossKind {
+    /// Mean squared error (regression).
     Mse,
+    /// Mean absolute error (regression).
     Mae,
+    /// Huber loss (regression).
     Huber,
+    /// Softmax cross-entropy (multiclass).
     CrossEntropy,
+    /// Binary cross-entropy on a logit (binary).
     BinaryCrossEntropy,
 }
 

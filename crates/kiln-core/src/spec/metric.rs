@@ -13,11 +13,17 @@ use crate::error::{FieldError, Result};
 /// A metric an epoch reports, by the name users write in `monitor`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Metric {
+    /// Mean training loss over the epoch's batches.
     TrainLoss,
+    /// Loss on the validation rows.
     ValLoss,
+    /// Fraction of validation rows classified right (classification).
     ValAccuracy,
+    /// Mean absolute error on the validation rows (regression).
     ValMae,
+    /// Root mean squared error on the validation rows (regression).
     ValRmse,
+    /// R² on the validation rows, averaged over targets (regression).
     ValR2,
 }
 
@@ -75,6 +81,7 @@ impl Metric {
         matches!(self, Metric::ValAccuracy | Metric::ValR2)
     }
 
+    /// Whether an epoch of a `task` job reports this metric.
     pub fn applies_to(self, task: Task) -> bool {
         match self {
             Metric::TrainLoss | Metric::ValLoss => true,

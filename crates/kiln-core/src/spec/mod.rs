@@ -43,14 +43,22 @@ use model::validate_model;
 use schedule::validate_lr_range_test;
 use training::validate_training;
 
+/// A validated job spec: every default filled in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSpec {
+    /// The name the trained model is registered under; `None`: the job id.
     pub model_name: Option<String>,
+    /// What the model predicts.
     pub task: Task,
+    /// Where the rows come from and how they become numbers.
     pub data: DataSpec,
+    /// The network's layers.
     pub model: ModelSpec,
+    /// How the model is trained.
     pub training: TrainingSpec,
+    /// Where the job runs.
     pub device: DeviceChoice,
+    /// Training, or an LR range test alone.
     pub kind: JobKind,
     /// For [`JobKind::LrRangeTest`] and `training.auto_learning_rate`.
     pub lr_range_test: LrRangeSpec,

@@ -8,48 +8,74 @@ use super::check::{ensure, unknown_enum};
 use super::Task;
 use crate::error::{FieldError, Result};
 
+/// The most units a hidden layer may have.
 pub const MAX_UNITS: u32 = 65_536;
+/// The most hidden layers a model may have.
 pub const MAX_HIDDEN_LAYERS: usize = 64;
 
+/// `spec.model`, validated: an MLP's hidden layers and output activation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
+    /// The hidden layers, input side first.
     pub hidden: Vec<LayerSpec>,
+    /// Applied to the output layer (regression only).
     pub output_activation: OutputActivation,
 }
 
+/// One hidden layer: Linear -> [BatchNorm] -> activation -> [dropout].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerSpec {
+    /// Output width of the linear layer.
     pub units: usize,
+    /// The nonlinearity after it.
     pub activation: Activation,
+    /// How its weights are initialized.
     pub init: Init,
+    /// Dropout probability in [0, 1); 0: none.
     pub dropout: f64,
     /// AlphaDropout (for SELU) instead of standard dropout.
     pub alpha_dropout: bool,
+    /// BatchNorm's settings; `None`: no BatchNorm.
     pub batch_norm: Option<BatchNormSpec>,
 }
 
+/// A hidden layer's activation, with torch.nn's parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum Activation {
+    /// torch.nn.ReLU.
     Relu,
+    /// torch.nn.Tanh.
     Tanh,
+    /// torch.nn.Sigmoid.
     Sigmoid,
+    /// torch.nn.LeakyReLU.
     LeakyRelu {
+        /// Slope for negative inputs.
         negative_slope: f64,
     },
+    /// torch.nn.ELU.
     Elu {
+        /// Scale of the negative part.
         alpha: f64,
     },
+    /// torch.nn.SELU.
     Selu,
+    /// torch.nn.GELU.
     Gelu,
+    /// torch.nn.Softplus.
     Softplus,
+    /// torch.nn.SiLU.
     Silu,
     /// torch.nn.RReLU: slope ~ U(lower, upper) in training, their mean in evaluation.
     RRelu {
+        /// Lower bound of the random slope.
         lower: f64,
+        /// Upper bound of the random slope.
         upper: f64,
     },
     /// torch.nn.PReLU with one learned slope per layer.
     PRelu {
+        /// The slope's initial value.
         init: f64,
     },
 }
@@ -68,9 +94,12 @@ impl Activation {
     pub const DEFAULT_PRELU_INIT: f64 = 0.25;
 }
 
+/// torch.nn.BatchNorm1d's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BatchNormSpec {
+    /// Weight of the newest batch in the running statistics.
     pub momentum: f64,
+    /// Added to the variance, for stability.
     pub eps: f64,
 }
 
@@ -84,31 +113,47 @@ impl Default for BatchNormSpec {
     }
 }
 
+/// The output layer's activation (regression; classification outputs logits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OutputActivation {
+    /// None: the linear output.
     Identity,
+    /// Outputs in (-1, 1).
     Tanh,
+    /// Outputs in (0, 1).
     Sigmoid,
+    /// Outputs above 0.
     Softplus,
 }
 
+/// How a layer's weights are initialized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Init {
+    /// Which scheme.
     pub kind: InitKind,
+    /// Drawn from a uniform or a normal distribution.
     pub distribution: InitDistribution,
+    /// Scaled by fan-in or fan-out.
     pub fan: FanMode,
 }
 
+/// The initialization schemes, by their variance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InitKind {
+    /// He (Kaiming): variance 2 / fan.
     He,
+    /// LeCun: variance 1 / fan.
     Lecun,
+    /// Glorot (Xavier): variance 2 / (fan_in + fan_out).
     Glorot,
 }
 
+/// The distribution weights are drawn from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InitDistribution {
+    /// Uniform with the scheme's variance.
     Uniform,
+    /// Normal with the scheme's variance.
     Normal,
 }
 
@@ -122,9 +167,12 @@ impl InitDistribution {
     }
 }
 
+/// Which fan the variance is scaled by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FanMode {
+    /// The layer's inputs.
     In,
+    /// The layer's outputs.
     Out,
 }
 

@@ -7,10 +7,14 @@ use kiln::v1 as pb;
 use super::check::{beta, ensure, non_negative, positive};
 use crate::error::{FieldError, Result};
 
+/// `spec.training.optimizer`, validated: the optimizer and its learning rate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OptimizerSpec {
+    /// The learning rate, torch's default for the optimizer when unset.
     pub learning_rate: f64,
+    /// L2 penalty (decoupled for AdamW), the regularization.
     pub weight_decay: f64,
+    /// Which optimizer, with its hyper-parameters.
     pub kind: OptimizerKind,
 }
 
@@ -19,44 +23,73 @@ pub struct OptimizerSpec {
 pub enum OptimizerKind {
     /// torch.optim.SGD.
     Sgd {
+        /// Momentum factor; 0: plain SGD.
         momentum: f64,
+        /// Dampening of the momentum, in [0, 1].
         dampening: f64,
+        /// Nesterov momentum.
         nesterov: bool,
     },
     /// torch.optim.Adam; `weight_decay` is coupled L2.
     Adam {
+        /// Decay of the gradient's running mean.
         beta1: f64,
+        /// Decay of the squared gradient's running mean.
         beta2: f64,
+        /// Added to the denominator, for stability.
         eps: f64,
+        /// Keep the maximum of the squared-gradient average (AMSGrad).
         amsgrad: bool,
     },
     /// torch.optim.AdamW; `weight_decay` is decoupled (`w -= lr * wd * w`).
     AdamW {
+        /// Decay of the gradient's running mean.
         beta1: f64,
+        /// Decay of the squared gradient's running mean.
         beta2: f64,
+        /// Added to the denominator, for stability.
         eps: f64,
+        /// Keep the maximum of the squared-gradient average (AMSGrad).
         amsgrad: bool,
     },
     /// torch.optim.NAdam (not the decoupled variant).
     Nadam {
+        /// Decay of the gradient's running mean.
         beta1: f64,
+        /// Decay of the squared gradient's running mean.
         beta2: f64,
+        /// Added to the denominator, for stability.
         eps: f64,
+        /// How fast the momentum schedule's factor decays.
         momentum_decay: f64,
     },
     /// torch.optim.RMSprop.
     RmsProp {
+        /// Decay of the squared gradient's running mean.
         alpha: f64,
+        /// Added to the denominator, for stability.
         eps: f64,
+        /// Momentum factor; 0: none.
         momentum: f64,
+        /// Normalize by the gradient's estimated variance instead.
         centered: bool,
     },
     /// torch.optim.Adamax.
-    Adamax { beta1: f64, beta2: f64, eps: f64 },
+    Adamax {
+        /// Decay of the gradient's running mean.
+        beta1: f64,
+        /// Decay of the running infinity norm of the gradient.
+        beta2: f64,
+        /// Added to the denominator, for stability.
+        eps: f64,
+    },
     /// torch.optim.Adagrad.
     Adagrad {
+        /// How the learning rate decays with each step.
         lr_decay: f64,
+        /// Starting value of the squared-gradient sums.
         initial_accumulator_value: f64,
+        /// Added to the denominator, for stability.
         eps: f64,
     },
 }
@@ -112,9 +145,17 @@ impl Default for OptimizerKind {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum GradClip {
     /// torch.nn.utils.clip_grad_norm_ over all parameters (one global norm).
-    Norm { max_norm: f64, norm_type: f64 },
+    Norm {
+        /// The largest norm the gradients keep.
+        max_norm: f64,
+        /// Which p-norm; `f64::INFINITY` for the max norm.
+        norm_type: f64,
+    },
     /// torch.nn.utils.clip_grad_value_.
-    Value { clip_value: f64 },
+    Value {
+        /// Every gradient element is clamped to [-clip_value, clip_value].
+        clip_value: f64,
+    },
 }
 
 impl GradClip {

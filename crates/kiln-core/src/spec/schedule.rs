@@ -12,9 +12,13 @@ use crate::error::Result;
 /// `end_lr` over `iterations` mini-batches, stop at 4x the minimum smoothed loss.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LrRangeSpec {
+    /// The first learning rate tried.
     pub start_lr: f64,
+    /// The last learning rate tried.
     pub end_lr: f64,
+    /// Mini-batches, one learning rate each.
     pub iterations: u32,
+    /// Stop once the smoothed loss exceeds 4x its minimum.
     pub stop_on_divergence: bool,
     /// The suggestion `auto_learning_rate` trains with.
     pub suggestion: LrSuggestion,
@@ -39,16 +43,21 @@ impl Default for LrRangeSpec {
     }
 }
 
+/// Which point of the LR range test's curve to suggest (fastai's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LrSuggestion {
+    /// Two fifths into the longest valley of the curve (fastai's default).
     Valley,
+    /// Where the smoothed loss falls fastest against log(lr).
     Steepest,
+    /// One tenth of the learning rate at the smoothed loss's minimum.
     Minimum,
 }
 
 /// How the learning rate moves during training (torch.optim.lr_scheduler).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LrScheduleSpec {
+    /// The main schedule.
     pub kind: LrScheduleKind,
     /// Linear warmup (torch's LinearLR, stepped per epoch): the LR is scaled
     /// from `start_factor` up to 1 over `epochs` epochs, multiplying the main
@@ -56,9 +65,12 @@ pub struct LrScheduleSpec {
     pub warmup: Option<Warmup>,
 }
 
+/// A linear warmup before the main schedule.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Warmup {
+    /// How many epochs the warmup takes.
     pub epochs: u32,
+    /// The LR factor in the first epoch, in (0, 1].
     pub start_factor: f64,
 }
 
@@ -67,49 +79,70 @@ impl Warmup {
     pub const DEFAULT_START_FACTOR: f64 = 1.0 / 3.0;
 }
 
+/// The main learning-rate schedules.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LrScheduleKind {
+    /// The optimizer's learning rate throughout.
     Constant,
     /// StepLR, per epoch: lr * gamma^(epoch / step_size).
     Step {
+        /// Epochs between decays.
         step_size: u32,
+        /// Factor per decay.
         gamma: f64,
     },
     /// ExponentialLR, per epoch.
     Exponential {
+        /// Factor per epoch.
         gamma: f64,
     },
     /// CosineAnnealingLR, per epoch.
     Cosine {
+        /// Epochs of one half-cosine.
         t_max: u32,
+        /// The learning rate it anneals to.
         eta_min: f64,
     },
     /// ReduceLROnPlateau, per epoch, on a logged metric.
     ReduceOnPlateau {
+        /// The metric watched.
         monitor: Metric,
         /// true: "max" mode (the metric should rise); false: "min".
         mode_max: bool,
+        /// The LR is multiplied by it on a plateau.
         factor: f64,
+        /// Epochs without improvement before reducing.
         patience: u32,
+        /// The least change that counts as an improvement.
         threshold: f64,
         /// true: "rel" threshold mode; false: "abs".
         threshold_rel: bool,
+        /// Epochs to wait after a reduction before watching again.
         cooldown: u32,
+        /// The learning rate never goes below it.
         min_lr: f64,
+        /// Reductions smaller than this are skipped.
         eps: f64,
     },
     /// OneCycleLR, per batch. `total_steps` is epochs x batches per epoch.
     OneCycle {
+        /// The peak learning rate.
         max_lr: f64,
+        /// Share of the steps spent rising.
         pct_start: f64,
         /// true: "cos" annealing; false: "linear".
         anneal_cos: bool,
+        /// The starting LR is `max_lr / div_factor`.
         div_factor: f64,
+        /// The final LR is the starting LR / `final_div_factor`.
         final_div_factor: f64,
+        /// torch's third phase: back to the starting LR, then down to the final LR.
         three_phase: bool,
         /// Cycle SGD momentum or Adam/NAdam beta1 inversely to the LR.
         cycle_momentum: bool,
+        /// Momentum at the LR's peak.
         base_momentum: f64,
+        /// Momentum at the LR's lowest.
         max_momentum: f64,
     },
 }

@@ -13,19 +13,31 @@ use super::{
 };
 use crate::error::Result;
 
+/// The most epochs a job may train.
 pub const MAX_EPOCHS: u32 = 100_000;
+/// The largest mini-batch.
 pub const MAX_BATCH_SIZE: u32 = 1 << 20;
 
+/// `spec.training`, validated: how the model is trained.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainingSpec {
+    /// What is minimized.
     pub loss: LossSpec,
+    /// How the weights are updated.
     pub optimizer: OptimizerSpec,
+    /// How the learning rate moves.
     pub lr_schedule: LrScheduleSpec,
+    /// Gradient clipping; `None`: none.
     pub grad_clip: Option<GradClip>,
+    /// The most epochs to train; early stopping may stop sooner.
     pub epochs: u32,
+    /// Rows per mini-batch.
     pub batch_size: u32,
+    /// Stop when a metric stops improving; `None`: train every epoch.
     pub early_stopping: Option<EarlyStoppingSpec>,
+    /// Seeds weight init, shuffling and dropout, for reproducible runs.
     pub seed: u64,
+    /// Stochastic Weight Averaging; `None`: off.
     pub swa: Option<SwaSpec>,
     /// Train with the LR range test's suggestion instead of `optimizer.learning_rate`.
     pub auto_learning_rate: bool,
@@ -45,7 +57,9 @@ pub struct SwaSpec {
     /// 1-based: weights are averaged after every epoch `e > start_epoch`;
     /// always < epochs.
     pub start_epoch: u32,
+    /// The learning rate SWALR anneals to and holds.
     pub swa_lr: f64,
+    /// Epochs SWALR takes to anneal to `swa_lr`.
     pub anneal_epochs: u32,
     /// Cosine annealing (true) or linear (false).
     pub anneal_cos: bool,
@@ -56,16 +70,22 @@ impl SwaSpec {
     pub const DEFAULT_ANNEAL_EPOCHS: u32 = 10;
 }
 
+/// Keras-style early stopping.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EarlyStoppingSpec {
+    /// The metric watched.
     pub monitor: Metric,
     /// true: the metric should rise ("max"); false: fall ("min").
     pub mode_max: bool,
+    /// Epochs without improvement before stopping.
     pub patience: u32,
+    /// The least change that counts as an improvement.
     pub min_delta: f64,
+    /// The metric must beat it before patience counts (Keras' baseline).
     pub baseline: Option<f64>,
     /// Epochs (counted from 0, as Keras) ignored before watching starts.
     pub start_from_epoch: u32,
+    /// Serve the best epoch's weights rather than the last epoch's.
     pub restore_best_weights: bool,
 }
 
