@@ -769,15 +769,12 @@ pub fn stop_reason_name(reason: pb::StopReason) -> &'static str {
 /// The validation metrics an epoch carries besides its losses, by name
 /// (`val_accuracy` for classification; `val_mae`, `val_rmse`, `val_r2` for regression).
 pub fn epoch_metrics(m: &pb::EpochMetrics) -> Vec<(&'static str, f64)> {
-    [
-        ("val_accuracy", m.val_accuracy),
-        ("val_mae", m.val_mae),
-        ("val_rmse", m.val_rmse),
-        ("val_r2", m.val_r2),
-    ]
-    .into_iter()
-    .filter_map(|(name, v)| v.map(|v| (name, v)))
-    .collect()
+    // kiln-core's table, so a new metric shows up here without a second list.
+    kiln_core::spec::Metric::ALL
+        .into_iter()
+        .filter(|metric| !metric.is_loss())
+        .filter_map(|metric| metric.value(m).map(|v| (metric.name(), v)))
+        .collect()
 }
 
 #[cfg(test)]

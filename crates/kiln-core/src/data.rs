@@ -14,12 +14,14 @@ use crate::error::{FieldError, Result};
 use crate::npy;
 use crate::spec::{DataSpec, Task};
 
-/// The most columns a table may have (CSV, inline rows or NumPy arrays).
-pub const MAX_COLUMNS: usize = 1 << 16;
+/// Defined with the spec, which bounds its column lists by it, so that data
+/// depends on spec and not the other way round.
+pub use crate::spec::MAX_COLUMNS;
 
 /// A rectangular table with named columns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Table {
+    /// The header: one name per column.
     pub columns: Vec<String>,
     cells: Cells,
 }
@@ -206,6 +208,7 @@ impl Table {
         }
     }
 
+    /// Number of data rows (the header is not one).
     pub fn rows(&self) -> usize {
         let len = match &self.cells {
             Cells::Text(c) => c.len(),
@@ -289,24 +292,30 @@ pub struct Dataset {
     pub encoding: InputEncoding,
     /// The encoding's feature names.
     pub feature_names: Vec<String>,
+    /// The target columns' names, in the spec's order.
     pub target_names: Vec<String>,
     /// Row-major, `feature_names.len()` per row.
     pub x: Vec<f32>,
+    /// Each row's target values or class.
     pub targets: Targets,
 }
 
+/// What the model learns to predict: values (regression) or classes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Targets {
     /// Regression: row-major, one value per target column.
     Values(Vec<f32>),
     /// Classification: each row's class index into `labels`.
     Classes {
+        /// Each row's class.
         index: Vec<i64>,
+        /// Each class's label, sorted numerically or as text.
         labels: Vec<String>,
     },
 }
 
 impl Dataset {
+    /// Number of rows (0 without features).
     pub fn rows(&self) -> usize {
         if self.feature_names.is_empty() {
             0
@@ -315,6 +324,7 @@ impl Dataset {
         }
     }
 
+    /// Features per row.
     pub fn width(&self) -> usize {
         self.feature_names.len()
     }

@@ -12,10 +12,14 @@ use crate::error::{FieldError, Result};
 /// Most distinct values a categorical column may have.
 pub const MAX_CATEGORIES: usize = 1024;
 
+/// One input column of a model and how it becomes features.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum InputColumn {
+    /// A numeric column, one feature, by name.
     Numeric(String),
+    /// A categorical column, one-hot encoded: one feature per category.
     OneHot {
+        /// The column's name.
         name: String,
         /// Sorted; the feature for `categories[i]` is the column's i-th.
         categories: Vec<String>,
@@ -25,6 +29,7 @@ pub enum InputColumn {
 }
 
 impl InputColumn {
+    /// The column's name in the data.
     pub fn name(&self) -> &str {
         match self {
             InputColumn::Numeric(name) | InputColumn::OneHot { name, .. } => name,
@@ -42,6 +47,7 @@ impl InputColumn {
 /// The input columns of a model, in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputEncoding {
+    /// The columns, in the order of their features.
     pub columns: Vec<InputColumn>,
 }
 
@@ -90,6 +96,7 @@ impl InputEncoding {
             .collect()
     }
 
+    /// An encoder for rows of these columns, its category lookups built once.
     pub fn encoder(&self) -> Encoder<'_> {
         let lookups = self
             .columns

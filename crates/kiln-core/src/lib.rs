@@ -4,6 +4,8 @@
 //! encoded, the train/validation split and feature scaling.
 //! No burn here, so these tests run in seconds.
 
+#![warn(missing_docs)]
+
 pub mod data;
 pub mod encoding;
 pub mod error;

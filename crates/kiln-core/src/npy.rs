@@ -11,6 +11,7 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 /// An array read from a `.npy` file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NpyArray {
+    /// The array's dimensions, from its header.
     pub shape: Vec<usize>,
     /// All values in C order.
     pub values: Vec<f32>,

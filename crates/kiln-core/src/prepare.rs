@@ -13,10 +13,13 @@ use crate::spec::{DataSpec, Scaling};
 pub struct Split {
     /// Row-major features, `width` per row.
     pub x: Vec<f32>,
+    /// The targets of the same rows.
     pub y: SplitTargets,
+    /// Number of rows on this side.
     pub rows: usize,
 }
 
+/// One side's targets, as the model takes them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SplitTargets {
     /// Regression targets (scaled by the target scaler), `outputs` per row.
@@ -28,17 +31,23 @@ pub enum SplitTargets {
 /// Everything training needs, and everything Predict needs to undo.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prepared {
+    /// The rows the model trains on.
     pub train: Split,
+    /// The held-out rows the epoch metrics are computed on.
     pub validation: Split,
+    /// Features per row.
     pub width: usize,
     /// Regression: number of targets; classification: number of classes.
     pub outputs: usize,
     /// The input columns and how they became the features.
     pub encoding: InputEncoding,
+    /// The features' names, in order.
     pub feature_names: Vec<String>,
+    /// The target columns' names.
     pub target_names: Vec<String>,
     /// Classification: the label of each class index. Empty for regression.
     pub class_labels: Vec<String>,
+    /// Fitted on the training rows; Predict applies it to every input.
     pub feature_scaler: Scaler,
     /// Regression only: maps scaled outputs back to target units.
     pub target_scaler: Option<Scaler>,
@@ -50,6 +59,7 @@ pub fn validation_rows(rows: usize, fraction: f64) -> usize {
     ((rows as f64 * fraction).round() as usize).clamp(1, rows.saturating_sub(1).max(1))
 }
 
+/// Splits `data` with the spec's seed and fraction, and scales both sides with scalers fitted on the training rows.
 pub fn prepare(data: &Dataset, spec: &DataSpec) -> Prepared {
     let rows = data.rows();
     let width = data.width();

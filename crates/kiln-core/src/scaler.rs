@@ -8,11 +8,14 @@ use crate::spec::Scaling;
 /// `x' = (x - offset) / scale`, column by column.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scaler {
+    /// Subtracted from each column.
     pub offset: Vec<f64>,
+    /// Each column is divided by it, after the offset.
     pub scale: Vec<f64>,
 }
 
 impl Scaler {
+    /// The scaler that changes nothing, for `width` columns.
     pub fn identity(width: usize) -> Self {
         Self {
             offset: vec![0.0; width],
@@ -52,6 +55,7 @@ impl Scaler {
         Self { offset, scale }
     }
 
+    /// Number of columns.
     pub fn width(&self) -> usize {
         self.offset.len()
     }

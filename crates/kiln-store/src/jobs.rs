@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use kiln::v1 as pb;
+use kiln_core::spec::Metric;
 use pb::job_event::Kind;
 use tokio::sync::watch;
 
@@ -94,30 +95,28 @@ pub struct ListFilter {
 }
 
 /// A metric of an epoch by name: train_loss, val_loss, val_accuracy,
-/// val_mae, val_rmse, val_r2, learning_rate.
+/// val_mae, val_rmse, val_r2 (kiln-core's [`Metric`] table), learning_rate.
 pub fn metric_value(m: &pb::EpochMetrics, name: &str) -> Option<f64> {
-    match name {
-        "train_loss" => Some(m.train_loss),
-        "val_loss" => Some(m.val_loss),
-        "val_accuracy" => m.val_accuracy,
-        "val_mae" => m.val_mae,
-        "val_rmse" => m.val_rmse,
-        "val_r2" => m.val_r2,
-        "learning_rate" => Some(m.learning_rate),
-        _ => None,
+    match Metric::from_name(name) {
+        Some(metric) => metric.value(m),
+        None => (name == "learning_rate").then_some(m.learning_rate),
     }
 }
 
-pub const ORDER_BY_NAMES: [&str; 8] = [
-    "train_loss",
-    "val_loss",
-    "val_accuracy",
-    "val_mae",
-    "val_rmse",
-    "val_r2",
-    "learning_rate",
-    "epochs_completed",
-];
+/// What ListJobs can order by: every [`Metric`], in its table's order, then
+/// learning_rate and epochs_completed.
+pub const ORDER_BY_NAMES: [&str; Metric::ALL.len() + 2] = {
+    // A loop, not an iterator: this runs at compile time.
+    let mut names = [""; Metric::ALL.len() + 2];
+    let mut i = 0;
+    while i < Metric::ALL.len() {
+        names[i] = Metric::ALL[i].name();
+        i += 1;
+    }
+    names[i] = "learning_rate";
+    names[i + 1] = "epochs_completed";
+    names
+};
 
 #[derive(Default)]
 pub struct JobStore {
