@@ -12,7 +12,6 @@
 pub mod adoption;
 pub mod controller;
 pub mod leaderboard;
-pub mod metric;
 pub mod outcome;
 pub mod plan;
 pub mod policy;
@@ -24,7 +23,6 @@ mod testing;
 
 pub use adoption::{Adoption, Resume};
 pub use controller::{Controller, Start};
-pub use metric::epoch_value;
 pub use plan::{plan, Plan};
 pub use policy::{Asha, AshaRungs, Goal, MedianStopping};
 pub use pruning::{Policy, Pruner};

@@ -6,7 +6,7 @@
 //! so TensorBoard groups runs by model and a sweep's trials together. The run
 //! holds the job's hyperparameters (HParams plugin: the same names for every
 //! job, so the HParams tab compares all runs with the same columns), one
-//! scalar per epoch for each tag in [`METRIC_TAGS`] and the other tags below
+//! scalar per epoch for each tag in [`metric_tags`] and the other tags below
 //! (step = epoch), and how the job ended.
 //!
 //! Logging never fails a job: the first IO error is logged with
@@ -16,22 +16,26 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use kiln::v1 as pb;
-use kiln_core::spec::{Activation, JobSpec, LossKind, LrScheduleKind, OptimizerKind, Task};
+use kiln_core::spec::{Activation, JobSpec, LossKind, LrScheduleKind, Metric, OptimizerKind, Task};
 use kiln_tensorboard::{EventWriter, HParamValue, SessionStatus};
 use kiln_train::{EpochReport, GradientHealth};
 
 use crate::queued_job::QueuedJob;
 
+/// A metric's scalar tag: `loss/train`, `loss/val`, `metrics/<name>`.
+fn metric_tag(metric: Metric) -> String {
+    match metric {
+        Metric::TrainLoss => "loss/train".into(),
+        Metric::ValLoss => "loss/val".into(),
+        other => format!("metrics/{}", other.name()),
+    }
+}
+
 /// The scalar tags the HParams tab shows as metrics, in every run (a tag the
-/// job's task does not report stays empty).
-pub const METRIC_TAGS: [&str; 6] = [
-    "loss/train",
-    "loss/val",
-    "metrics/val_accuracy",
-    "metrics/val_mae",
-    "metrics/val_rmse",
-    "metrics/val_r2",
-];
+/// job's task does not report stays empty): one per [`Metric`].
+pub fn metric_tags() -> Vec<String> {
+    Metric::ALL.into_iter().map(metric_tag).collect()
+}
 
 /// One job's event log; does nothing when logging is off or has failed.
 pub struct JobLog {
@@ -54,7 +58,9 @@ impl JobLog {
         let dir = run_dir(root, &job.id, &job.model_name, labels);
         let started = EventWriter::create(&dir).and_then(|mut w| {
             let hparams = hparams(&job.spec, labels);
-            w.hparams(&hparams, &METRIC_TAGS)?;
+            let tags = metric_tags();
+            let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+            w.hparams(&hparams, &tags)?;
             Ok(w)
         });
         match started {
@@ -190,20 +196,10 @@ pub fn hparams(spec: &JobSpec, labels: &HashMap<String, String>) -> Vec<(String,
 
 /// An epoch's scalars by tag.
 pub fn epoch_scalars(r: &EpochReport, health: Option<&GradientHealth>) -> Vec<(String, f64)> {
-    let mut out: Vec<(String, f64)> = vec![
-        ("loss/train".into(), r.train_loss),
-        ("loss/val".into(), r.val_loss),
-    ];
-    for (name, value) in [
-        ("val_accuracy", r.val_accuracy),
-        ("val_mae", r.val_mae),
-        ("val_rmse", r.val_rmse),
-        ("val_r2", r.val_r2),
-    ] {
-        if let Some(v) = value {
-            out.push((format!("metrics/{name}"), v));
-        }
-    }
+    let mut out: Vec<(String, f64)> = Metric::ALL
+        .into_iter()
+        .filter_map(|m| Some((metric_tag(m), r.metric(m)?)))
+        .collect();
     out.push(("optimizer/learning_rate".into(), r.learning_rate));
     if let Some(m) = r.momentum {
         out.push(("optimizer/momentum".into(), m));

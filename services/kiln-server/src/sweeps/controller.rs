@@ -189,7 +189,7 @@ impl Run {
 
     /// Records an epoch and stops the trial if the policy says so.
     fn on_epoch(&mut self, index: usize, job_id: &str, m: pb::EpochMetrics) {
-        let value = kiln_sweep::epoch_value(self.plan.metric, &m).unwrap_or(f64::NAN);
+        let value = self.plan.metric.value(&m).unwrap_or(f64::NAN);
         let goal = self.plan.goal;
         self.entry
             .with(|r| leaderboard::record_epoch(&mut r.sweep.trials[index], goal, &m, value));
