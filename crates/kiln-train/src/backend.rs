@@ -10,14 +10,11 @@
 //!
 //! Moving to another backend means a new folder next to `src/libtorch/` with
 //! a type implementing [`Backend`] (the devices at least; every fast path
-//! may keep its default, which declines), and changing [`Active`].
+//! may keep its default, which declines), and changing `Active` in lib.rs.
 
 use burn::module::{Param, RunningState};
 use burn::nn::Linear;
 use burn::tensor::{Device, Int, Tensor};
-
-/// The backend kiln trains and serves on: the one line that selects it.
-pub(crate) type Active = crate::libtorch::TorchBackend;
 
 /// What a backend provides: its devices, and optional faster kernels for
 /// the training hot path. Every fast path must leave the global random

@@ -4,7 +4,8 @@
 use burn::tensor::Device;
 use kiln_core::spec::DeviceChoice;
 
-use crate::backend::{Active, Backend};
+use crate::backend::Backend;
+use crate::Active;
 
 /// Whether the backend sees a CUDA device.
 pub fn cuda_available() -> bool {

@@ -22,6 +22,10 @@ pub mod swa;
 mod tensors;
 pub mod train;
 
+/// The backend kiln trains and serves on: the one line that selects it
+/// (see `backend.rs` for the seam another backend implements).
+pub(crate) type Active = libtorch::TorchBackend;
+
 pub use artifact::{ModelArtifact, ModelMeta, Output, Predictor};
 pub use burn::tensor::Device;
 pub use checkpoint::{Checkpoint, CheckpointError};

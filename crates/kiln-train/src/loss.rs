@@ -3,7 +3,8 @@
 use burn::tensor::{activation, Device, Int, Tensor, TensorData};
 use kiln_core::spec::{LossKind, LossSpec};
 
-use crate::backend::{Active, Backend};
+use crate::backend::Backend;
+use crate::Active;
 
 /// Targets on the training device: values `[n, outputs]` or class indices `[n]`.
 #[derive(Debug, Clone)]

@@ -5,7 +5,8 @@ use burn::nn::Dropout;
 use burn::tensor::{activation, Distribution, Tensor};
 use kiln_core::spec::Activation;
 
-use crate::backend::{Active, Backend};
+use crate::backend::Backend;
+use crate::Active;
 
 /// `act` applied elementwise; RReLU draws its slopes in training.
 pub fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {

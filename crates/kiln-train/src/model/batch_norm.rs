@@ -4,7 +4,8 @@ use burn::module::{Module, Param, RunningState};
 use burn::nn::Initializer;
 use burn::tensor::{Device, Tensor};
 
-use crate::backend::{Active, Backend, BatchNormLayer};
+use crate::backend::{Backend, BatchNormLayer};
+use crate::Active;
 
 /// BatchNorm over `[batch, features]` with torch.nn.BatchNorm1d's semantics:
 /// batch statistics (biased variance) normalize in training, and the running

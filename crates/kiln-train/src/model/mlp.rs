@@ -10,7 +10,8 @@ use super::activation::{activate, standard_dropout, AlphaDropout};
 use super::batch_norm::BatchNorm1d;
 use super::init::{initializer, linear};
 use super::ModelArch;
-use crate::backend::{Active, Backend};
+use crate::backend::Backend;
+use crate::Active;
 
 /// The network: hidden blocks, then the linear output layer.
 #[derive(Module, Debug)]

@@ -7,7 +7,8 @@ use burn::optim::{LearningRate, Optimizer, RecordState, StateSink, StateSource};
 use burn::tensor::{Device, Tensor};
 
 use super::MomentumOverride;
-use crate::backend::{Active, AdamMoments, AdamOutcome, AdamSettings, Backend};
+use crate::backend::{AdamMoments, AdamOutcome, AdamSettings, Backend};
+use crate::Active;
 
 /// Implements burn's [`RecordState`] (the optimizer record) for a state
 /// struct: its tensors, optional tensors and scalars by field name.
