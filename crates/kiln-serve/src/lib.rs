@@ -3,9 +3,11 @@
 //! forward pass.
 
 pub mod batcher;
+pub mod journal;
 pub mod registry;
 
 pub use batcher::{Answer, BatcherConfig, BatcherHandle, StatsSnapshot};
+pub use journal::{RegistryJournal, SavedVersion};
 pub use registry::{ModelRegistry, ServedModel, VersionInfo};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -26,4 +28,7 @@ pub enum ServeError {
     NotLoaded(String),
     #[error("{0}")]
     Invalid(String),
+    /// The change was made in memory but its journal could not record it.
+    #[error("{0}")]
+    NotSaved(String),
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock};
 use kiln_train::{ModelArtifact, ModelMeta};
 
 use crate::batcher::{BatcherConfig, BatcherHandle, StatsSnapshot};
+use crate::journal::{RegistryJournal, SavedVersion};
 use crate::ServeError;
 
 /// A loaded model version and its batcher.
@@ -49,6 +50,8 @@ pub struct ModelRegistry {
     by_job: RwLock<HashMap<String, (String, u32)>>,
     config: BatcherConfig,
     ready: AtomicBool,
+    /// Where new versions and alias moves are saved; `None`: memory only.
+    journal: Option<Arc<dyn RegistryJournal>>,
 }
 
 #[derive(Default)]
@@ -102,7 +105,14 @@ impl ModelRegistry {
             by_job: RwLock::default(),
             config,
             ready: AtomicBool::new(true),
+            journal: None,
         }
+    }
+
+    /// Saves every version added and every alias moved through `journal`.
+    pub fn with_journal(mut self, journal: Arc<dyn RegistryJournal>) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     /// Whether the server has loaded what it should (readiness probes).
@@ -115,11 +125,14 @@ impl ModelRegistry {
     }
 
     /// Loads `artifact` on `device` (with a warm-up pass) as the next version
-    /// of `name`; a non-empty `job_id` also resolves to it.
+    /// of `name` and saves it in the journal, with `files`, the folder under
+    /// the models directory that holds its files. A non-empty `job_id` also
+    /// resolves to it.
     pub fn register(
         &self,
         name: &str,
         job_id: &str,
+        files: &str,
         artifact: ModelArtifact,
         device: kiln_train::Device,
         device_name: &str,
@@ -150,6 +163,20 @@ impl ModelRegistry {
         if !job_id.is_empty() {
             let key = (name.to_string(), version);
             self.by_job.write().unwrap().insert(job_id.to_string(), key);
+        }
+        drop(inner);
+        if let Some(journal) = &self.journal {
+            let saved = SavedVersion {
+                name,
+                version,
+                job_id,
+                files,
+                meta: &model.meta,
+            };
+            // Served now either way; only a restart would lose it.
+            if let Err(e) = journal.version_added(&saved) {
+                tracing::error!(model = %name, version, error = %e, "model version not persisted");
+            }
         }
         Ok(model)
     }
@@ -359,6 +386,12 @@ impl ModelRegistry {
             .ok_or_else(|| ServeError::NotFound(format!("model \"{name}\" not found")))?;
         let number = versions.select(name, version)?;
         versions.aliases.insert(alias.to_string(), number);
+        drop(inner);
+        if let Some(journal) = &self.journal {
+            journal.alias_moved(name, alias, number).map_err(|e| {
+                ServeError::NotSaved(format!("the alias moved but was not saved: {e}"))
+            })?;
+        }
         Ok(number)
     }
 

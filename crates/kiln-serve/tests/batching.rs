@@ -267,10 +267,10 @@ async fn versions_aliases_load_and_unload() {
     let registry = ModelRegistry::new(BatcherConfig::default());
     let cpu = kiln_train::device::cpu;
     let v1 = registry
-        .register("m", "job-1", artifact(1), cpu(), "cpu")
+        .register("m", "job-1", "job-1", artifact(1), cpu(), "cpu")
         .unwrap();
     let v2 = registry
-        .register("m", "job-2", artifact(2), cpu(), "cpu")
+        .register("m", "job-2", "job-2", artifact(2), cpu(), "cpu")
         .unwrap();
     assert_eq!((v1.version, v2.version), (1, 2));
     assert_eq!(registry.versions("m"), [1, 2]);

@@ -204,15 +204,12 @@ impl InferenceService for Inference {
         request: Request<pb::SetAliasRequest>,
     ) -> Result<Response<pb::ModelInfo>, Status> {
         let r = request.into_inner();
+        // The registry saves the move before it answers.
         let version = self
             .0
             .models
             .set_alias(&r.model, &r.alias, &r.version)
             .map_err(status::serve)?;
-        if let Some(db) = self.0.store.db() {
-            db.set_alias(&r.model, &r.alias, version)
-                .map_err(|e| Status::internal(format!("the alias moved but was not saved: {e}")))?;
-        }
         tracing::info!(model = %r.model, alias = %r.alias, version, "alias moved");
         Ok(Response::new(self.info(&r.model, version)?))
     }
@@ -272,10 +269,9 @@ impl InferenceService for Inference {
                 artifact
                     .save(&dir)
                     .map_err(|e| ServeError::Load(e.to_string()))?;
-                models.register(&name, "", artifact, device, &device_name)
+                models.register(&name, "", &dir_name, artifact, device, &device_name)
             })
             .await?;
-        crate::runner::record_model(&self.0.store, &model, &dir_name);
         tracing::info!(model = %model.name, version = model.version, "model imported");
         Ok(Response::new(self.info(&model.name, model.version)?))
     }

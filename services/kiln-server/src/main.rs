@@ -2,6 +2,7 @@
 //! kiln.v1 (jobs, datasets, inference), grpc.health.v1 and reflection.
 
 mod auth;
+mod catalog;
 mod config;
 mod datasets;
 mod deadline;
@@ -22,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kiln_serve::ModelRegistry;
-use kiln_store::{DatasetStore, JobStore};
+use kiln_store::{DatasetStore, JobStore, ModelCatalog, SweepRecords};
 
 use crate::config::Config;
 
@@ -32,6 +33,11 @@ pub struct Kiln {
     pub store: Arc<JobStore>,
     pub datasets: Arc<DatasetStore>,
     pub models: Arc<ModelRegistry>,
+    /// The registry's saved versions and aliases (the registry writes them
+    /// itself; a start reads them back).
+    pub catalog: Arc<ModelCatalog>,
+    /// Sweeps' saved records (each sweep's controller writes its own).
+    pub sweep_records: Arc<SweepRecords>,
     pub runner: runner::Runner,
     pub sweeps: sweeps::Sweeps,
     /// Turns true when a shutdown begins: new calls are refused, open

@@ -63,11 +63,10 @@ fn remove_stale_checkpoints(kiln: &crate::Kiln, dir: &Path) {
 }
 
 fn restore_models(kiln: &crate::Kiln) {
-    let Some(db) = kiln.store.db() else { return };
     let models_dir = kiln.config.data_dir.join("models");
-    let (rows, aliases) = match (db.models(), db.aliases()) {
-        (Ok(rows), Ok(aliases)) => (rows, aliases),
-        (Err(e), _) | (_, Err(e)) => {
+    let (rows, aliases) = match kiln.catalog.load() {
+        Ok(saved) => (saved.versions, saved.aliases),
+        Err(e) => {
             tracing::error!(error = %e, "cannot read the model registry from the database");
             return;
         }
@@ -80,7 +79,7 @@ fn restore_models(kiln: &crate::Kiln) {
             .get(&row.job_id)
             .is_ok_and(|j| j.state() == pb::JobState::Succeeded);
         if !row.job_id.is_empty() && !succeeded {
-            let _ = db.delete_model(&row.name, row.version);
+            let _ = kiln.catalog.remove_version(&row.name, row.version);
             continue;
         }
         let artifact = ModelArtifact::load(&models_dir.join(&row.artifact));

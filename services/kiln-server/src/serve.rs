@@ -8,13 +8,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use kiln::v1 as pb;
 use kiln_serve::{BatcherConfig, ModelRegistry};
-use kiln_store::{DatasetStore, JobStore};
+use kiln_store::{DatasetStore, JobStore, ModelCatalog, SweepRecords};
 use tokio::sync::watch;
 use tonic::server::NamedService;
 use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::Server;
 use tower_layer::{Identity, Stack};
 
+use crate::catalog::CatalogJournal;
 use crate::config::Config;
 use crate::{
     auth, datasets, inference, jobs, metrics, oip, recovery, runner, sweeps, telemetry, Kiln,
@@ -23,7 +24,13 @@ use crate::{
 /// Serves until a shutdown signal, then drains (see [`on_shutdown_signal`]).
 pub async fn run(config: Config) -> anyhow::Result<()> {
     kiln_train::device::set_threads(config.torch_threads);
-    let (store, datasets, models) = open_state(&config)?;
+    let State {
+        store,
+        datasets,
+        models,
+        catalog,
+        sweep_records,
+    } = open_state(&config)?;
     let runner = runner::Runner::new(
         store.clone(),
         models.clone(),
@@ -52,6 +59,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store,
         datasets,
         models,
+        catalog,
+        sweep_records,
         runner,
         sweeps: sweeps::Sweeps::default(),
         stopping: stop_rx.clone(),
@@ -100,12 +109,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What [`open_state`] opens.
+struct State {
+    store: Arc<JobStore>,
+    datasets: Arc<DatasetStore>,
+    models: Arc<ModelRegistry>,
+    catalog: Arc<ModelCatalog>,
+    sweep_records: Arc<SweepRecords>,
+}
+
 /// The durable state under the data directory (see "Persistence and
-/// recovery" in the README): the database with jobs, sweeps and model
-/// versions, the dataset files, and the (empty) registry of served models.
-fn open_state(
-    config: &Config,
-) -> anyhow::Result<(Arc<JobStore>, Arc<DatasetStore>, Arc<ModelRegistry>)> {
+/// recovery" in the README): the database with jobs, sweeps and the
+/// registry's catalog of versions and aliases, the dataset files, and the
+/// (still empty) registry of served models, which saves itself in the catalog.
+fn open_state(config: &Config) -> anyhow::Result<State> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let db_path = config.data_dir.join("kiln.db");
@@ -117,17 +134,28 @@ fn open_state(
         config.data_dir.join("datasets"),
         db.clone(),
     )?);
+    let catalog = Arc::new(ModelCatalog::new(db.clone()));
+    let sweep_records = Arc::new(SweepRecords::new(db.clone()));
     let store = Arc::new(
         JobStore::with_db(db)
             .with_context(|| format!("loading jobs from {}", db_path.display()))?,
     );
-    let models = Arc::new(ModelRegistry::new(BatcherConfig {
-        max_batch_rows: config.max_batch_rows,
-        queue_capacity: config.predict_queue_capacity,
-        max_queue_delay: Duration::from_secs_f64(config.max_queue_delay_ms / 1e3),
-        instances: config.model_instances,
-    }));
-    Ok((store, datasets, models))
+    let models = Arc::new(
+        ModelRegistry::new(BatcherConfig {
+            max_batch_rows: config.max_batch_rows,
+            queue_capacity: config.predict_queue_capacity,
+            max_queue_delay: Duration::from_secs_f64(config.max_queue_delay_ms / 1e3),
+            instances: config.model_instances,
+        })
+        .with_journal(Arc::new(CatalogJournal(catalog.clone()))),
+    );
+    Ok(State {
+        store,
+        datasets,
+        models,
+        catalog,
+        sweep_records,
+    })
 }
 
 /// The HTTP/2 transport: stream limit, TLS if configured (and whether it is).

@@ -34,6 +34,7 @@ pub fn serve(e: ServeError) -> Status {
         ServeError::NotFound(_) => Status::not_found(e.to_string()),
         ServeError::NotLoaded(_) => Status::failed_precondition(e.to_string()),
         ServeError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        ServeError::NotSaved(_) => Status::internal(e.to_string()),
     }
 }
 

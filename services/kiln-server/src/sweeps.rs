@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use kiln::v1 as pb;
 use kiln_store::jobs::now;
+use kiln_store::SweepRecords;
 use kiln_sweep::{leaderboard, outcome, plan, Goal, Resume};
 use pb::sweep_service_server::SweepService;
 use tokio::sync::watch;
@@ -49,7 +50,7 @@ struct Entry {
     /// Number of events; watchers wait on it.
     published: watch::Sender<usize>,
     cancelled: AtomicBool,
-    db: Option<Arc<kiln_store::Db>>,
+    records: Option<Arc<SweepRecords>>,
 }
 
 struct Record {
@@ -78,7 +79,7 @@ impl Record {
 }
 
 impl Entry {
-    fn new(sweep: pb::Sweep, goal: Goal, db: Option<Arc<kiln_store::Db>>) -> Arc<Entry> {
+    fn new(sweep: pb::Sweep, goal: Goal, records: Option<Arc<SweepRecords>>) -> Arc<Entry> {
         Arc::new(Entry {
             record: Mutex::new(Record {
                 sweep,
@@ -87,7 +88,7 @@ impl Entry {
             }),
             published: watch::channel(0).0,
             cancelled: AtomicBool::new(false),
-            db,
+            records,
         })
     }
 
@@ -98,9 +99,9 @@ impl Entry {
     /// Writes the record to the database (a failure is logged: the sweep
     /// goes on, and would not come back after a restart).
     fn persist(&self) {
-        let Some(db) = &self.db else { return };
+        let Some(records) = &self.records else { return };
         let sweep = self.with(|r| r.sweep.clone());
-        if let Err(e) = db.put_sweep(&sweep) {
+        if let Err(e) = records.save(&sweep) {
             tracing::error!(sweep = %sweep.id, error = %e, "sweep not persisted");
         }
     }
@@ -183,7 +184,7 @@ impl SweepService for SweepSvc {
         let id = format!("sweep-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let plan = plan(&request, &id).map_err(status::invalid)?;
         let sweep = plan.new_sweep(&id, request, now());
-        let entry = Entry::new(sweep, plan.goal, self.0.store.db().cloned());
+        let entry = Entry::new(sweep, plan.goal, Some(self.0.sweep_records.clone()));
         entry.persist();
         self.0.sweeps.insert(entry.clone(), id.clone());
         tracing::info!(sweep = %id, trials = plan.points.len(), model = %plan.model_name, "sweep started");
@@ -273,8 +274,7 @@ impl SweepService for SweepSvc {
 /// At start: puts back every stored sweep, and starts again the controllers
 /// of those that had not ended.
 pub fn resume(kiln: &Arc<Kiln>) {
-    let Some(db) = kiln.store.db() else { return };
-    let stored = match db.sweeps() {
+    let stored = match kiln.sweep_records.load() {
         Ok(stored) => stored,
         Err(e) => {
             tracing::error!(error = %e, "cannot read the sweeps from the database");
@@ -290,7 +290,7 @@ pub fn resume(kiln: &Arc<Kiln>) {
             .as_ref()
             .ok_or_else(|| "no request stored".to_string())
             .and_then(|request| plan(request, &id).map_err(|e| e.to_string()));
-        let entry = Entry::new(sweep, goal, Some(db.clone()));
+        let entry = Entry::new(sweep, goal, Some(kiln.sweep_records.clone()));
         kiln.sweeps.insert(entry.clone(), id.clone());
         if ended {
             continue;

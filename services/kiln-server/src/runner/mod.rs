@@ -200,32 +200,18 @@ impl Context {
         artifact
             .save(&self.models_dir.join(&job.id))
             .map_err(|e| e.to_string())?;
-        let model = self
-            .models
+        // Registered under its files' folder, models/<job id>; the registry
+        // saves the version so that a restart serves it again.
+        self.models
             .register(
                 &job.model_name,
+                &job.id,
                 &job.id,
                 artifact,
                 job.device.clone(),
                 &job.device_name,
             )
             .map_err(|e| e.to_string())?;
-        record_model(&self.store, &model, &job.id);
         Ok(())
-    }
-}
-
-/// Writes a registry version to the database, so a restart serves it again.
-pub fn record_model(store: &JobStore, model: &kiln_serve::ServedModel, artifact: &str) {
-    let Some(db) = store.db() else { return };
-    let row = kiln_store::ModelRow {
-        name: model.name.clone(),
-        version: model.version,
-        job_id: model.job_id.clone(),
-        artifact: artifact.to_string(),
-        meta: serde_json::to_string(&model.meta).expect("model metadata serializes"),
-    };
-    if let Err(e) = db.put_model(&row) {
-        tracing::error!(model = %row.name, version = row.version, error = %e, "model version not persisted");
     }
 }

@@ -290,19 +290,17 @@ async fn register(kiln: &Arc<Kiln>, plan: &Plan, best: &pb::Trial) -> Result<u32
     let trial_model = format!("{}-trial-{}", plan.model_name, best.number);
     let name = plan.model_name.clone();
     let device_choice = JobSpec::from_proto(&plan.base).map(|s| s.device);
-    let (store, trial_job) = (kiln.store.clone(), best.job_id.clone());
+    let trial_job = best.job_id.clone();
     tokio::task::spawn_blocking(move || -> Result<u32, String> {
         let (_, artifact) = models
             .artifact(&trial_model, "")
             .map_err(|e| e.to_string())?;
         let choice = device_choice.map_err(|e| e.to_string())?;
         let (device, device_name) = kiln_train::device::resolve(choice)?;
+        // The version's files are the best trial's (models/<its job id>).
         let model = models
-            .register(&name, "", artifact, device, &device_name)
+            .register(&name, "", &trial_job, artifact, device, &device_name)
             .map_err(|e| e.to_string())?;
-        // The version's files are the best trial's (models/<its job id>);
-        // recorded so that a restart serves it again.
-        crate::runner::record_model(&store, &model, &trial_job);
         Ok(model.version)
     })
     .await
