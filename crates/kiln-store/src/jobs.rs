@@ -19,9 +19,9 @@ use std::time::SystemTime;
 use kiln::v1 as pb;
 use kiln_core::spec::Metric;
 use pb::job_event::Kind;
-use tokio::sync::watch;
 
 use crate::db::{Db, DbError};
+use crate::log::{EventLog, Follower};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum JobError {
@@ -61,9 +61,7 @@ impl LiveProgress {
 
 struct Entry {
     job: pb::Job,
-    events: Vec<pb::JobEvent>,
-    /// Number of events in `events`; watchers wait on it.
-    published: watch::Sender<usize>,
+    events: EventLog<pb::JobEvent>,
     cancel: Arc<CancelFlag>,
     progress: Arc<LiveProgress>,
     /// Set by [`JobStore::stop`]: the reason and message the cancellation
@@ -166,14 +164,12 @@ impl JobStore {
                     gap.0, gap.1.sequence
                 )));
             }
-            let (published, _) = watch::channel(stored.events.len());
             inner.order.push(id.clone());
             inner.jobs.insert(
                 id,
                 Entry {
                     job: stored.job,
-                    events: stored.events,
-                    published,
+                    events: EventLog::new(stored.events),
                     cancel: Arc::default(),
                     progress: Arc::default(),
                     stop: None,
@@ -208,7 +204,8 @@ impl JobStore {
                 .map(|id| &inner.jobs[id])
                 .filter(|e| !is_terminal(e.job.state()))
                 .map(|e| {
-                    let restarts = e.events.iter().filter(|e| is_restart(e)).count() as u32;
+                    let restarts =
+                        e.events.events().iter().filter(|e| is_restart(e)).count() as u32;
                     (e.job.id.clone(), e.job.state(), restarts)
                 })
                 .collect()
@@ -254,11 +251,9 @@ impl JobStore {
         job.state = pb::JobState::Unspecified as i32;
         job.created_at = Some(now());
         let id = job.id.clone();
-        let (published, _) = watch::channel(0);
         let entry = Entry {
             job,
-            events: Vec::new(),
-            published,
+            events: EventLog::new(Vec::new()),
             cancel: Arc::default(),
             progress: Arc::default(),
             stop: None,
@@ -324,7 +319,6 @@ impl JobStore {
         }
         entry.job = job;
         entry.events.push(event);
-        entry.published.send_replace(entry.events.len());
         Ok(entry.job.clone())
     }
 
@@ -409,7 +403,7 @@ impl JobStore {
         inner
             .jobs
             .get(id)
-            .map(|e| e.events.clone())
+            .map(|e| e.events.events().to_vec())
             .ok_or_else(|| JobError::NotFound(id.to_string()))
     }
 
@@ -472,8 +466,7 @@ impl JobStore {
         Ok(EventCursor {
             store: self,
             id: id.to_string(),
-            next: 0,
-            published: entry.published.subscribe(),
+            follower: entry.events.follow(),
         })
     }
 
@@ -482,7 +475,7 @@ impl JobStore {
         let inner = self.inner.lock().unwrap();
         let entry = &inner.jobs[id];
         (
-            entry.events[from.min(entry.events.len())..].to_vec(),
+            entry.events.events_from(from),
             is_terminal(entry.job.state()),
         )
     }
@@ -501,30 +494,17 @@ pub fn cancelled_event(message: &str) -> Kind {
 pub struct EventCursor<'a> {
     store: &'a JobStore,
     id: String,
-    next: usize,
-    published: watch::Receiver<usize>,
+    follower: Follower,
 }
 
 impl EventCursor<'_> {
     /// The next batch of events, or `None` once the job has ended and every
     /// event was returned.
     pub async fn next_batch(&mut self) -> Option<Vec<pb::JobEvent>> {
-        loop {
-            // Mark the current count seen before reading, so an append that
-            // lands after the read wakes `changed` below.
-            self.published.borrow_and_update();
-            let (events, ended) = self.store.events_from(&self.id, self.next);
-            if !events.is_empty() {
-                self.next += events.len();
-                return Some(events);
-            }
-            if ended {
-                return None;
-            }
-            if self.published.changed().await.is_err() {
-                return None;
-            }
-        }
+        let (store, id) = (self.store, &self.id);
+        self.follower
+            .next_batch(|from| store.events_from(id, from))
+            .await
     }
 }
 

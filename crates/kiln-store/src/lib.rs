@@ -6,11 +6,13 @@
 pub mod datasets;
 pub mod db;
 pub mod jobs;
+pub mod log;
 pub mod models;
 pub mod sweeps;
 
 pub use datasets::{DatasetError, DatasetFormat, DatasetMeta, DatasetStore};
 pub use db::{Db, DbError, ModelRow};
 pub use jobs::{CancelFlag, EventCursor, JobError, JobStore, ListFilter};
+pub use log::{EventLog, Follower};
 pub use models::{ModelCatalog, SavedRegistry};
 pub use sweeps::SweepRecords;

@@ -23,10 +23,9 @@ use std::sync::{Arc, Mutex};
 
 use kiln::v1 as pb;
 use kiln_store::jobs::now;
-use kiln_store::SweepRecords;
+use kiln_store::{EventLog, SweepRecords};
 use kiln_sweep::{leaderboard, outcome, plan, Goal, Resume};
 use pb::sweep_service_server::SweepService;
-use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -47,8 +46,6 @@ struct Inner {
 
 struct Entry {
     record: Mutex<Record>,
-    /// Number of events; watchers wait on it.
-    published: watch::Sender<usize>,
     cancelled: AtomicBool,
     records: Option<Arc<SweepRecords>>,
 }
@@ -56,7 +53,7 @@ struct Entry {
 struct Record {
     /// Trials in number order (the snapshot ranks them).
     sweep: pb::Sweep,
-    events: Vec<pb::SweepEvent>,
+    events: EventLog<pb::SweepEvent>,
     goal: Goal,
 }
 
@@ -83,10 +80,9 @@ impl Entry {
         Arc::new(Entry {
             record: Mutex::new(Record {
                 sweep,
-                events: Vec::new(),
+                events: EventLog::new(Vec::new()),
                 goal,
             }),
-            published: watch::channel(0).0,
             cancelled: AtomicBool::new(false),
             records,
         })
@@ -113,7 +109,7 @@ impl Entry {
     fn emit(&self, kind: pb::sweep_event::Kind) {
         use pb::sweep_event::Kind as E;
         let started_or_ended = matches!(kind, E::TrialStarted(_) | E::TrialFinished(_));
-        let count = self.with(|r| {
+        self.with(|r| {
             let event = pb::SweepEvent {
                 sweep_id: r.sweep.id.clone(),
                 sequence: r.events.len() as u64,
@@ -121,9 +117,7 @@ impl Entry {
                 kind: Some(kind),
             };
             r.events.push(event);
-            r.events.len()
         });
-        self.published.send_replace(count);
         if started_or_ended {
             self.persist();
         }
@@ -137,7 +131,7 @@ impl Entry {
     fn events_from(&self, from: usize) -> (Vec<pb::SweepEvent>, bool) {
         self.with(|r| {
             (
-                r.events[from.min(r.events.len())..].to_vec(),
+                r.events.events_from(from),
                 outcome::is_ended(r.sweep.state()),
             )
         })
@@ -240,26 +234,19 @@ impl SweepService for SweepSvc {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let mut stopping = self.0.stopping.clone();
         tokio::spawn(async move {
-            let mut published = entry.published.subscribe();
-            let mut next = 0;
+            let mut follower = entry.with(|r| r.events.follow());
             loop {
-                published.borrow_and_update();
-                let (events, ended) = entry.events_from(next);
-                if events.is_empty() {
-                    if ended {
+                let events = tokio::select! {
+                    batch = follower.next_batch(|from| entry.events_from(from)) => match batch {
+                        Some(events) => events,
+                        None => return,
+                    },
+                    // A shutdown ends the stream (see WatchJob).
+                    _ = crate::status::shutdown_begun(&mut stopping) => {
+                        let _ = tx.send(Err(crate::status::shutting_down())).await;
                         return;
                     }
-                    tokio::select! {
-                        changed = published.changed() => if changed.is_err() { return },
-                        // A shutdown ends the stream (see WatchJob).
-                        _ = crate::status::shutdown_begun(&mut stopping) => {
-                            let _ = tx.send(Err(crate::status::shutting_down())).await;
-                            return;
-                        }
-                    }
-                    continue;
-                }
-                next += events.len();
+                };
                 for event in events {
                     if tx.send(Ok(event)).await.is_err() {
                         return; // the watcher has gone

@@ -261,7 +261,7 @@ async fn finish(kiln: &Arc<Kiln>, entry: &Arc<Entry>, plan: &Plan) {
     );
     // The end state and the last event in one step, so a watcher never sees
     // the sweep ended without its final event.
-    let count = entry.with(|r| {
+    entry.with(|r| {
         r.sweep.state = state as i32;
         r.sweep.finished_at = Some(now());
         r.sweep.message = message.clone();
@@ -277,9 +277,7 @@ async fn finish(kiln: &Arc<Kiln>, entry: &Arc<Entry>, plan: &Plan) {
             kind: Some(E::SweepFinished(r.snapshot())),
         };
         r.events.push(event);
-        r.events.len()
     });
-    entry.published.send_replace(count);
     entry.persist();
 }
 
