@@ -19,7 +19,7 @@ use kiln_core::files::{sha256_hex, write_atomically};
 use kiln_core::{npy, FieldError};
 use serde::{Deserialize, Serialize};
 
-use crate::db::Db;
+use crate::storage::Storage;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetMeta {
@@ -71,7 +71,7 @@ pub enum DatasetError {
 pub struct DatasetStore {
     dir: PathBuf,
     metas: RwLock<HashMap<String, DatasetMeta>>,
-    db: Option<Arc<Db>>,
+    db: Option<Arc<dyn Storage>>,
 }
 
 impl DatasetStore {
@@ -105,7 +105,10 @@ impl DatasetStore {
 
     /// Opens `dir` with the metadata kept in `db`; `<id>.json` files of
     /// datasets the database does not know yet are taken in.
-    pub fn open_with_db(dir: impl Into<PathBuf>, db: Arc<Db>) -> Result<Self, DatasetError> {
+    pub fn open_with_db(
+        dir: impl Into<PathBuf>,
+        db: Arc<dyn Storage>,
+    ) -> Result<Self, DatasetError> {
         let mut store = Self::open(dir)?;
         let legacy = std::mem::take(store.metas.get_mut().unwrap());
         let mut metas = HashMap::new();
@@ -121,7 +124,7 @@ impl DatasetStore {
         }
         for (id, meta) in legacy {
             if let std::collections::hash_map::Entry::Vacant(slot) = metas.entry(id) {
-                put_meta(&db, &meta)?;
+                put_meta(db.as_ref(), &meta)?;
                 slot.insert(meta);
             }
         }
@@ -174,7 +177,7 @@ impl DatasetStore {
         };
         write_atomically(&self.dir.join(data_file(&meta)), file)?;
         match &self.db {
-            Some(db) => put_meta(db, &meta)?,
+            Some(db) => put_meta(db.as_ref(), &meta)?,
             None => {
                 let json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
                 write_atomically(&self.dir.join(format!("{}.json", meta.id)), &json)?;
@@ -244,7 +247,7 @@ impl DatasetStore {
     }
 }
 
-fn put_meta(db: &Db, meta: &DatasetMeta) -> Result<(), DatasetError> {
+fn put_meta(db: &dyn Storage, meta: &DatasetMeta) -> Result<(), DatasetError> {
     let json = serde_json::to_string(meta).expect("metadata serializes");
     Ok(db.put_dataset(&meta.id, &meta.name, meta.created_unix, &json)?)
 }
@@ -283,6 +286,7 @@ fn data_file(meta: &DatasetMeta) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::Db;
 
     fn temp_dir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("kiln-store-{tag}-{}", std::process::id()));

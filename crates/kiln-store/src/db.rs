@@ -1,4 +1,5 @@
-//! The durable copy of kiln's state: one SQLite database, `<data_dir>/kiln.db`.
+//! The durable copy of kiln's state: one SQLite database, `<data_dir>/kiln.db`,
+//! kiln's [`Storage`] when it runs as one process.
 //!
 //! The in-memory stores ([`crate::JobStore`], [`crate::DatasetStore`], the
 //! model registry) serve every read; this module is where they write through,
@@ -29,6 +30,8 @@ use std::sync::Mutex;
 use kiln::v1 as pb;
 use prost::Message;
 use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::storage::Storage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -154,12 +157,22 @@ impl Db {
         })
     }
 
+    /// The stored state of one job, if any (tests, diagnostics).
+    pub fn job_state(&self, id: &str) -> Result<Option<i32>, DbError> {
+        let conn = self.conn.lock().unwrap();
+        Ok(conn
+            .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?)
+    }
+}
+
+impl Storage for Db {
     /// Stores `event` and the job record as it stands after it, atomically.
     /// `record` is the job without its spec (the caller takes it out, so that
     /// a large inline spec is not encoded again on every event); `spec` is
     /// stored with the first event (sequence 0) only.
     /// A sequence number already stored for the job is an error (nothing is written).
-    pub fn append_event(
+    fn append_event(
         &self,
         record: &pb::Job,
         spec: Option<&pb::JobSpec>,
@@ -193,7 +206,7 @@ impl Db {
     }
 
     /// Every job in submission order, with its events.
-    pub fn jobs(&self) -> Result<Vec<StoredJob>, DbError> {
+    fn jobs(&self) -> Result<Vec<StoredJob>, DbError> {
         let conn = self.conn.lock().unwrap();
         let mut jobs = Vec::new();
         let mut stmt = conn.prepare("SELECT id, record, spec FROM jobs ORDER BY seq")?;
@@ -239,7 +252,7 @@ impl Db {
     }
 
     /// Stores (or replaces) a dataset's metadata, as JSON.
-    pub fn put_dataset(
+    fn put_dataset(
         &self,
         id: &str,
         name: &str,
@@ -254,7 +267,7 @@ impl Db {
     }
 
     /// Every dataset's metadata JSON.
-    pub fn datasets(&self) -> Result<Vec<String>, DbError> {
+    fn datasets(&self) -> Result<Vec<String>, DbError> {
         let conn = self.conn.lock().unwrap();
         let mut stmt = conn.prepare("SELECT meta FROM datasets ORDER BY created_unix, id")?;
         let metas = stmt
@@ -264,7 +277,7 @@ impl Db {
     }
 
     /// Records a registry version.
-    pub fn put_model(&self, model: &ModelRow) -> Result<(), DbError> {
+    fn put_model(&self, model: &ModelRow) -> Result<(), DbError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -284,7 +297,7 @@ impl Db {
     }
 
     /// Forgets a registry version and the aliases pointing at it.
-    pub fn delete_model(&self, name: &str, version: u32) -> Result<(), DbError> {
+    fn delete_model(&self, name: &str, version: u32) -> Result<(), DbError> {
         let mut conn = self.conn.lock().unwrap();
         let tx = conn.transaction()?;
         tx.execute(
@@ -300,7 +313,7 @@ impl Db {
     }
 
     /// Every registry version, by name then version.
-    pub fn models(&self) -> Result<Vec<ModelRow>, DbError> {
+    fn models(&self) -> Result<Vec<ModelRow>, DbError> {
         let conn = self.conn.lock().unwrap();
         let mut stmt = conn.prepare(
             "SELECT name, version, job_id, artifact, meta FROM models ORDER BY name, version",
@@ -320,7 +333,7 @@ impl Db {
     }
 
     /// Points `alias` of `name` at `version`.
-    pub fn set_alias(&self, name: &str, alias: &str, version: u32) -> Result<(), DbError> {
+    fn set_alias(&self, name: &str, alias: &str, version: u32) -> Result<(), DbError> {
         self.conn.lock().unwrap().execute(
             "INSERT OR REPLACE INTO model_aliases (name, alias, version) VALUES (?1, ?2, ?3)",
             params![name, alias, version],
@@ -329,7 +342,7 @@ impl Db {
     }
 
     /// Every alias as (model name, alias, version), by name then alias.
-    pub fn aliases(&self) -> Result<Vec<(String, String, u32)>, DbError> {
+    fn aliases(&self) -> Result<Vec<(String, String, u32)>, DbError> {
         let conn = self.conn.lock().unwrap();
         let mut stmt =
             conn.prepare("SELECT name, alias, version FROM model_aliases ORDER BY name, alias")?;
@@ -341,7 +354,7 @@ impl Db {
 
     /// Stores a sweep's record (its request, state and trials), replacing
     /// the one stored before; sweeps keep their submission order.
-    pub fn put_sweep(&self, sweep: &pb::Sweep) -> Result<(), DbError> {
+    fn put_sweep(&self, sweep: &pb::Sweep) -> Result<(), DbError> {
         self.conn.lock().unwrap().execute(
             "INSERT INTO sweeps (id, record) VALUES (?1, ?2)
              ON CONFLICT(id) DO UPDATE SET record = excluded.record",
@@ -351,7 +364,7 @@ impl Db {
     }
 
     /// Every sweep's last stored record, in submission order.
-    pub fn sweeps(&self) -> Result<Vec<pb::Sweep>, DbError> {
+    fn sweeps(&self) -> Result<Vec<pb::Sweep>, DbError> {
         let conn = self.conn.lock().unwrap();
         let mut stmt = conn.prepare("SELECT id, record FROM sweeps ORDER BY seq")?;
         let rows = stmt.query_map([], |r| {
@@ -368,14 +381,6 @@ impl Db {
             );
         }
         Ok(sweeps)
-    }
-
-    /// The stored state of one job, if any (tests, diagnostics).
-    pub fn job_state(&self, id: &str) -> Result<Option<i32>, DbError> {
-        let conn = self.conn.lock().unwrap();
-        Ok(conn
-            .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
-            .optional()?)
     }
 }
 

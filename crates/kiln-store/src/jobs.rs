@@ -22,6 +22,7 @@ use pb::job_event::Kind;
 
 use crate::db::{Db, DbError};
 use crate::log::{EventLog, Follower};
+use crate::storage::Storage;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum JobError {
@@ -120,7 +121,7 @@ pub const ORDER_BY_NAMES: [&str; Metric::ALL.len() + 2] = {
 pub struct JobStore {
     inner: Mutex<Inner>,
     /// The durable copy; `None`: in memory only (unit tests).
-    db: Option<Arc<Db>>,
+    db: Option<Arc<dyn Storage>>,
 }
 
 #[derive(Default)]
@@ -149,7 +150,7 @@ impl JobStore {
     }
 
     /// A store backed by `db`, with every job and event already there loaded.
-    pub fn with_db(db: Arc<Db>) -> Result<Self, DbError> {
+    pub fn with_db(db: Arc<dyn Storage>) -> Result<Self, DbError> {
         let mut inner = Inner::default();
         for stored in db.jobs()? {
             let id = stored.job.id.clone();
@@ -183,7 +184,7 @@ impl JobStore {
     }
 
     /// The database this store writes through to, if any.
-    pub fn db(&self) -> Option<&Arc<Db>> {
+    pub fn db(&self) -> Option<&Arc<dyn Storage>> {
         self.db.as_ref()
     }
 

@@ -8,6 +8,7 @@ pub mod db;
 pub mod jobs;
 pub mod log;
 pub mod models;
+pub mod storage;
 pub mod sweeps;
 
 pub use datasets::{DatasetError, DatasetFormat, DatasetMeta, DatasetStore};
@@ -15,4 +16,5 @@ pub use db::{Db, DbError, ModelRow};
 pub use jobs::{CancelFlag, EventCursor, JobError, JobStore, ListFilter};
 pub use log::{EventLog, Follower};
 pub use models::{ModelCatalog, SavedRegistry};
+pub use storage::Storage;
 pub use sweeps::SweepRecords;

@@ -6,11 +6,12 @@
 
 use std::sync::Arc;
 
-use crate::db::{Db, DbError, ModelRow};
+use crate::db::{DbError, ModelRow};
+use crate::storage::Storage;
 
 /// Versions and aliases in the database.
 pub struct ModelCatalog {
-    db: Arc<Db>,
+    db: Arc<dyn Storage>,
 }
 
 /// Everything the catalog holds, as a restart reads it.
@@ -23,7 +24,7 @@ pub struct SavedRegistry {
 
 impl ModelCatalog {
     /// The catalog in `db`.
-    pub fn new(db: Arc<Db>) -> Self {
+    pub fn new(db: Arc<dyn Storage>) -> Self {
         Self { db }
     }
 
@@ -54,6 +55,7 @@ impl ModelCatalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::Db;
 
     fn row(name: &str, version: u32) -> ModelRow {
         ModelRow {

@@ -6,16 +6,17 @@ use std::sync::Arc;
 
 use kiln::v1 as pb;
 
-use crate::db::{Db, DbError};
+use crate::db::DbError;
+use crate::storage::Storage;
 
 /// Sweep records in the database.
 pub struct SweepRecords {
-    db: Arc<Db>,
+    db: Arc<dyn Storage>,
 }
 
 impl SweepRecords {
     /// The sweep records in `db`.
-    pub fn new(db: Arc<Db>) -> Self {
+    pub fn new(db: Arc<dyn Storage>) -> Self {
         Self { db }
     }
 
@@ -33,6 +34,7 @@ impl SweepRecords {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::Db;
 
     #[test]
     fn the_last_record_of_each_sweep_comes_back_in_submission_order() {

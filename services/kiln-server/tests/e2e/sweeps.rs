@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use kiln::v1 as pb;
+use kiln_store::Storage as _;
 use kiln_testkit::*;
 use pb::sweep_service_client::SweepServiceClient;
 use prost_types::value::Kind;

@@ -1,0 +1,62 @@
+//! The one interface kiln's state is saved through. The stores above it
+//! (jobs, datasets, the registry's catalog, sweeps' records) keep their
+//! state in memory and write through this; at start they load from it.
+//! SQLite ([`crate::Db`]) implements it today; another backend (PostgreSQL,
+//! for several replicas) implements the same trait, and no store or caller
+//! changes.
+
+use kiln::v1 as pb;
+
+use crate::db::{DbError, ModelRow, StoredJob};
+
+/// Durable, transactional storage of kiln's state. Every method returns
+/// only once its write is durable (or failed).
+pub trait Storage: Send + Sync {
+    /// Stores `event` and the job record as it stands after it, atomically.
+    /// `record` is the job without its spec; `spec` is stored with the first
+    /// event (sequence 0) only. A sequence number already stored for the
+    /// job is an error (nothing is written).
+    fn append_event(
+        &self,
+        record: &pb::Job,
+        spec: Option<&pb::JobSpec>,
+        event: &pb::JobEvent,
+    ) -> Result<(), DbError>;
+
+    /// Every job in submission order, with its events.
+    fn jobs(&self) -> Result<Vec<StoredJob>, DbError>;
+
+    /// Records a dataset's metadata (JSON).
+    fn put_dataset(
+        &self,
+        id: &str,
+        name: &str,
+        created_unix: i64,
+        meta_json: &str,
+    ) -> Result<(), DbError>;
+
+    /// Every dataset's metadata JSON.
+    fn datasets(&self) -> Result<Vec<String>, DbError>;
+
+    /// Records a registry version.
+    fn put_model(&self, model: &ModelRow) -> Result<(), DbError>;
+
+    /// Forgets a registry version and the aliases pointing at it.
+    fn delete_model(&self, name: &str, version: u32) -> Result<(), DbError>;
+
+    /// Every registry version, by name then version.
+    fn models(&self) -> Result<Vec<ModelRow>, DbError>;
+
+    /// Points `alias` of `name` at `version`.
+    fn set_alias(&self, name: &str, alias: &str, version: u32) -> Result<(), DbError>;
+
+    /// Every alias as (model name, alias, version), by name then alias.
+    fn aliases(&self) -> Result<Vec<(String, String, u32)>, DbError>;
+
+    /// Stores a sweep's record, replacing the one stored before; sweeps keep
+    /// their submission order.
+    fn put_sweep(&self, sweep: &pb::Sweep) -> Result<(), DbError>;
+
+    /// Every sweep's last stored record, in submission order.
+    fn sweeps(&self) -> Result<Vec<pb::Sweep>, DbError>;
+}
