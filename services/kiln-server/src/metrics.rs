@@ -1,16 +1,23 @@
 //! Prometheus metrics, served at `GET /metrics` on the `metrics_listen`
-//! address in the text exposition format (version 0.0.4) by a minimal
-//! HTTP/1.1 handler.
+//! address in the text exposition format (version 0.0.4).
 //!
 //! The `prometheus` crate keeps the registry and writes the text. Counters the
 //! server updates as it goes (gRPC requests, epoch durations) are
 //! process-wide statics registered in it; the job and batcher figures are
 //! read from the job store and the model registry at scrape time by
-//! [`Scrape`], a custom collector.
+//! [`Scrape`], a custom collector. hyper serves the HTTP/1.1 side.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::convert::Infallible;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 use kiln::v1 as pb;
 use kiln_serve::{ModelRegistry, StatsSnapshot};
@@ -18,8 +25,7 @@ use kiln_store::JobStore;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry, TextEncoder};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// Distinct `method` label values kept; calls to further paths (a client
 /// probing random names) are counted under "other".
@@ -321,91 +327,81 @@ pub async fn serve(listener: TcpListener, sources: Arc<Sources>) {
             }
         };
         let registry = registry.clone();
+        // A task per connection: a slow client holds up only its own.
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, &registry).await {
+            let service = service_fn(move |request| {
+                let response = respond(&request, &registry);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                // Also bounds the wait for a first request: idle clients go.
+                .header_read_timeout(Duration::from_secs(10))
+                // One request per connection: scrapes come further apart
+                // than the timeout above, so a kept connection would only
+                // race its own close.
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "metrics: connection failed");
             }
         });
     }
 }
 
-/// Largest request head read.
-const MAX_HEAD: usize = 16 << 10;
+/// The exposition content type, with the charset the text is written in.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Answers one request and closes the connection.
-async fn handle(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let read = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut buf = [0u8; 2048];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            if head.len() > MAX_HEAD {
-                return Ok(false);
-            }
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                return Ok(false);
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        Ok::<_, std::io::Error>(true)
-    })
-    .await;
-    let complete = match read {
-        Ok(result) => result?,
-        Err(_) => return Ok(()), // idle client
+/// The answer to one request; hyper leaves the body out for HEAD.
+fn respond<B>(request: &Request<B>, registry: &Registry) -> Response<Full<Bytes>> {
+    let plain = |status, body: &str| {
+        let mut response = Response::new(Full::from(body.to_owned()));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
     };
-    let (status, extra, body, send_body) = if !complete {
-        ("400 Bad Request", "", "bad request\n".to_string(), true)
-    } else {
-        let head = String::from_utf8_lossy(&head);
-        let mut parts = head.lines().next().unwrap_or("").split(' ');
-        let (method, target, version) = (parts.next(), parts.next(), parts.next());
-        let path = target.map(|t| t.split('?').next().unwrap_or(""));
-        match (method, path, version) {
-            (Some(m), Some(p), Some(v)) if v.starts_with("HTTP/1.") => match (m, p) {
-                ("GET" | "HEAD", "/metrics") => match render(registry) {
-                    Ok(text) => ("200 OK", "", text, m == "GET"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "metrics: cannot encode");
-                        ("500 Internal Server Error", "", format!("{e}\n"), true)
-                    }
-                },
-                (_, "/metrics") => (
-                    "405 Method Not Allowed",
-                    "Allow: GET, HEAD\r\n",
-                    "method not allowed\n".into(),
-                    true,
-                ),
-                _ => (
-                    "404 Not Found",
-                    "",
-                    "not found: try /metrics\n".into(),
-                    m != "HEAD",
-                ),
-            },
-            _ => ("400 Bad Request", "", "bad request\n".into(), true),
-        }
-    };
-    let content_type = if status.starts_with("200") {
-        "text/plain; version=0.0.4; charset=utf-8"
-    } else {
-        "text/plain; charset=utf-8"
-    };
-    let mut response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if send_body {
-        response.extend_from_slice(body.as_bytes());
+    if request.uri().path() != "/metrics" {
+        return plain(StatusCode::NOT_FOUND, "not found: try /metrics\n");
     }
-    stream.write_all(&response).await?;
-    stream.shutdown().await
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    match render(registry) {
+        Ok(text) => {
+            let mut response = Response::new(Full::from(text));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+            response
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: cannot encode");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n"))
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// An empty job store and model registry.
+    fn empty_sources() -> Arc<Sources> {
+        Arc::new(Sources {
+            store: Arc::new(
+                JobStore::with_db(Arc::new(kiln_store::Db::open_in_memory().unwrap())).unwrap(),
+            ),
+            models: Arc::new(ModelRegistry::new(Default::default())),
+        })
+    }
 
     #[test]
     fn methods_past_the_cap_are_counted_as_other() {
@@ -419,12 +415,7 @@ mod tests {
 
     #[test]
     fn scrape_families_are_written_with_their_types_labels_and_summaries() {
-        let scrape = Scrape::new(Arc::new(Sources {
-            store: Arc::new(
-                JobStore::with_db(Arc::new(kiln_store::Db::open_in_memory().unwrap())).unwrap(),
-            ),
-            models: Arc::new(ModelRegistry::new(Default::default())),
-        }));
+        let scrape = Scrape::new(empty_sources());
         let jobs = [("queued", 1), ("succeeded", 2)].into_iter().collect();
         let stats = StatsSnapshot {
             queue_depth: 3,
@@ -467,15 +458,9 @@ mod tests {
 
     #[test]
     fn the_registry_holds_every_family_once() {
-        let sources = Arc::new(Sources {
-            store: Arc::new(
-                JobStore::with_db(Arc::new(kiln_store::Db::open_in_memory().unwrap())).unwrap(),
-            ),
-            models: Arc::new(ModelRegistry::new(Default::default())),
-        });
         grpc_request("kiln.v1.JobService/ListJobs", "OK");
         observe_epoch(0.2);
-        let text = render(&registry(sources)).unwrap();
+        let text = render(&registry(empty_sources())).unwrap();
         // Other tests in this binary count into the same statics: only what
         // this one adds is certain.
         for start in [
@@ -492,5 +477,47 @@ mod tests {
             assert!(text.contains(start), "no {start:?} in:\n{text}");
         }
         assert_eq!(text.matches("# TYPE ").count(), 3, "{text}");
+    }
+
+    #[test]
+    fn requests_are_answered_by_path_and_method() {
+        let registry = registry(empty_sources());
+        let answer = |method, uri| {
+            let request = Request::builder().method(method).uri(uri);
+            respond(&request.body(()).unwrap(), &registry)
+        };
+        let ok = answer(Method::GET, "/metrics?debug=1");
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(ok.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
+        let post = answer(Method::POST, "/metrics");
+        assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(post.headers()[header::ALLOW], "GET, HEAD");
+        assert_eq!(answer(Method::GET, "/").status(), StatusCode::NOT_FOUND);
+    }
+
+    /// HEAD over a real connection gets headers only, while another client
+    /// sits idle on its own connection.
+    #[tokio::test]
+    async fn head_is_answered_beside_an_idle_client() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, empty_sources()));
+        let _idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"HEAD /metrics HTTP/1.1\r\nHost: kiln\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
+            .await
+            .expect("answered, and closed after one request")
+            .unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(
+            response.contains(&format!("content-type: {CONTENT_TYPE}\r\n")),
+            "{response}"
+        );
+        assert!(response.ends_with("\r\n\r\n"), "no body: {response}");
     }
 }
