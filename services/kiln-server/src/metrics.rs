@@ -1,21 +1,31 @@
-//! Prometheus metrics: a small hand-written registry rendered in the text
-//! exposition format (version 0.0.4) and served at `GET /metrics` on the
-//! `metrics_listen` address by a minimal HTTP/1.1 handler.
+//! Prometheus metrics, served at `GET /metrics` on the `metrics_listen`
+//! address in the text exposition format (version 0.0.4).
 //!
-//! Counters the server updates as it goes (gRPC requests, epoch durations)
-//! live in process-wide statics; the job and batcher figures are read from
-//! the job store and the model registry at scrape time.
+//! The `prometheus` crate keeps the registry and writes the text. Counters the
+//! server updates as it goes (gRPC requests, epoch durations) are
+//! process-wide statics registered in it; the job and batcher figures are
+//! read from the job store and the model registry at scrape time by
+//! [`Scrape`], a custom collector. hyper serves the HTTP/1.1 side.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::convert::Infallible;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+
 use kiln::v1 as pb;
-use kiln_serve::ModelRegistry;
+use kiln_serve::{ModelRegistry, StatsSnapshot};
 use kiln_store::JobStore;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry, TextEncoder};
+use tokio::net::TcpListener;
 
 /// Distinct `method` label values kept; calls to further paths (a client
 /// probing random names) are counted under "other".
@@ -26,60 +36,54 @@ const EPOCH_BUCKETS: [f64; 14] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
 ];
 
-/// gRPC requests by (method, code).
-static GRPC_REQUESTS: Mutex<BTreeMap<(String, &'static str), u64>> = Mutex::new(BTreeMap::new());
-static EPOCH_SECONDS: Mutex<Histogram> = Mutex::new(Histogram::new(&EPOCH_BUCKETS));
+static GRPC_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let opts = Opts::new(
+        "kiln_grpc_requests_total",
+        "Finished gRPC requests, by method and status code.",
+    );
+    IntCounterVec::new(opts, &["method", "code"]).expect("valid metric")
+});
+static GRPC_METHODS: MethodCap = MethodCap(Mutex::new(BTreeSet::new()));
+static EPOCH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    let opts = HistogramOpts::new(
+        "kiln_epoch_duration_seconds",
+        "Wall-clock duration of training epochs.",
+    )
+    .buckets(EPOCH_BUCKETS.to_vec());
+    Histogram::with_opts(opts).expect("valid metric")
+});
 
-/// A cumulative histogram with fixed upper bounds (+Inf implied).
-struct Histogram {
-    bounds: &'static [f64],
-    /// Observations per bucket (not cumulative; one per bound).
-    counts: [u64; EPOCH_BUCKETS.len()],
-    sum: f64,
-    count: u64,
-}
+/// The `method` label values handed out so far, at most [`MAX_METHODS`]:
+/// each distinct value is a series kept for the life of the process.
+struct MethodCap(Mutex<BTreeSet<String>>);
 
-impl Histogram {
-    const fn new(bounds: &'static [f64; EPOCH_BUCKETS.len()]) -> Self {
-        Self {
-            bounds,
-            counts: [0; EPOCH_BUCKETS.len()],
-            sum: 0.0,
-            count: 0,
+impl MethodCap {
+    /// `method`, or "other" once the cap is reached by other names.
+    fn label<'a>(&self, method: &'a str) -> &'a str {
+        let mut known = self.0.lock().unwrap();
+        if known.contains(method) {
+            method
+        } else if known.len() < MAX_METHODS {
+            known.insert(method.to_owned());
+            method
+        } else {
+            "other"
         }
-    }
-
-    fn observe(&mut self, value: f64) {
-        if let Some(i) = self.bounds.iter().position(|&b| value <= b) {
-            self.counts[i] += 1;
-        }
-        self.sum += value;
-        self.count += 1;
     }
 }
 
 /// Counts one finished RPC. `method` is the gRPC path without its leading
 /// slash ("kiln.v1.JobService/SubmitJob"), `code` the canonical status name.
 pub fn grpc_request(method: &str, code: &'static str) {
-    let mut map = GRPC_REQUESTS.lock().unwrap();
-    let known = map.keys().any(|(m, _)| m == method);
-    let methods = || {
-        let mut names: Vec<&str> = map.keys().map(|(m, _)| m.as_str()).collect();
-        names.dedup();
-        names.len()
-    };
-    let method = if known || methods() < MAX_METHODS {
-        method
-    } else {
-        "other"
-    };
-    *map.entry((method.to_string(), code)).or_default() += 1;
+    GRPC_REQUESTS
+        .with_label_values(&[GRPC_METHODS.label(method), code])
+        .inc();
 }
 
 /// Records one training epoch's wall-clock duration.
 pub fn observe_epoch(seconds: f64) {
     if seconds.is_finite() && seconds >= 0.0 {
-        EPOCH_SECONDS.lock().unwrap().observe(seconds);
+        EPOCH_SECONDS.observe(seconds);
     }
 }
 
@@ -89,192 +93,230 @@ pub struct Sources {
     pub models: Arc<ModelRegistry>,
 }
 
-/// A summary's (sum, count) out of a batcher snapshot.
-type SumCount = fn(&kiln_serve::StatsSnapshot) -> (f64, u64);
-
-/// Every metric in the text exposition format.
-pub fn render(sources: &Sources) -> String {
-    let mut out = Exposition::default();
-
-    // Jobs by state, from the store.
-    let mut states: BTreeMap<&'static str, u64> = [
-        ("queued", 0),
-        ("running", 0),
-        ("succeeded", 0),
-        ("failed", 0),
-        ("cancelled", 0),
-    ]
-    .into_iter()
-    .collect();
-    for job in sources.store.list(None) {
-        let state = match job.state() {
-            pb::JobState::Queued | pb::JobState::Unspecified => "queued",
-            pb::JobState::Running => "running",
-            pb::JobState::Succeeded => "succeeded",
-            pb::JobState::Failed => "failed",
-            pb::JobState::Cancelled => "cancelled",
-        };
-        *states.entry(state).or_default() += 1;
-    }
-    out.family("kiln_jobs", "gauge", "Jobs known to the server, by state.");
-    for (state, n) in &states {
-        out.sample("kiln_jobs", &[("state", state)], *n as f64);
-    }
-
-    // Epoch durations, observed by the runner.
-    out.family(
-        "kiln_epoch_duration_seconds",
-        "histogram",
-        "Wall-clock duration of training epochs.",
-    );
-    {
-        let h = EPOCH_SECONDS.lock().unwrap();
-        let mut cumulative = 0;
-        for (bound, n) in h.bounds.iter().zip(h.counts) {
-            cumulative += n;
-            out.sample(
-                "kiln_epoch_duration_seconds_bucket",
-                &[("le", &number(*bound))],
-                cumulative as f64,
-            );
-        }
-        out.sample(
-            "kiln_epoch_duration_seconds_bucket",
-            &[("le", "+Inf")],
-            h.count as f64,
-        );
-        out.sample("kiln_epoch_duration_seconds_sum", &[], h.sum);
-        out.sample("kiln_epoch_duration_seconds_count", &[], h.count as f64);
-    }
-
-    // gRPC requests, counted by the RPC layer.
-    out.family(
-        "kiln_grpc_requests_total",
-        "counter",
-        "Finished gRPC requests, by method and status code.",
-    );
-    for ((method, code), n) in GRPC_REQUESTS.lock().unwrap().iter() {
-        out.sample(
-            "kiln_grpc_requests_total",
-            &[("method", method), ("code", code)],
-            *n as f64,
-        );
-    }
-
-    // Prediction batchers of the loaded model versions.
-    let loaded: Vec<_> = sources
-        .models
-        .list()
-        .into_iter()
-        .filter_map(|v| Some((v.name, v.version.to_string(), v.stats?)))
-        .collect();
-    out.family(
-        "kiln_predict_queue_depth",
-        "gauge",
-        "Prediction requests waiting in a loaded model version's queue.",
-    );
-    for (name, version, s) in &loaded {
-        let labels = [("model", name.as_str()), ("version", version.as_str())];
-        out.sample("kiln_predict_queue_depth", &labels, s.queue_depth as f64);
-    }
-    out.family(
-        "kiln_predict_rejected_total",
-        "counter",
-        "Prediction requests refused (queue_full) or dropped past their deadline (deadline).",
-    );
-    for (name, version, s) in &loaded {
-        for (reason, n) in [("queue_full", s.rejected_full), ("deadline", s.expired)] {
-            let labels = [
-                ("model", name.as_str()),
-                ("version", version),
-                ("reason", reason),
-            ];
-            out.sample("kiln_predict_rejected_total", &labels, n as f64);
-        }
-    }
-    let summaries: [(&str, &str, SumCount); 3] = [
-        (
-            "kiln_predict_batch_rows",
-            "Rows per prediction forward pass (batch size).",
-            |s| (s.batch_rows as f64, s.batches),
-        ),
-        (
-            "kiln_predict_queue_seconds",
-            "Time answered prediction requests waited in the queue.",
-            |s| (s.queue_seconds, s.requests),
-        ),
-        (
-            "kiln_predict_compute_seconds",
-            "Time prediction forward passes took.",
-            |s| (s.compute_seconds, s.batches),
-        ),
+/// The registry scraped: the process-wide statics and a [`Scrape`] of
+/// `sources`.
+fn registry(sources: Arc<Sources>) -> Registry {
+    let registry = Registry::new();
+    let collectors: [Box<dyn Collector>; 3] = [
+        Box::new(GRPC_REQUESTS.clone()),
+        Box::new(EPOCH_SECONDS.clone()),
+        Box::new(Scrape::new(sources)),
     ];
-    for (family, help, pick) in summaries {
-        out.family(family, "summary", help);
-        for (name, version, s) in &loaded {
-            let labels = [("model", name.as_str()), ("version", version.as_str())];
-            let (sum, count) = pick(s);
-            out.sample(&format!("{family}_sum"), &labels, sum);
-            out.sample(&format!("{family}_count"), &labels, count as f64);
+    for collector in collectors {
+        registry
+            .register(collector)
+            .expect("metric names are distinct");
+    }
+    registry
+}
+
+/// Every metric in `registry`, in the text exposition format.
+fn render(registry: &Registry) -> prometheus::Result<String> {
+    TextEncoder::new().encode_to_string(&registry.gather())
+}
+
+/// A summary's (sum, count) out of a batcher snapshot.
+type SumCount = fn(&StatsSnapshot) -> (f64, u64);
+
+/// A loaded model version's name, version and batcher figures.
+type Loaded = (String, String, StatsSnapshot);
+
+/// Reads the job and batcher figures when scraped: they live in the job
+/// store and the model registry, not in the Prometheus registry.
+struct Scrape {
+    sources: Arc<Sources>,
+    jobs: Desc,
+    queue_depth: Desc,
+    rejected: Desc,
+    summaries: [(Desc, SumCount); 3],
+}
+
+fn desc(name: &str, help: &str, labels: &[&str]) -> Desc {
+    let labels = labels.iter().map(|l| l.to_string()).collect();
+    Desc::new(name.into(), help.into(), labels, HashMap::new()).expect("valid metric")
+}
+
+impl Scrape {
+    fn new(sources: Arc<Sources>) -> Self {
+        let model = ["model", "version"];
+        Self {
+            sources,
+            jobs: desc("kiln_jobs", "Jobs known to the server, by state.", &["state"]),
+            queue_depth: desc(
+                "kiln_predict_queue_depth",
+                "Prediction requests waiting in a loaded model version's queue.",
+                &model,
+            ),
+            rejected: desc(
+                "kiln_predict_rejected_total",
+                "Prediction requests refused (queue_full) or dropped past their deadline (deadline).",
+                &["model", "version", "reason"],
+            ),
+            summaries: [
+                (
+                    desc(
+                        "kiln_predict_batch_rows",
+                        "Rows per prediction forward pass (batch size).",
+                        &model,
+                    ),
+                    |s| (s.batch_rows as f64, s.batches),
+                ),
+                (
+                    desc(
+                        "kiln_predict_queue_seconds",
+                        "Time answered prediction requests waited in the queue.",
+                        &model,
+                    ),
+                    |s| (s.queue_seconds, s.requests),
+                ),
+                (
+                    desc(
+                        "kiln_predict_compute_seconds",
+                        "Time prediction forward passes took.",
+                        &model,
+                    ),
+                    |s| (s.compute_seconds, s.batches),
+                ),
+            ],
         }
     }
-    out.text
-}
 
-#[derive(Default)]
-struct Exposition {
-    text: String,
-}
-
-impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-        let _ = writeln!(self.text, "# HELP {name} {help}");
-        let _ = writeln!(self.text, "# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.text.push_str(name);
-        if !labels.is_empty() {
-            self.text.push('{');
-            for (i, (key, value)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.text.push(',');
-                }
-                let _ = write!(self.text, "{key}=\"{}\"", escape_label(value));
-            }
-            self.text.push('}');
+    /// The families for jobs counted by state and the loaded versions' batchers.
+    fn families(&self, jobs: &BTreeMap<&str, u64>, loaded: &[Loaded]) -> Vec<MetricFamily> {
+        let mut out = vec![family(
+            &self.jobs,
+            MetricType::GAUGE,
+            jobs.iter()
+                .map(|(state, n)| gauge(labelled(&self.jobs, &[state]), *n as f64)),
+        )];
+        out.push(family(
+            &self.queue_depth,
+            MetricType::GAUGE,
+            loaded.iter().map(|(name, version, s)| {
+                gauge(
+                    labelled(&self.queue_depth, &[name, version]),
+                    s.queue_depth as f64,
+                )
+            }),
+        ));
+        out.push(family(
+            &self.rejected,
+            MetricType::COUNTER,
+            loaded.iter().flat_map(|(name, version, s)| {
+                [("queue_full", s.rejected_full), ("deadline", s.expired)].map(|(reason, n)| {
+                    counter(labelled(&self.rejected, &[name, version, reason]), n as f64)
+                })
+            }),
+        ));
+        for (desc, pick) in &self.summaries {
+            out.push(family(
+                desc,
+                MetricType::SUMMARY,
+                loaded.iter().map(|(name, version, s)| {
+                    let (sum, count) = pick(s);
+                    summary(labelled(desc, &[name, version]), sum, count)
+                }),
+            ));
         }
-        let _ = writeln!(self.text, " {}", number(value));
+        out
     }
 }
 
-fn escape_label(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
+impl Collector for Scrape {
+    fn desc(&self) -> Vec<&Desc> {
+        let mut all = vec![&self.jobs, &self.queue_depth, &self.rejected];
+        all.extend(self.summaries.iter().map(|(d, _)| d));
+        all
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        // Every state is written, 0 included, so a state's series exists
+        // before its first job.
+        let mut states: BTreeMap<&str, u64> =
+            ["queued", "running", "succeeded", "failed", "cancelled"]
+                .into_iter()
+                .map(|state| (state, 0))
+                .collect();
+        for job in self.sources.store.list(None) {
+            let state = match job.state() {
+                pb::JobState::Queued | pb::JobState::Unspecified => "queued",
+                pb::JobState::Running => "running",
+                pb::JobState::Succeeded => "succeeded",
+                pb::JobState::Failed => "failed",
+                pb::JobState::Cancelled => "cancelled",
+            };
+            *states.entry(state).or_default() += 1;
         }
+        let loaded: Vec<Loaded> = self
+            .sources
+            .models
+            .list()
+            .into_iter()
+            .filter_map(|v| Some((v.name, v.version.to_string(), v.stats?)))
+            .collect();
+        self.families(&states, &loaded)
     }
-    out
 }
 
-/// A sample value or `le` bound as Prometheus writes it.
-fn number(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".into()
-    } else if value.is_infinite() {
-        if value > 0.0 { "+Inf" } else { "-Inf" }.into()
-    } else {
-        format!("{value}")
-    }
+/// A family named and described by `desc`. One with no metrics is left out
+/// of the exposition by the registry.
+fn family(
+    desc: &Desc,
+    kind: MetricType,
+    metrics: impl IntoIterator<Item = proto::Metric>,
+) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(desc.fq_name.clone());
+    family.set_help(desc.help.clone());
+    family.set_field_type(kind);
+    family.set_metric(metrics.into_iter().collect());
+    family
+}
+
+/// A metric with `desc`'s label names and these `values`, in order.
+fn labelled(desc: &Desc, values: &[&str]) -> proto::Metric {
+    let labels = desc
+        .variable_labels
+        .iter()
+        .zip(values)
+        .map(|(name, value)| {
+            let mut pair = proto::LabelPair::default();
+            pair.set_name(name.clone());
+            pair.set_value(value.to_string());
+            pair
+        })
+        .collect();
+    let mut metric = proto::Metric::default();
+    metric.set_label(labels);
+    metric
+}
+
+fn gauge(mut metric: proto::Metric, value: f64) -> proto::Metric {
+    let mut gauge = proto::Gauge::default();
+    gauge.set_value(value);
+    metric.set_gauge(gauge);
+    metric
+}
+
+fn counter(mut metric: proto::Metric, value: f64) -> proto::Metric {
+    let mut counter = proto::Counter::default();
+    counter.set_value(value);
+    metric.set_counter(counter);
+    metric
+}
+
+/// A summary with `_sum` and `_count` only: the batchers keep no quantiles.
+fn summary(mut metric: proto::Metric, sum: f64, count: u64) -> proto::Metric {
+    let mut summary = proto::Summary::default();
+    summary.set_sample_sum(sum);
+    summary.set_sample_count(count);
+    metric.set_summary(summary);
+    metric
 }
 
 /// Answers scrapes on `listener` until the process exits.
 pub async fn serve(listener: TcpListener, sources: Arc<Sources>) {
+    let registry = registry(sources);
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -284,109 +326,198 @@ pub async fn serve(listener: TcpListener, sources: Arc<Sources>) {
                 continue;
             }
         };
-        let sources = sources.clone();
+        let registry = registry.clone();
+        // A task per connection: a slow client holds up only its own.
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, &sources).await {
+            let service = service_fn(move |request| {
+                let response = respond(&request, &registry);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                // Also bounds the wait for a first request: idle clients go.
+                .header_read_timeout(Duration::from_secs(10))
+                // One request per connection: scrapes come further apart
+                // than the timeout above, so a kept connection would only
+                // race its own close.
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "metrics: connection failed");
             }
         });
     }
 }
 
-/// Largest request head read.
-const MAX_HEAD: usize = 16 << 10;
+/// The exposition content type, with the charset the text is written in.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Answers one request and closes the connection.
-async fn handle(mut stream: TcpStream, sources: &Sources) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let read = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut buf = [0u8; 2048];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            if head.len() > MAX_HEAD {
-                return Ok(false);
-            }
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                return Ok(false);
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        Ok::<_, std::io::Error>(true)
-    })
-    .await;
-    let complete = match read {
-        Ok(result) => result?,
-        Err(_) => return Ok(()), // idle client
+/// The answer to one request; hyper leaves the body out for HEAD.
+fn respond<B>(request: &Request<B>, registry: &Registry) -> Response<Full<Bytes>> {
+    let plain = |status, body: &str| {
+        let mut response = Response::new(Full::from(body.to_owned()));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
     };
-    let (status, extra, body, send_body) = if !complete {
-        ("400 Bad Request", "", "bad request\n".to_string(), true)
-    } else {
-        let head = String::from_utf8_lossy(&head);
-        let mut parts = head.lines().next().unwrap_or("").split(' ');
-        let (method, target, version) = (parts.next(), parts.next(), parts.next());
-        let path = target.map(|t| t.split('?').next().unwrap_or(""));
-        match (method, path, version) {
-            (Some(m), Some(p), Some(v)) if v.starts_with("HTTP/1.") => match (m, p) {
-                ("GET" | "HEAD", "/metrics") => ("200 OK", "", render(sources), m == "GET"),
-                (_, "/metrics") => (
-                    "405 Method Not Allowed",
-                    "Allow: GET, HEAD\r\n",
-                    "method not allowed\n".into(),
-                    true,
-                ),
-                _ => (
-                    "404 Not Found",
-                    "",
-                    "not found: try /metrics\n".into(),
-                    m != "HEAD",
-                ),
-            },
-            _ => ("400 Bad Request", "", "bad request\n".into(), true),
-        }
-    };
-    let content_type = if status.starts_with("200") {
-        "text/plain; version=0.0.4; charset=utf-8"
-    } else {
-        "text/plain; charset=utf-8"
-    };
-    let mut response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if send_body {
-        response.extend_from_slice(body.as_bytes());
+    if request.uri().path() != "/metrics" {
+        return plain(StatusCode::NOT_FOUND, "not found: try /metrics\n");
     }
-    stream.write_all(&response).await?;
-    stream.shutdown().await
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    match render(registry) {
+        Ok(text) => {
+            let mut response = Response::new(Full::from(text));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+            response
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: cannot encode");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n"))
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    #[test]
-    fn labels_are_escaped_and_numbers_written_as_prometheus_does() {
-        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-        assert_eq!(number(f64::INFINITY), "+Inf");
-        assert_eq!(number(0.25), "0.25");
-        assert_eq!(number(3.0), "3");
-        let mut e = Exposition::default();
-        e.family("x_total", "counter", "Line one\nline two.");
-        e.sample("x_total", &[("method", "a/\"b\"")], 2.0);
-        assert_eq!(
-            e.text,
-            "# HELP x_total Line one\\nline two.\n# TYPE x_total counter\nx_total{method=\"a/\\\"b\\\"\"} 2\n"
-        );
+    /// An empty job store and model registry.
+    fn empty_sources() -> Arc<Sources> {
+        Arc::new(Sources {
+            store: Arc::new(
+                JobStore::with_db(Arc::new(kiln_store::Db::open_in_memory().unwrap())).unwrap(),
+            ),
+            models: Arc::new(ModelRegistry::new(Default::default())),
+        })
     }
 
     #[test]
-    fn histogram_buckets_are_cumulative_with_inf() {
-        let mut h = Histogram::new(&EPOCH_BUCKETS);
-        h.observe(0.2);
-        h.observe(0.2);
-        h.observe(1e6);
-        assert_eq!(h.count, 3);
-        assert_eq!(h.counts.iter().sum::<u64>(), 2, "1e6 lands only in +Inf");
+    fn methods_past_the_cap_are_counted_as_other() {
+        let cap = MethodCap(Mutex::new(BTreeSet::new()));
+        for i in 0..MAX_METHODS {
+            assert_eq!(cap.label(&format!("m/{i}")), format!("m/{i}"));
+        }
+        assert_eq!(cap.label("m/0"), "m/0", "known names stay");
+        assert_eq!(cap.label("late/Method"), "other");
+    }
+
+    #[test]
+    fn scrape_families_are_written_with_their_types_labels_and_summaries() {
+        let scrape = Scrape::new(empty_sources());
+        let jobs = [("queued", 1), ("succeeded", 2)].into_iter().collect();
+        let stats = StatsSnapshot {
+            queue_depth: 3,
+            requests: 4,
+            rejected_full: 5,
+            expired: 6,
+            batches: 2,
+            batch_rows: 7,
+            queue_seconds: 0.5,
+            compute_seconds: 0.25,
+            ..Default::default()
+        };
+        let loaded = [("m\"x".to_string(), "1".to_string(), stats)];
+        let text = TextEncoder::new()
+            .encode_to_string(&scrape.families(&jobs, &loaded))
+            .unwrap();
+        let model = r#"model="m\"x",version="1""#;
+        for line in [
+            "# HELP kiln_jobs Jobs known to the server, by state.".to_string(),
+            "# TYPE kiln_jobs gauge".into(),
+            r#"kiln_jobs{state="queued"} 1"#.into(),
+            r#"kiln_jobs{state="succeeded"} 2"#.into(),
+            "# TYPE kiln_predict_queue_depth gauge".into(),
+            format!("kiln_predict_queue_depth{{{model}}} 3"),
+            "# TYPE kiln_predict_rejected_total counter".into(),
+            format!(r#"kiln_predict_rejected_total{{{model},reason="queue_full"}} 5"#),
+            format!(r#"kiln_predict_rejected_total{{{model},reason="deadline"}} 6"#),
+            "# TYPE kiln_predict_batch_rows summary".into(),
+            format!("kiln_predict_batch_rows_sum{{{model}}} 7"),
+            format!("kiln_predict_batch_rows_count{{{model}}} 2"),
+            format!("kiln_predict_queue_seconds_sum{{{model}}} 0.5"),
+            format!("kiln_predict_queue_seconds_count{{{model}}} 4"),
+            format!("kiln_predict_compute_seconds_sum{{{model}}} 0.25"),
+            format!("kiln_predict_compute_seconds_count{{{model}}} 2"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
+        assert!(!text.contains("quantile"), "{text}");
+    }
+
+    #[test]
+    fn the_registry_holds_every_family_once() {
+        grpc_request("kiln.v1.JobService/ListJobs", "OK");
+        observe_epoch(0.2);
+        let text = render(&registry(empty_sources())).unwrap();
+        // Other tests in this binary count into the same statics: only what
+        // this one adds is certain.
+        for start in [
+            "# TYPE kiln_grpc_requests_total counter\n",
+            r#"kiln_grpc_requests_total{code="OK",method="kiln.v1.JobService/ListJobs"} "#,
+            "# TYPE kiln_epoch_duration_seconds histogram\n",
+            r#"kiln_epoch_duration_seconds_bucket{le="0.01"} "#,
+            r#"kiln_epoch_duration_seconds_bucket{le="1800"} "#,
+            r#"kiln_epoch_duration_seconds_bucket{le="+Inf"} "#,
+            "kiln_epoch_duration_seconds_count ",
+            "# TYPE kiln_jobs gauge\n",
+            "kiln_jobs{state=\"running\"} 0\n",
+        ] {
+            assert!(text.contains(start), "no {start:?} in:\n{text}");
+        }
+        assert_eq!(text.matches("# TYPE ").count(), 3, "{text}");
+    }
+
+    #[test]
+    fn requests_are_answered_by_path_and_method() {
+        let registry = registry(empty_sources());
+        let answer = |method, uri| {
+            let request = Request::builder().method(method).uri(uri);
+            respond(&request.body(()).unwrap(), &registry)
+        };
+        let ok = answer(Method::GET, "/metrics?debug=1");
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(ok.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
+        let post = answer(Method::POST, "/metrics");
+        assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(post.headers()[header::ALLOW], "GET, HEAD");
+        assert_eq!(answer(Method::GET, "/").status(), StatusCode::NOT_FOUND);
+    }
+
+    /// HEAD over a real connection gets headers only, while another client
+    /// sits idle on its own connection.
+    #[tokio::test]
+    async fn head_is_answered_beside_an_idle_client() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, empty_sources()));
+        let _idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"HEAD /metrics HTTP/1.1\r\nHost: kiln\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
+            .await
+            .expect("answered, and closed after one request")
+            .unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(
+            response.contains(&format!("content-type: {CONTENT_TYPE}\r\n")),
+            "{response}"
+        );
+        assert!(response.ends_with("\r\n\r\n"), "no body: {response}");
     }
 }
