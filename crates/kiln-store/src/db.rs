@@ -31,20 +31,9 @@ use kiln::v1 as pb;
 use prost::Message;
 use rusqlite::{params, Connection, OptionalExtension};
 
+// The interface and its types; re-exported here where callers found them.
 use crate::storage::Storage;
-
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("database: undecodable {what}: {error}")]
-    Decode {
-        what: String,
-        error: prost::DecodeError,
-    },
-    #[error("database: {0}")]
-    Other(String),
-}
+pub use crate::storage::{DbError, ModelRow, StoredJob};
 
 /// The schema version this build writes; a newer database is refused.
 const SCHEMA_VERSION: i64 = 1;
@@ -91,27 +80,6 @@ CREATE TABLE IF NOT EXISTS sweeps (
     record BLOB NOT NULL
 );
 ";
-
-/// A job as stored: its record and its whole event log, in sequence order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredJob {
-    pub job: pb::Job,
-    pub events: Vec<pb::JobEvent>,
-}
-
-/// A model registry version as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelRow {
-    pub name: String,
-    pub version: u32,
-    /// Empty for an imported model.
-    pub job_id: String,
-    /// Its directory under `<data_dir>/models`.
-    pub artifact: String,
-    /// The artifact's `ModelMeta` as JSON (kept here too, so a version whose
-    /// files are damaged can still be listed).
-    pub meta: String,
-}
 
 pub struct Db {
     conn: Mutex<Connection>,

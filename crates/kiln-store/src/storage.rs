@@ -7,7 +7,45 @@
 
 use kiln::v1 as pb;
 
-use crate::db::{DbError, ModelRow, StoredJob};
+/// Why a read or write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The SQLite backend's own error.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored record that does not decode.
+    #[error("database: undecodable {what}: {error}")]
+    Decode {
+        /// Which record.
+        what: String,
+        /// What the decoder said.
+        error: prost::DecodeError,
+    },
+    /// Anything else, said in words.
+    #[error("database: {0}")]
+    Other(String),
+}
+
+/// A job as stored: its record and its whole event log, in sequence order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredJob {
+    pub job: pb::Job,
+    pub events: Vec<pb::JobEvent>,
+}
+
+/// A model registry version as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRow {
+    pub name: String,
+    pub version: u32,
+    /// Empty for an imported model.
+    pub job_id: String,
+    /// Its directory under `<data_dir>/models`.
+    pub artifact: String,
+    /// The artifact's `ModelMeta` as JSON (kept here too, so a version whose
+    /// files are damaged can still be listed).
+    pub meta: String,
+}
 
 /// Durable, transactional storage of kiln's state. Every method returns
 /// only once its write is durable (or failed).
