@@ -43,8 +43,11 @@ impl Default for BatcherConfig {
 /// One request's answer, with where its time went.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
+    /// The model's output for the request's rows.
     pub output: Output,
+    /// How long the request waited in the queue.
     pub queue_time: Duration,
+    /// How long the forward pass that answered it took.
     pub compute_time: Duration,
     /// Rows in the forward pass that served this request.
     pub batch_rows: usize,
@@ -77,7 +80,9 @@ pub struct StatsSnapshot {
     pub expired: u64,
     /// Forward passes, and the rows they covered.
     pub batches: u64,
+    /// Rows in all forward passes so far.
     pub batch_rows: u64,
+    /// The largest forward pass so far, in rows.
     pub max_batch_rows: u64,
     /// Summed over answered requests.
     pub queue_seconds: f64,

@@ -19,6 +19,7 @@ use crate::ServeError;
 
 /// A loaded model version and its batcher.
 pub struct ServedModel {
+/// Its model name.
     pub name: String,
     pub version: u32,
     /// The job that trained it; empty for an imported model.
@@ -31,12 +32,19 @@ pub struct ServedModel {
 /// One version as listed: loaded or not, with the aliases pointing at it.
 #[derive(Debug, Clone)]
 pub struct VersionInfo {
+    /// Its model name.
     pub name: String,
+    /// Its version number.
     pub version: u32,
+    /// The job that trained it; empty for an imported model.
     pub job_id: String,
+    /// What it expects and answers.
     pub meta: ModelMeta,
+    /// The device it is (or would be) loaded on.
     pub device: String,
+    /// Whether it answers Predict now.
     pub loaded: bool,
+    /// The aliases pointing at it.
     pub aliases: Vec<String>,
     /// The batcher's counters while loaded.
     pub stats: Option<StatsSnapshot>,
@@ -44,6 +52,7 @@ pub struct VersionInfo {
     pub error: Option<String>,
 }
 
+/// Every model name's versions and aliases, loaded or not.
 pub struct ModelRegistry {
     inner: RwLock<HashMap<String, Versions>>,
     /// Job id -> (name, version).
@@ -99,6 +108,7 @@ impl<'a> Selector<'a> {
 }
 
 impl ModelRegistry {
+    /// An empty registry whose versions batch with `config`.
     pub fn new(config: BatcherConfig) -> Self {
         Self {
             inner: RwLock::default(),
@@ -120,6 +130,7 @@ impl ModelRegistry {
         self.ready.load(Ordering::Relaxed)
     }
 
+    /// Sets what [`ModelRegistry::ready`] answers.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }

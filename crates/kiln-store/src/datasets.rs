@@ -21,15 +21,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::storage::Storage;
 
+/// An uploaded dataset as listed and stored (JSON in the database).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetMeta {
+    /// Its generated id.
     pub id: String,
+    /// The name given at upload.
     pub name: String,
+    /// Column names (CSV header, or the arrays of an NPY upload).
     pub columns: Vec<String>,
+    /// Data rows.
     pub rows: u64,
+    /// The stored file's size.
     pub size_bytes: u64,
     /// Seconds since the Unix epoch.
     pub created_unix: i64,
+    /// CSV or NPY.
     #[serde(default)]
     pub format: DatasetFormat,
     /// Hex SHA-256 of the data file; `None` for datasets stored before checksums.
@@ -37,11 +44,14 @@ pub struct DatasetMeta {
     pub sha256: Option<String>,
 }
 
+/// How a dataset's file is encoded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DatasetFormat {
+    /// Comma-separated text with a header.
     #[default]
     Csv,
+    /// NumPy `.npy` arrays.
     Npy,
 }
 
@@ -54,20 +64,32 @@ impl DatasetFormat {
     }
 }
 
+/// Why a dataset call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
+    /// No dataset with that id.
     #[error("dataset \"{0}\" not found")]
     NotFound(String),
+    /// The upload is not a readable table (the field says where).
     #[error("{0}")]
     Invalid(#[from] FieldError),
+    /// Reading or writing its file failed.
     #[error("dataset storage: {0}")]
     Io(#[from] std::io::Error),
+    /// Its file no longer matches its checksum.
     #[error("dataset \"{id}\" is corrupted: {why}; upload it again")]
-    Corrupt { id: String, why: String },
+    Corrupt {
+        /// The dataset.
+        id: String,
+        /// What does not match.
+        why: String,
+    },
+    /// The database failed.
     #[error("dataset storage: {0}")]
     Db(#[from] crate::db::DbError),
 }
 
+/// Uploaded datasets: files under the data directory, metadata in storage.
 pub struct DatasetStore {
     dir: PathBuf,
     metas: RwLock<HashMap<String, DatasetMeta>>,
@@ -190,6 +212,7 @@ impl DatasetStore {
         Ok(meta)
     }
 
+    /// A dataset's metadata.
     pub fn get(&self, id: &str) -> Result<DatasetMeta, DatasetError> {
         check_dataset_id(id).map_err(|m| FieldError::new("dataset_id", m))?;
         self.metas

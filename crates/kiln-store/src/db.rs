@@ -81,6 +81,7 @@ CREATE TABLE IF NOT EXISTS sweeps (
 );
 ";
 
+/// The SQLite database: kiln's [`Storage`] in one process.
 pub struct Db {
     conn: Mutex<Connection>,
 }

@@ -24,8 +24,10 @@ use crate::db::{Db, DbError};
 use crate::log::{EventLog, Follower};
 use crate::storage::Storage;
 
+/// Why a job store call failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum JobError {
+    /// No job with that id.
     #[error("job \"{0}\" not found")]
     NotFound(String),
 }
@@ -35,6 +37,7 @@ pub enum JobError {
 pub struct CancelFlag(AtomicBool);
 
 impl CancelFlag {
+    /// Whether the job was cancelled (its trainer stops at the next batch).
     pub fn is_set(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
@@ -49,6 +52,7 @@ impl CancelFlag {
 pub struct LiveProgress(Mutex<Option<pb::TrainingProgress>>);
 
 impl LiveProgress {
+    /// Where the trainer stands now.
     pub fn set(&self, epoch: u32, rows_done: u64) {
         *self.0.lock().unwrap() = Some(pb::TrainingProgress { epoch, rows_done });
     }
@@ -85,6 +89,7 @@ impl Entry {
 /// What ListJobs keeps and how it orders them.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
+    /// Only jobs in this state.
     pub state: Option<pb::JobState>,
     /// spec.labels must hold every pair.
     pub labels: Vec<(String, String)>,
@@ -117,6 +122,7 @@ pub const ORDER_BY_NAMES: [&str; Metric::ALL.len() + 2] = {
     names
 };
 
+/// Every job with its event log, in memory, written through to storage.
 #[derive(Default)]
 pub struct JobStore {
     inner: Mutex<Inner>,
@@ -131,10 +137,12 @@ struct Inner {
     order: Vec<String>,
 }
 
+/// The current time as a protobuf timestamp.
 pub fn now() -> prost_types::Timestamp {
     prost_types::Timestamp::from(SystemTime::now())
 }
 
+/// Whether a job in `state` has ended.
 pub fn is_terminal(state: pb::JobState) -> bool {
     matches!(
         state,
@@ -323,6 +331,7 @@ impl JobStore {
         Ok(entry.job.clone())
     }
 
+    /// A job's record as GetJob shows it.
     pub fn get(&self, id: &str) -> Result<pb::Job, JobError> {
         self.read(id, Entry::current)
     }
@@ -434,6 +443,7 @@ impl JobStore {
         self.read(id, |e| e.progress.clone())
     }
 
+    /// The flag its trainer polls to stop when the job is cancelled.
     pub fn cancel_flag(&self, id: &str) -> Result<Arc<CancelFlag>, JobError> {
         self.read(id, |e| e.cancel.clone())
     }
@@ -482,6 +492,7 @@ impl JobStore {
     }
 }
 
+/// The final event of a cancelled job.
 pub fn cancelled_event(message: &str) -> Kind {
     Kind::Failed(pb::Failed {
         reason: pb::StopReason::Cancelled as i32,

@@ -2,6 +2,7 @@
 //! data directory, the model registry's versions and aliases ([`models`]),
 //! and sweeps' records ([`sweeps`]). Reads are served from memory; the durable copy is the
 //! SQLite database `<data_dir>/kiln.db` ([`db`]), plus dataset files.
+#![warn(missing_docs)]
 
 pub mod datasets;
 pub mod db;

@@ -29,14 +29,18 @@ pub enum DbError {
 /// A job as stored: its record and its whole event log, in sequence order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredJob {
+    /// The job's record.
     pub job: pb::Job,
+    /// Its events, by sequence number.
     pub events: Vec<pb::JobEvent>,
 }
 
 /// A model registry version as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelRow {
+    /// The model's name.
     pub name: String,
+    /// Its version number.
     pub version: u32,
     /// Empty for an imported model.
     pub job_id: String,
