@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::ServeError;
 
+/// How a loaded version batches its requests (the server's configuration).
 #[derive(Debug, Clone, Copy)]
 pub struct BatcherConfig {
     /// Rows per forward pass, at most (a single larger request runs alone).
@@ -91,6 +92,7 @@ pub struct StatsSnapshot {
 }
 
 impl BatcherStats {
+    /// The counters as they stand.
     pub fn snapshot(&self) -> StatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsSnapshot {
@@ -176,6 +178,7 @@ impl BatcherHandle {
         })
     }
 
+    /// Its counters as they stand.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
     }

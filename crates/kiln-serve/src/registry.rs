@@ -19,13 +19,17 @@ use crate::ServeError;
 
 /// A loaded model version and its batcher.
 pub struct ServedModel {
-/// Its model name.
+    /// Its model name.
     pub name: String,
+    /// Its version number under that name.
     pub version: u32,
     /// The job that trained it; empty for an imported model.
     pub job_id: String,
+    /// What it expects and answers (features, classes, scalers).
     pub meta: ModelMeta,
+    /// The device it runs on ("cpu", "cuda:0").
     pub device: String,
+    /// Its queue and workers.
     pub batcher: BatcherHandle,
 }
 
