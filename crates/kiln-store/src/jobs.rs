@@ -191,11 +191,6 @@ impl JobStore {
         })
     }
 
-    /// The database this store writes through to, if any.
-    pub fn db(&self) -> Option<&Arc<dyn Storage>> {
-        self.db.as_ref()
-    }
-
     /// What becomes of the jobs a previous process left unfinished (call once,
     /// at start, before anything runs). QUEUED jobs (suspended ones included)
     /// stay as they are. A job that was RUNNING was interrupted: it gets a

@@ -398,6 +398,7 @@ pub fn diff_specs(specs: &[pb::JobSpec]) -> Vec<(String, Vec<String>)> {
 mod tests {
     use super::*;
     use crate::space::number;
+    use crate::testing;
 
     fn text(s: &str) -> Value {
         Value {
@@ -405,21 +406,9 @@ mod tests {
         }
     }
 
+    /// The shared test spec with two hidden layers.
     fn base() -> pb::JobSpec {
         pb::JobSpec {
-            task: pb::Task::Regression as i32,
-            data: Some(pb::DataSpec {
-                source: Some(pb::data_spec::Source::Inline(pb::InlineData {
-                    columns: vec!["x".into(), "y".into()],
-                    rows: (0..20)
-                        .map(|i| pb::Row {
-                            values: vec![i as f64, 2.0 * i as f64],
-                        })
-                        .collect(),
-                })),
-                target_columns: vec!["y".into()],
-                ..Default::default()
-            }),
             model: Some(pb::ModelSpec {
                 hidden_layers: vec![
                     pb::HiddenLayer {
@@ -433,7 +422,7 @@ mod tests {
                 ],
                 ..Default::default()
             }),
-            ..Default::default()
+            ..testing::base()
         }
     }
 

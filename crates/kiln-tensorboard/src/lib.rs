@@ -245,10 +245,10 @@ impl EventWriter {
     /// (at step 0). Names must be distinct. Call once per run, before or
     /// after logging scalars; end the run with
     /// [`session_end`](Self::session_end).
-    pub fn hparams<K: AsRef<str>>(
+    pub fn hparams<K: AsRef<str>, M: AsRef<str>>(
         &mut self,
         hparams: &[(K, HParamValue)],
-        metrics: &[&str],
+        metrics: &[M],
     ) -> io::Result<()> {
         let time = now();
         let mut values = BTreeMap::new();
@@ -286,7 +286,7 @@ impl EventWriter {
                 .map(|tag| proto::MetricInfo {
                     name: Some(proto::MetricName {
                         group: String::new(),
-                        tag: tag.to_string(),
+                        tag: tag.as_ref().to_string(),
                     }),
                 })
                 .collect(),
@@ -537,7 +537,7 @@ mod tests {
         let err = a
             .hparams(
                 &[("x".to_string(), 1.0.into()), ("x".to_string(), 2.0.into())],
-                &[],
+                &[] as &[&str],
             )
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);

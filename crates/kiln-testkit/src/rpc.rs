@@ -35,6 +35,26 @@ pub async fn upload(
         .map(|r| r.into_inner())
 }
 
+/// The model file (safetensors) ExportModel streams for the newest version
+/// of `model`.
+pub async fn export_model(server: &Server, model: &str) -> Vec<u8> {
+    let mut stream = server
+        .inference()
+        .await
+        .export_model(pb::ModelRef {
+            model: model.into(),
+            version: String::new(),
+        })
+        .await
+        .expect("ExportModel")
+        .into_inner();
+    let mut file = Vec::new();
+    while let Some(chunk) = stream.message().await.expect("an export chunk") {
+        file.extend(chunk.chunk);
+    }
+    file
+}
+
 /// Every event of a job until it ends.
 pub async fn watch_all(server: &Server, job_id: &str) -> Vec<pb::JobEvent> {
     let mut stream = server

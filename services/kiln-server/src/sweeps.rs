@@ -47,7 +47,7 @@ struct Inner {
 struct Entry {
     record: Mutex<Record>,
     cancelled: AtomicBool,
-    records: Option<Arc<SweepRecords>>,
+    records: Arc<SweepRecords>,
 }
 
 struct Record {
@@ -76,7 +76,7 @@ impl Record {
 }
 
 impl Entry {
-    fn new(sweep: pb::Sweep, goal: Goal, records: Option<Arc<SweepRecords>>) -> Arc<Entry> {
+    fn new(sweep: pb::Sweep, goal: Goal, records: Arc<SweepRecords>) -> Arc<Entry> {
         Arc::new(Entry {
             record: Mutex::new(Record {
                 sweep,
@@ -95,9 +95,8 @@ impl Entry {
     /// Writes the record to the database (a failure is logged: the sweep
     /// goes on, and would not come back after a restart).
     fn persist(&self) {
-        let Some(records) = &self.records else { return };
         let sweep = self.with(|r| r.sweep.clone());
-        if let Err(e) = records.save(&sweep) {
+        if let Err(e) = self.records.save(&sweep) {
             tracing::error!(sweep = %sweep.id, error = %e, "sweep not persisted");
         }
     }
@@ -178,7 +177,7 @@ impl SweepService for SweepSvc {
         let id = format!("sweep-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let plan = plan(&request, &id).map_err(status::invalid)?;
         let sweep = plan.new_sweep(&id, request, now());
-        let entry = Entry::new(sweep, plan.goal, Some(self.0.sweep_records.clone()));
+        let entry = Entry::new(sweep, plan.goal, self.0.sweep_records.clone());
         entry.persist();
         self.0.sweeps.insert(entry.clone(), id.clone());
         tracing::info!(sweep = %id, trials = plan.points.len(), model = %plan.model_name, "sweep started");
@@ -277,7 +276,7 @@ pub fn resume(kiln: &Arc<Kiln>) {
             .as_ref()
             .ok_or_else(|| "no request stored".to_string())
             .and_then(|request| plan(request, &id).map_err(|e| e.to_string()));
-        let entry = Entry::new(sweep, goal, Some(kiln.sweep_records.clone()));
+        let entry = Entry::new(sweep, goal, kiln.sweep_records.clone());
         kiln.sweeps.insert(entry.clone(), id.clone());
         if ended {
             continue;

@@ -58,9 +58,7 @@ impl JobLog {
         let dir = run_dir(root, &job.id, &job.model_name, labels);
         let started = EventWriter::create(&dir).and_then(|mut w| {
             let hparams = hparams(&job.spec, labels);
-            let tags = metric_tags();
-            let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
-            w.hparams(&hparams, &tags)?;
+            w.hparams(&hparams, &metric_tags())?;
             Ok(w)
         });
         match started {

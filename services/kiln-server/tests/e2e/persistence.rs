@@ -108,20 +108,7 @@ async fn a_finished_job_and_its_model_survive_a_kill() {
         .await
         .unwrap();
     // An imported model (a copy of the trained one) is kept too.
-    let mut stream = server
-        .inference()
-        .await
-        .export_model(pb::ModelRef {
-            model: "persisted".into(),
-            version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut file = Vec::new();
-    while let Some(chunk) = stream.message().await.unwrap() {
-        file.extend(chunk.chunk);
-    }
+    let file = export_model(&server, "persisted").await;
     server
         .inference()
         .await

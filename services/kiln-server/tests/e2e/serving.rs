@@ -351,19 +351,8 @@ async fn moving_an_alias_under_load_drops_no_request() {
 async fn a_model_exports_and_imports_as_one_file() {
     let server = Server::start();
     train(&server, "m", 1).await;
+    let file = export_model(&server, "m").await;
     let mut client = server.inference().await;
-    let mut stream = client
-        .export_model(pb::ModelRef {
-            model: "m".into(),
-            version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut file = Vec::new();
-    while let Some(chunk) = stream.message().await.unwrap() {
-        file.extend_from_slice(&chunk.chunk);
-    }
     // Into a second server, as another replica would.
     let replica = Server::start();
     let messages: Vec<_> = file

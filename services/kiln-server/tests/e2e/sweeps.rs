@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use kiln::v1 as pb;
-use kiln_store::Storage as _;
+use kiln_store::SweepRecords;
 use kiln_testkit::*;
 use pb::sweep_service_client::SweepServiceClient;
 use prost_types::value::Kind;
@@ -648,14 +648,34 @@ async fn wait_for_second_trial(server: &Server, id: &str) -> pb::Sweep {
     }
 }
 
+/// The sweep records in a killed server's database.
+fn sweep_records(data_dir: &std::path::Path) -> SweepRecords {
+    let db = kiln_store::Db::open(&data_dir.join("kiln.db")).unwrap();
+    SweepRecords::new(std::sync::Arc::new(db))
+}
+
 /// The sweep `id` as the killed server left it in its database.
 fn stored_sweep(data_dir: &std::path::Path, id: &str) -> pb::Sweep {
-    let db = kiln_store::Db::open(&data_dir.join("kiln.db")).unwrap();
-    db.sweeps()
+    sweep_records(data_dir)
+        .load()
         .unwrap()
         .into_iter()
         .find(|s| s.id == id)
         .unwrap()
+}
+
+/// Three trials one at a time, long enough to be killed during the second.
+fn three_trials_one_at_a_time(model_name: &str) -> pb::SubmitSweepRequest {
+    pb::SubmitSweepRequest {
+        base: Some(base(100)),
+        search_space: HashMap::from([(
+            "training.optimizer.learning_rate".to_string(),
+            values(&[0.01, 0.003, 0.001]),
+        )]),
+        max_concurrent_trials: 1,
+        model_name: model_name.into(),
+        ..Default::default()
+    }
 }
 
 /// A sweep killed (SIGKILL) while its second trial runs comes back after the
@@ -664,17 +684,7 @@ fn stored_sweep(data_dir: &std::path::Path, id: &str) -> pb::Sweep {
 #[tokio::test]
 async fn a_sweep_resumes_after_a_kill() {
     let server = Server::start();
-    let request = pb::SubmitSweepRequest {
-        base: Some(base(100)),
-        search_space: HashMap::from([(
-            "training.optimizer.learning_rate".to_string(),
-            values(&[0.01, 0.003, 0.001]),
-        )]),
-        max_concurrent_trials: 1,
-        model_name: "survivor".into(),
-        ..Default::default()
-    };
-    let sweep = submit_sweep(&server, request).await;
+    let sweep = submit_sweep(&server, three_trials_one_at_a_time("survivor")).await;
     let before = wait_for_second_trial(&server, &sweep.id).await;
     let data_dir = server.kill_keeping_data();
     assert_eq!(before.state(), pb::SweepState::Running);
@@ -716,31 +726,19 @@ async fn a_sweep_resumes_after_a_kill() {
 #[tokio::test]
 async fn a_trial_submitted_just_before_a_kill_is_adopted_not_run_twice() {
     let server = Server::start();
-    let request = pb::SubmitSweepRequest {
-        base: Some(base(100)),
-        search_space: HashMap::from([(
-            "training.optimizer.learning_rate".to_string(),
-            values(&[0.01, 0.003, 0.001]),
-        )]),
-        max_concurrent_trials: 1,
-        model_name: "racer".into(),
-        ..Default::default()
-    };
-    let sweep = submit_sweep(&server, request).await;
+    let sweep = submit_sweep(&server, three_trials_one_at_a_time("racer")).await;
     wait_for_second_trial(&server, &sweep.id).await;
     let data_dir = server.kill_keeping_data();
 
     // Stage the race: trial 2's job exists, the stored sweep does not know it.
     let mut stored = stored_sweep(&data_dir, &sweep.id);
     assert_eq!(stored.state(), pb::SweepState::Running, "killed mid-sweep");
-    let db = kiln_store::Db::open(&data_dir.join("kiln.db")).unwrap();
     let trial_2 = &mut stored.trials[1];
     assert_eq!(trial_2.number, 2);
     let trial_2_job = std::mem::take(&mut trial_2.job_id);
     assert!(!trial_2_job.is_empty());
     trial_2.state = pb::JobState::Unspecified as i32;
-    db.put_sweep(&stored).unwrap();
-    drop(db);
+    sweep_records(&data_dir).save(&stored).unwrap();
 
     let server = Server::start_in(data_dir, &[]);
     let done = final_sweep(&watch_sweep(&server, &sweep.id).await);
