@@ -396,7 +396,40 @@ fn event_text(kind: &pb::job_event::Kind, total: u32) -> String {
             }
             text
         }
+        Kind::DataReport(r) => data_report_text(r),
     }
+}
+
+/// "data: 1000 rows read, 3 dropped (missing target); filled: age 12 cells
+/// with median 41, city 5 cells with own category".
+fn data_report_text(r: &pb::DataReport) -> String {
+    let mut dropped: Vec<String> = Vec::new();
+    if r.rows_dropped_missing_target > 0 {
+        dropped.push(format!("{} missing target", r.rows_dropped_missing_target));
+    }
+    for c in &r.rows_dropped_by_column {
+        dropped.push(format!("{} missing {}", c.count, c.column));
+    }
+    let mut text = format!("data: {} rows read", r.rows_read);
+    if !dropped.is_empty() {
+        text.push_str(&format!(", dropped {}", dropped.join(", ")));
+    }
+    if !r.filled.is_empty() {
+        let filled: Vec<String> = r
+            .filled
+            .iter()
+            .map(|f| {
+                let value = match f.strategy.as_str() {
+                    "own_category" => "its own category".to_string(),
+                    _ => format!("{} {}", f.strategy, f.value),
+                };
+                let indicator = if f.indicator { " (+ indicator)" } else { "" };
+                format!("{} {} cells with {value}{indicator}", f.column, f.cells)
+            })
+            .collect();
+        text.push_str(&format!("; filled: {}", filled.join(", ")));
+    }
+    text
 }
 
 fn value_text(v: &Option<prost_types::Value>) -> String {

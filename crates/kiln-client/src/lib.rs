@@ -328,7 +328,8 @@ impl Client {
             jobs: JobServiceClient::new(with(&channel)),
             datasets: DatasetServiceClient::new(with(&channel)),
             sweeps: SweepServiceClient::new(with(&channel)),
-            inference: InferenceServiceClient::new(with(&channel)),
+            inference: InferenceServiceClient::new(with(&channel))
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
         }
     }
 
@@ -675,18 +676,38 @@ impl Client {
         csv: &[u8],
     ) -> Result<table::PredictionTable> {
         let info = self.model_info(model, version).await?;
-        let text_rows = table::read_feature_csv(csv, info.as_ref())?;
-        let response = self
-            .predict(pb::PredictRequest {
-                model: model.to_string(),
-                version: version.to_string(),
-                text_rows,
-                ..Default::default()
-            })
-            .await?;
-        Ok(table::PredictionTable::new(response, info.as_ref()))
+        let mut text_rows = table::read_feature_csv(csv, info.as_ref())?;
+        // Chunks of PREDICT_CHUNK_ROWS, each asking for the version that
+        // answered the first, so a moving alias cannot mix two models.
+        let mut answer: Option<pb::PredictResponse> = None;
+        let mut pinned = version.to_string();
+        while !text_rows.is_empty() || answer.is_none() {
+            let rest = text_rows.split_off(text_rows.len().min(PREDICT_CHUNK_ROWS));
+            let response = self
+                .predict(pb::PredictRequest {
+                    model: model.to_string(),
+                    version: pinned.clone(),
+                    text_rows: std::mem::replace(&mut text_rows, rest),
+                    ..Default::default()
+                })
+                .await?;
+            pinned = response.model_version.to_string();
+            match &mut answer {
+                Some(all) => all.predictions.extend(response.predictions),
+                None => answer = Some(response),
+            }
+        }
+        let answer = answer.expect("one request at least");
+        Ok(table::PredictionTable::new(answer, info.as_ref()))
     }
 }
+
+/// Rows per Predict request when a table is scored (`predict_csv`): a few
+/// MB of request, under the server's default message limit (max_message_bytes).
+const PREDICT_CHUNK_ROWS: usize = 4096;
+
+/// Largest Predict answer the client reads (tonic's default is 4 MB).
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 
 /// The first message of an upload carries the name and format; every one carries a chunk.
 fn chunk_messages(

@@ -223,6 +223,17 @@ impl DatasetStore {
             .ok_or_else(|| DatasetError::NotFound(id.to_string()))
     }
 
+    /// The newest dataset uploaded under `name`.
+    pub fn newest_named(&self, name: &str) -> Option<DatasetMeta> {
+        self.metas
+            .read()
+            .unwrap()
+            .values()
+            .filter(|m| m.name == name)
+            .max_by(|a, b| (a.created_unix, &a.id).cmp(&(b.created_unix, &b.id)))
+            .cloned()
+    }
+
     /// Newest first.
     pub fn list(&self) -> Vec<DatasetMeta> {
         let mut all: Vec<_> = self.metas.read().unwrap().values().cloned().collect();

@@ -581,6 +581,7 @@ fn apply(job: &mut pb::Job, event: &pb::JobEvent) {
         }
         Some(Kind::EarlyStopped(_) | Kind::LrRangePoint(_)) => {}
         Some(Kind::LrRangeResult(r)) => job.lr_range = Some(*r),
+        Some(Kind::DataReport(r)) => job.data_report = Some(r.clone()),
         Some(Kind::Finished(f)) => {
             job.state = pb::JobState::Succeeded as i32;
             job.stop_reason = f.reason;

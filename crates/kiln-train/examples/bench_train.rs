@@ -105,6 +105,8 @@ fn load(dir: &str) -> (Dataset, usize) {
             index,
             labels: (0..classes).map(|c| c.to_string()).collect(),
         },
+        missing_cells: vec![0; width],
+        rows: Default::default(),
     };
     (dataset, classes)
 }

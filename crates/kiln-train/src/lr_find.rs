@@ -60,7 +60,7 @@ pub fn lr_range_test(
     let mut optimizer = optim::build(&training.optimizer);
     let train_x = features(&data.train, data.width, &ad);
     let train_y = targets(&data.train, data.outputs, &ad);
-    let loss_fn = Loss::new(&training.loss, &ad);
+    let loss_fn = Loss::new(&training.loss.balanced_for(&data.train_class_counts()), &ad);
     let has_batch_norm = arch.hidden.iter().any(|l| l.batch_norm.is_some());
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(training.seed);

@@ -49,10 +49,11 @@ def test_watch_streams_epochs_then_finished(client, rings):
     name, job, events = rings
     assert [e.sequence for e in events] == list(range(len(events)))
     assert all(e.job_id == job.id for e in events)
-    assert kinds(events)[:2] == ["state_changed", "state_changed"]
+    assert kinds(events)[:3] == ["state_changed", "data_report", "state_changed"]
     assert events[0].state_changed.state == pb.JOB_STATE_QUEUED
-    assert events[1].state_changed.state == pb.JOB_STATE_RUNNING
-    assert events[1].state_changed.device
+    assert events[1].data_report.rows_read > 0
+    assert events[2].state_changed.state == pb.JOB_STATE_RUNNING
+    assert events[2].state_changed.device
     epochs = [e.epoch for e in events if e.HasField("epoch")]
     assert [m.epoch for m in epochs] == list(range(1, EPOCHS + 1))
     assert all(np.isfinite(m.train_loss) and np.isfinite(m.val_loss) for m in epochs)

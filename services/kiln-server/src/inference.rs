@@ -11,7 +11,7 @@ use kiln_train::{ModelArtifact, Output};
 use pb::inference_service_server::InferenceService;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{deadline, status, Kiln};
+use crate::{deadline, metrics, status, Kiln};
 
 pub struct Inference(pub Arc<Kiln>);
 
@@ -277,7 +277,8 @@ impl InferenceService for Inference {
     }
 }
 
-/// Feature rows (after encoding, before scaling), checked for width and finiteness.
+/// Feature rows (after encoding, before scaling), checked for width; NaN (a
+/// missing value) filled as in training, any other non-finite value refused.
 fn feature_rows(model: &ServedModel, rows: &[pb::Row]) -> Result<Vec<f32>, Status> {
     let width = model.meta.arch.inputs;
     let mut values = Vec::with_capacity(rows.len() * width);
@@ -290,17 +291,30 @@ fn feature_rows(model: &ServedModel, rows: &[pb::Row]) -> Result<Vec<f32>, Statu
                 model.meta.feature_names.join(", ")
             )));
         }
-        if let Some(j) = row.values.iter().position(|v| !v.is_finite()) {
-            return Err(Status::invalid_argument(format!(
-                "rows[{i}].values[{j}]: must be finite"
-            )));
-        }
         values.extend(row.values.iter().map(|&v| v as f32));
     }
+    fill_missing(model, &mut values, |r, f| format!("rows[{r}].values[{f}]"))?;
     Ok(values)
 }
 
-/// Raw rows of the input columns, encoded as in training.
+/// Fills the NaN of feature rows with the model's fills (counted in the
+/// metrics); `at(row, feature)` names a refused value.
+pub(crate) fn fill_missing(
+    model: &ServedModel,
+    values: &mut [f32],
+    at: impl Fn(usize, usize) -> String,
+) -> Result<(), Status> {
+    let encoding = &model.meta.encoding;
+    let mut filled = vec![0; encoding.columns.len()];
+    encoding
+        .fill_missing(values, &mut filled, at)
+        .map_err(status::invalid)?;
+    metrics::missing_filled(&model.name, filled.iter().sum());
+    Ok(())
+}
+
+/// Raw rows of the input columns, encoded as in training: missing cells
+/// filled, unseen categories refused or ignored (and counted) as the model says.
 fn text_rows(model: &ServedModel, rows: &[pb::TextRow]) -> Result<Vec<f32>, Status> {
     let inputs = model.meta.encoding.input_names();
     let encoder = model.meta.encoding.encoder();
@@ -323,6 +337,8 @@ fn text_rows(model: &ServedModel, rows: &[pb::TextRow]) -> Result<Vec<f32>, Stat
             )
             .map_err(status::invalid)?;
     }
+    metrics::unseen_categories(&model.name, encoder.unseen());
+    metrics::missing_filled(&model.name, encoder.filled());
     Ok(values)
 }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use kiln::v1 as pb;
 use kiln_core::data::{Dataset, Table};
-use kiln_core::prepare::{prepare, Prepared};
+use kiln_core::prepare::{prepare, DataReport, Prepared};
 use kiln_core::spec::{DataSource, JobKind, JobSpec};
 use kiln_core::FieldError;
 use pb::job_service_server::JobService;
@@ -222,10 +222,11 @@ fn check_budget(kiln: &Kiln, spec: &JobSpec, train_rows: usize) -> Result<(), St
 /// `max_queued_jobs` are already waiting.
 async fn submit_checked(
     kiln: &Arc<Kiln>,
-    proto: pb::JobSpec,
-    spec: JobSpec,
+    mut proto: pb::JobSpec,
+    mut spec: JobSpec,
     limit_queue: bool,
 ) -> Result<pb::Job, Status> {
+    resolve_dataset_name(kiln, &mut proto, &mut spec)?;
     let (device, device_name) = kiln_train::device::resolve(spec.device)
         .map_err(|m| status::invalid(FieldError::new("spec.device", m)))?;
     // Reading and checking the data is CPU work: keep it off the async workers.
@@ -254,6 +255,13 @@ async fn submit_checked(
         input_features: data.width as u32,
         ..Default::default()
     });
+    let job = kiln
+        .store
+        .append(
+            &job.id,
+            pb::job_event::Kind::DataReport(data_report(&data.report)),
+        )
+        .unwrap_or(job);
     tracing::info!(job = %id, model = %model_name, rows = data.train.rows + data.validation.rows, "job queued");
     kiln.runner.submit(QueuedJob {
         id,
@@ -282,6 +290,10 @@ pub fn prepare_data(kiln: &Kiln, spec: &JobSpec) -> Result<Prepared, Status> {
                     other => status::dataset(other),
                 })
             })?,
+        DataSource::DatasetName(name) => {
+            let id = dataset_named(kiln, name)?.id;
+            kiln.datasets.load(&id).map_err(status::dataset)?
+        }
         DataSource::Inline { columns, rows } => {
             Table::from_inline(columns, rows).map_err(status::invalid)?
         }
@@ -291,6 +303,61 @@ pub fn prepare_data(kiln: &Kiln, spec: &JobSpec) -> Result<Prepared, Status> {
     spec.check_against_data(prepared.outputs)
         .map_err(status::invalid)?;
     Ok(prepared)
+}
+
+/// A spec naming its dataset by name trains on the newest upload with that
+/// name: both the record's spec and the job's become that dataset's id, so a
+/// restart reads the same data whatever was uploaded since.
+fn resolve_dataset_name(
+    kiln: &Kiln,
+    proto: &mut pb::JobSpec,
+    spec: &mut JobSpec,
+) -> Result<(), Status> {
+    let DataSource::DatasetName(name) = &spec.data.source else {
+        return Ok(());
+    };
+    let meta = dataset_named(kiln, name)?;
+    if let Some(data) = proto.data.as_mut() {
+        data.source = Some(pb::data_spec::Source::DatasetId(meta.id.clone()));
+    }
+    spec.data.source = DataSource::Dataset(meta.id);
+    Ok(())
+}
+
+fn dataset_named(kiln: &Kiln, name: &str) -> Result<kiln_store::DatasetMeta, Status> {
+    kiln.datasets.newest_named(name).ok_or_else(|| {
+        Status::not_found(format!(
+            "spec.data.dataset_name: no dataset is named \"{name}\""
+        ))
+    })
+}
+
+/// What reading the data did, as the job record and its event carry it.
+fn data_report(report: &DataReport) -> pb::DataReport {
+    pb::DataReport {
+        rows_read: report.rows.read,
+        rows_dropped_missing_target: report.rows.dropped_missing_target,
+        rows_dropped_by_column: report
+            .rows
+            .dropped_by_column
+            .iter()
+            .map(|(column, count)| pb::ColumnCount {
+                column: column.clone(),
+                count: *count,
+            })
+            .collect(),
+        filled: report
+            .filled
+            .iter()
+            .map(|f| pb::ColumnFill {
+                column: f.column.clone(),
+                strategy: f.strategy.to_string(),
+                cells: f.cells,
+                value: f.value.clone(),
+                indicator: f.indicator,
+            })
+            .collect(),
+    }
 }
 
 fn uuid_simple() -> String {

@@ -44,6 +44,22 @@ static GRPC_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     IntCounterVec::new(opts, &["method", "code"]).expect("valid metric")
 });
 static GRPC_METHODS: MethodCap = MethodCap(Mutex::new(BTreeSet::new()));
+static UNSEEN_CATEGORIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let opts = Opts::new(
+        "kiln_unseen_categories_total",
+        "Categories Predict met that the model did not see in training, encoded as all-zero one-hots (UNSEEN_IGNORE), by model.",
+    );
+    IntCounterVec::new(opts, &["model"]).expect("valid metric")
+});
+static MISSING_FILLED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let opts = Opts::new(
+        "kiln_missing_values_filled_total",
+        "Missing cells Predict filled with the model's training-time fill values, by model.",
+    );
+    IntCounterVec::new(opts, &["model"]).expect("valid metric")
+});
+/// The `model` label values of the Predict counters, capped like methods.
+static MODELS: MethodCap = MethodCap(Mutex::new(BTreeSet::new()));
 static EPOCH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     let opts = HistogramOpts::new(
         "kiln_epoch_duration_seconds",
@@ -80,6 +96,24 @@ pub fn grpc_request(method: &str, code: &'static str) {
         .inc();
 }
 
+/// Counts unseen categories one Predict request encoded as all zeros.
+pub fn unseen_categories(model: &str, count: u64) {
+    if count > 0 {
+        UNSEEN_CATEGORIES
+            .with_label_values(&[MODELS.label(model)])
+            .inc_by(count);
+    }
+}
+
+/// Counts missing cells one Predict request filled.
+pub fn missing_filled(model: &str, count: u64) {
+    if count > 0 {
+        MISSING_FILLED
+            .with_label_values(&[MODELS.label(model)])
+            .inc_by(count);
+    }
+}
+
 /// Records one training epoch's wall-clock duration.
 pub fn observe_epoch(seconds: f64) {
     if seconds.is_finite() && seconds >= 0.0 {
@@ -97,9 +131,11 @@ pub struct Sources {
 /// `sources`.
 fn registry(sources: Arc<Sources>) -> Registry {
     let registry = Registry::new();
-    let collectors: [Box<dyn Collector>; 3] = [
+    let collectors: [Box<dyn Collector>; 5] = [
         Box::new(GRPC_REQUESTS.clone()),
         Box::new(EPOCH_SECONDS.clone()),
+        Box::new(UNSEEN_CATEGORIES.clone()),
+        Box::new(MISSING_FILLED.clone()),
         Box::new(Scrape::new(sources)),
     ];
     for collector in collectors {

@@ -230,7 +230,8 @@ impl GrpcInferenceService for Oip {
 }
 
 /// The request's one input tensor as row-major feature rows, checked against
-/// the model: name, datatype, shape, and the values' count and finiteness.
+/// the model: name, datatype, shape and the values' count; NaN (a missing
+/// value) filled as in training, any other non-finite value refused.
 fn input_rows(
     model: &ServedModel,
     request: &mut oip::ModelInferRequest,
@@ -305,14 +306,10 @@ fn input_rows(
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect()
     };
-    if let Some(at) = values.iter().position(|v| !v.is_finite()) {
-        return invalid(format!(
-            "inputs[0]: the value at row {}, column {} must be finite, got {}",
-            at / width,
-            at % width,
-            values[at]
-        ));
-    }
+    let mut values = values;
+    crate::inference::fill_missing(model, &mut values, |r, f| {
+        format!("inputs[0]: the value at row {r}, column {f}")
+    })?;
     Ok(values)
 }
 

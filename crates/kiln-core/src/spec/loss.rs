@@ -19,6 +19,9 @@ pub struct LossSpec {
     pub class_weights: Vec<f64>,
     /// BCE weight of the positive class.
     pub pos_weight: f64,
+    /// Weigh classes by their training counts (`CLASS_WEIGHTING_BALANCED`):
+    /// [`LossSpec::balanced_for`] sets `class_weights` or `pos_weight`.
+    pub balanced: bool,
 }
 
 impl LossSpec {
@@ -35,7 +38,39 @@ impl LossSpec {
             label_smoothing: 0.0,
             class_weights: Vec::new(),
             pos_weight: Self::DEFAULT_POS_WEIGHT,
+            balanced: false,
         }
+    }
+
+    /// The loss with balanced weights resolved from the training split's
+    /// class counts: scikit-learn's `compute_class_weight("balanced")`,
+    /// n / (k * count), as cross-entropy's class weights, or as BCE's
+    /// `pos_weight` = w_1 / w_0 = negatives / positives. Unchanged unless
+    /// `balanced`.
+    pub fn balanced_for(&self, counts: &[u64]) -> LossSpec {
+        let mut spec = self.clone();
+        if !self.balanced {
+            return spec;
+        }
+        let n: u64 = counts.iter().sum();
+        let k = counts.len() as f64;
+        let weight = |c: u64| {
+            if c == 0 {
+                0.0
+            } else {
+                n as f64 / (k * c as f64)
+            }
+        };
+        match self.kind {
+            LossKind::BinaryCrossEntropy if counts.len() == 2 && counts[1] > 0 => {
+                spec.pos_weight = counts[0] as f64 / counts[1] as f64;
+            }
+            LossKind::CrossEntropy => {
+                spec.class_weights = counts.iter().map(|&c| weight(c)).collect()
+            }
+            _ => {}
+        }
+        spec
     }
 }
 
@@ -131,12 +166,33 @@ pub(super) fn validate_loss(loss: Option<&pb::Loss>, task: Task) -> Result<LossS
         "spec.training.loss.pos_weight",
         "only applies to LOSS_BINARY_CROSS_ENTROPY",
     )?;
+    let balanced = match pb::ClassWeighting::try_from(loss.class_weighting) {
+        Ok(pb::ClassWeighting::Default | pb::ClassWeighting::None) => false,
+        Ok(pb::ClassWeighting::Balanced) => true,
+        Err(_) => {
+            return Err(unknown_enum(
+                "spec.training.loss.class_weighting",
+                loss.class_weighting,
+            ))
+        }
+    };
+    ensure(
+        !balanced || matches!(kind, LossKind::CrossEntropy | LossKind::BinaryCrossEntropy),
+        "spec.training.loss.class_weighting",
+        "only applies to cross-entropy losses",
+    )?;
+    ensure(
+        !balanced || (loss.class_weights.is_empty() && loss.pos_weight.is_none()),
+        "spec.training.loss.class_weighting",
+        "CLASS_WEIGHTING_BALANCED sets the weights; leave class_weights and pos_weight unset",
+    )?;
     Ok(LossSpec {
         kind,
         huber_delta,
         label_smoothing: loss.label_smoothing,
         class_weights: loss.class_weights.clone(),
         pos_weight,
+        balanced,
     })
 }
 
@@ -169,7 +225,32 @@ mod tests {
                 },
                 "spec.training.loss.pos_weight: only applies to LOSS_BINARY_CROSS_ENTROPY",
             ),
+            (
+                pb::TrainingSpec {
+                    loss: Some(pb::Loss {
+                        class_weights: vec![1.0, 2.0],
+                        class_weighting: pb::ClassWeighting::Balanced as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                "spec.training.loss.class_weighting: CLASS_WEIGHTING_BALANCED sets the weights; leave class_weights and pos_weight unset",
+            ),
         ];
         assert_training_errors(cases);
+    }
+
+    /// scikit-learn's compute_class_weight("balanced", classes, y) for counts
+    /// 6, 3, 1: 10 / (3 * count).
+    #[test]
+    fn balanced_weights_are_sklearns() {
+        let mut spec = LossSpec::plain(LossKind::CrossEntropy);
+        assert_eq!(spec.balanced_for(&[6, 3, 1]), spec, "off unless asked");
+        spec.balanced = true;
+        let w = spec.balanced_for(&[6, 3, 1]).class_weights;
+        assert_eq!(w, [10.0 / 18.0, 10.0 / 9.0, 10.0 / 3.0]);
+        let mut bce = LossSpec::plain(LossKind::BinaryCrossEntropy);
+        bce.balanced = true;
+        assert_eq!(bce.balanced_for(&[95, 5]).pos_weight, 19.0);
     }
 }

@@ -129,8 +129,9 @@ fn set_up<'a>(
     let train_y = targets(&data.train, data.outputs, &ad);
     let val_x = features(&data.validation, data.width, device);
     let val_y = targets(&data.validation, data.outputs, device);
-    let train_loss_fn = Loss::new(&training.loss, &ad);
-    let val_loss_fn = Loss::new(&training.loss, device);
+    let loss = training.loss.balanced_for(&data.train_class_counts());
+    let train_loss_fn = Loss::new(&loss, &ad);
+    let val_loss_fn = Loss::new(&loss, device);
     let has_batch_norm = arch.hidden.iter().any(|l| l.batch_norm.is_some());
     let stochastic = arch
         .hidden

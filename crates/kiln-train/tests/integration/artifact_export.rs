@@ -45,6 +45,7 @@ fn trained_artifact() -> ModelArtifact {
     })
     .unwrap();
     let data = Prepared {
+        report: Default::default(),
         train: regression_data(64, 3, 1),
         validation: regression_data(16, 3, 2),
         width: 3,

@@ -80,6 +80,7 @@ pub fn regression_data(rows: usize, inputs: usize, seed: u64) -> kiln_core::prep
 pub fn regression_prepared(train_rows: usize) -> kiln_core::prepare::Prepared {
     let names = ["a", "b", "c", "d"];
     kiln_core::prepare::Prepared {
+        report: Default::default(),
         train: regression_data(train_rows, names.len(), 5),
         validation: regression_data(64, names.len(), 6),
         width: names.len(),

@@ -38,6 +38,7 @@ fn prepared(train: Split, validation: Split, inputs: usize) -> Prepared {
         SplitTargets::Classes(_) => 2,
     };
     Prepared {
+        report: Default::default(),
         train,
         validation,
         width: inputs,

@@ -266,6 +266,7 @@ fn train_with_swa_reports_and_serves_by_the_monitor() {
     let _alone = generator_alone();
     let inputs = 3;
     let data = Prepared {
+        report: Default::default(),
         train: regression_data(100, inputs, 21),
         validation: regression_data(30, inputs, 42),
         width: inputs,

@@ -216,10 +216,10 @@ async fn bad_requests_get_statuses_that_name_the_field() {
         st.message()
     );
 
-    // Non-finite inline data names row and column.
+    // Infinite inline data names row and column (NaN is a missing value).
     let mut s = base();
     if let Some(pb::data_spec::Source::Inline(inline)) = &mut s.data.as_mut().unwrap().source {
-        inline.rows[2].values[0] = f64::NAN;
+        inline.rows[2].values[0] = f64::INFINITY;
     }
     let st = submit_err(&server, s).await;
     assert_eq!(st.code(), Code::InvalidArgument);

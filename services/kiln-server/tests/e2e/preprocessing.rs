@@ -33,6 +33,9 @@ fn shapes_job(dataset: &str, categorical: bool) -> pb::JobSpec {
     let mut data = dataset_source(dataset, &["label"]);
     if categorical {
         data.categorical_columns = vec!["shape".into()];
+        // Unseen shapes are errors here (the default ignores them).
+        data.column_unseen_categories =
+            [("shape".into(), pb::UnseenCategories::UnseenError as i32)].into();
     }
     pb::JobSpec {
         task: pb::Task::BinaryClassification as i32,
