@@ -56,8 +56,9 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return "" if math.isnan(value) else repr(value)
+        if math.isnan(value):
+            return ""
+        return repr(float(value)) if isinstance(value, float) else str(value)
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
     if isinstance(value, (int, np.integer)):
@@ -74,10 +75,15 @@ def _cell(value: Any) -> str:
 
 def column_cells(series) -> List[str]:
     """One column's cells as text (see the module's docstring)."""
+    if not isinstance(series.dtype, np.dtype):  # pandas' own dtypes: Int64, category, ...
+        return [_cell(v) for v in series.astype(object).tolist()]
     values = series.to_numpy()
     kind = values.dtype.kind
+    if kind == "f" and values.dtype.itemsize < 8:
+        # float32's shortest repr, as pandas writes it in to_csv.
+        return ["" if v != v else str(v) for v in values]
     if kind == "f":
-        return ["" if v != v else repr(v) for v in values.astype(np.float64).tolist()]
+        return ["" if v != v else repr(v) for v in values.tolist()]
     if kind in "iu":
         return [str(v) for v in values.tolist()]
     if kind == "b":

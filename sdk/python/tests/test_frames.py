@@ -304,3 +304,26 @@ def test_missing_cells_are_filled(client):
     got = client.predict(name, rows)
     assert got.index.equals(rows.index) and got["class"].isin(["no", "yes"]).all()
     assert np.isfinite(got[["p_no", "p_yes"]].to_numpy()).all()
+
+
+def test_cells_are_the_text_to_csv_writes():
+    """Predict's cells equal the uploaded CSV's, whatever the dtype (no server)."""
+    frame = pd.DataFrame(
+        {
+            "f64": [1 / 3, np.nan, 1e300],
+            "f32": np.array([0.1, np.nan, 2], dtype=np.float32),
+            "i": [1, 2, 3],
+            "nullable": pd.array([1, None, 3], dtype="Int64"),
+            "cat": pd.Categorical(["a", None, "b"]),
+            "flag": [True, False, True],
+            "mixed": [0.1 + 0.2, None, "x"],
+        }
+    )
+    csv_rows = [line.split(",") for line in frames.frame_csv(frame).decode().splitlines()[1:]]
+    assert frames.text_rows(frame, list(frame.columns)) == csv_rows
+    # numpy scalars in object cells (a Series turned into a row holds them)
+    row = pd.DataFrame(
+        {c: pd.Series([v], dtype=object) for c, v in
+         {"f64": np.float64(1 / 3), "f32": np.float32(0.1), "i": np.int64(1)}.items()}
+    )
+    assert frames.text_rows(row, ["f64", "f32", "i"]) == [["0.3333333333333333", "0.1", "1"]]
