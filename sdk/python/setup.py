@@ -90,7 +90,7 @@ def requirements():
         if m:
             major, minor, patch = map(int, m.groups())
             protobuf = f"protobuf>={major}.{minor}.{patch},<{major + 1}"
-    return [grpcio, protobuf, "numpy"]
+    return [grpcio, protobuf, "numpy", "pandas", "pyyaml", "tqdm"]
 
 
 generate()

@@ -1,9 +1,11 @@
 """The kiln client: training jobs, datasets and predictions over gRPC.
 
 Every method returns the generated protobuf messages of :mod:`kiln_sdk.pb`
-(``pb.Job``, ``pb.JobEvent``, ``pb.Dataset``, ``pb.ModelInfo``), except
-:meth:`Client.predict`, which returns numpy arrays in a :class:`Prediction`.
-A failed call raises :class:`KilnError`.
+(``pb.Job``, ``pb.JobEvent``, ``pb.Dataset``, ``pb.ModelInfo``, ``pb.Sweep``),
+except :meth:`Client.predict`, which returns a pandas DataFrame for a
+DataFrame and numpy arrays in a :class:`Prediction` otherwise. A failed call
+raises :class:`KilnError`; a job waited for that does not succeed,
+:class:`JobFailed`.
 """
 
 from __future__ import annotations
@@ -14,19 +16,25 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 import grpc
 import numpy as np
 from google.protobuf import json_format
 
-from kiln_sdk import pb
-from kiln_sdk._proto.kiln.v1 import datasets_pb2_grpc, inference_pb2_grpc, jobs_pb2_grpc
+from kiln_sdk import frames, pb
+from kiln_sdk._proto.kiln.v1 import (
+    datasets_pb2_grpc,
+    inference_pb2_grpc,
+    jobs_pb2_grpc,
+    sweeps_pb2_grpc,
+)
 
 #: Bytes per UploadDataset message.
 CHUNK_BYTES = 1 << 20
 
 Spec = Union[Mapping[str, Any], "pb.JobSpec", "pb.SubmitJobRequest", str, os.PathLike]
+SweepSpec = Union[Mapping[str, Any], "pb.SubmitSweepRequest", str, os.PathLike]
 
 
 class KilnError(Exception):
@@ -43,6 +51,27 @@ class KilnError(Exception):
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
+
+
+class JobFailed(Exception):
+    """A job waited for (``submit(..., wait=True)``, ``wait(..., check=True)``)
+    that ended without succeeding: FAILED or CANCELLED.
+
+    ``job`` is the final ``pb.Job``; ``state`` and ``reason`` are the names of
+    its ``JobState`` and ``StopReason`` (e.g. ``"JOB_STATE_FAILED"``,
+    ``"STOP_REASON_DIVERGED"``) and ``message`` the server's detail, e.g.
+    ``training diverged at epoch 2: ...``.
+    """
+
+    def __init__(self, job: "pb.Job"):
+        self.job = job
+        self.state = pb.JobState.Name(job.state)
+        self.reason = pb.StopReason.Name(job.stop_reason)
+        self.message = job.message
+        super().__init__(
+            f"job {job.id} ended {self.state.removeprefix('JOB_STATE_')} "
+            f"({self.reason.removeprefix('STOP_REASON_')}): {job.message}"
+        )
 
 
 @contextmanager
@@ -121,9 +150,9 @@ class Client:
     none). ``root_certificates`` (PEM bytes) makes the connection TLS, trusting
     that CA; without it the connection is plaintext. ``timeout`` is the
     deadline in seconds of each unary call (None: none). The generated service stubs are
-    available as ``jobs_stub``, ``datasets_stub`` and ``inference_stub`` for
-    anything this class does not wrap. Use it as a context manager, or call
-    :meth:`close`.
+    available as ``jobs_stub``, ``datasets_stub``, ``inference_stub`` and
+    ``sweeps_stub`` for anything this class does not wrap. Use it as a context
+    manager, or call :meth:`close`.
     """
 
     def __init__(
@@ -152,6 +181,10 @@ class Client:
         self.jobs_stub = jobs_pb2_grpc.JobServiceStub(self.channel)
         self.datasets_stub = datasets_pb2_grpc.DatasetServiceStub(self.channel)
         self.inference_stub = inference_pb2_grpc.InferenceServiceStub(self.channel)
+        self.sweeps_stub = sweeps_pb2_grpc.SweepServiceStub(self.channel)
+        # (model, version asked for) -> the ModelInfo that answered it last;
+        # checked against every Predict answer (see _predict_frame).
+        self._model_infos: Dict[Tuple[str, str], "pb.ModelInfo"] = {}
 
     def close(self) -> None:
         self._raw_channel.close()
@@ -168,27 +201,73 @@ class Client:
 
     # Jobs
 
-    def submit(self, spec: Spec, *, wait: bool = False, timeout: Optional[float] = None):
+    def submit(
+        self,
+        spec: Spec,
+        *,
+        wait: bool = False,
+        timeout: Optional[float] = None,
+        progress: bool = False,
+    ):
         """Submits a training job and returns its ``pb.Job`` (QUEUED).
 
         ``spec`` is a dict in proto3 JSON mapping, either a SubmitJobRequest
         (``{"spec": {...}}``, the format of ``examples/*.json``) or a bare
-        JobSpec; a path to such a JSON file; or a ``pb.JobSpec`` or
-        ``pb.SubmitJobRequest``. With ``wait=True`` it returns the job once it
-        has ended instead (see :meth:`wait`; ``timeout`` applies there).
+        JobSpec; a path to a job file as the ``kiln`` CLI takes it (``.json``,
+        or ``.yaml``/``.yml``: the same proto3 JSON mapping written as YAML,
+        e.g. ``examples/rings.yaml``); or a ``pb.JobSpec`` or
+        ``pb.SubmitJobRequest``.
+
+        With ``wait=True`` it waits for the job to end and returns the final
+        ``pb.Job`` if it SUCCEEDED, else raises :class:`JobFailed` (``timeout``
+        bounds the wait). ``progress=True`` (with ``wait``) shows a tqdm
+        progress bar advancing once per epoch, with the epoch's losses.
         """
         job = self._call(self.jobs_stub.SubmitJob, _submit_request(spec))
-        return self.wait(job.id, timeout=timeout) if wait else job
+        if not wait:
+            return job
+        return self.wait(job.id, timeout=timeout, progress=progress, check=True)
+
+    def submit_file(self, path: Union[str, os.PathLike], **kwargs):
+        """Submits a job file (``.json``, ``.yaml`` or ``.yml``; see
+        :func:`load_job_file`); ``kwargs`` as for :meth:`submit`."""
+        return self.submit(load_job_file(path), **kwargs)
 
     def get(self, job_id: str):
         """The job's current ``pb.Job``."""
         return self._call(self.jobs_stub.GetJob, pb.GetJobRequest(job_id=job_id))
 
-    def jobs(self, state: Union[None, int, str] = None) -> List["pb.Job"]:
+    def jobs(
+        self,
+        state: Union[None, int, str] = None,
+        *,
+        sweep_id: str = "",
+        labels: Optional[Mapping[str, str]] = None,
+        order_by: str = "",
+    ) -> List["pb.Job"]:
         """Every job, newest first; ``state`` (e.g. ``"RUNNING"`` or
-        ``pb.JOB_STATE_RUNNING``) keeps only those in that state."""
-        request = pb.ListJobsRequest(state=_enum(pb.JobState, "JOB_STATE_", state))
+        ``pb.JOB_STATE_RUNNING``) keeps only those in that state, ``sweep_id``
+        a sweep's trials, ``labels`` the jobs whose spec labels hold them all.
+        ``order_by`` sorts by a best-epoch metric instead: ``"val_loss"``
+        ascending, ``"-val_accuracy"`` descending."""
+        request = pb.ListJobsRequest(
+            state=_enum(pb.JobState, "JOB_STATE_", state),
+            sweep_id=sweep_id,
+            labels=dict(labels or {}),
+            order_by=order_by,
+        )
         return list(self._call(self.jobs_stub.ListJobs, request).jobs)
+
+    def compare(self, *job_ids: str):
+        """Jobs side by side (``pb.CompareJobsResponse``): ``.jobs`` in the
+        order given, ``.differences`` (the spec fields that differ, each with
+        ``.path`` and one proto-JSON ``.values`` entry per job) and
+        ``.curves`` (each job's per-epoch metrics). Takes two or more ids, or
+        one list of them."""
+        if len(job_ids) == 1 and not isinstance(job_ids[0], str):
+            job_ids = tuple(job_ids[0])
+        request = pb.CompareJobsRequest(job_ids=list(job_ids))
+        return self._call(self.jobs_stub.CompareJobs, request)
 
     def cancel(self, job_id: str):
         """Stops a queued or running job (it ends CANCELLED); returns the ``pb.Job``."""
@@ -216,19 +295,33 @@ class Client:
         *,
         timeout: Optional[float] = None,
         on_event: Optional[Callable[["pb.JobEvent"], None]] = None,
+        progress: bool = False,
+        check: bool = False,
     ):
         """Waits for the job to end (SUCCEEDED, FAILED or CANCELLED) and returns
-        its final ``pb.Job``; ``on_event`` sees each event on the way."""
-        for event in self.watch(job_id, timeout=timeout):
-            if on_event is not None:
-                on_event(event)
-        return self.get(job_id)
+        its final ``pb.Job``; ``on_event`` sees each event on the way.
+        ``check=True`` raises :class:`JobFailed` unless it SUCCEEDED;
+        ``progress=True`` shows a tqdm bar advancing per epoch (needs tqdm)."""
+        bar = _EpochBar(self.get(job_id)) if progress else None
+        try:
+            for event in self.watch(job_id, timeout=timeout):
+                if bar is not None:
+                    bar.event(event)
+                if on_event is not None:
+                    on_event(event)
+        finally:
+            if bar is not None:
+                bar.close()
+        job = self.get(job_id)
+        if check and job.state != pb.JOB_STATE_SUCCEEDED:
+            raise JobFailed(job)
+        return job
 
     # Datasets
 
     def upload_dataset(
         self,
-        source: Union[str, os.PathLike, bytes, np.ndarray, Mapping[str, np.ndarray]],
+        source: Union[str, os.PathLike, bytes, np.ndarray, Mapping[str, np.ndarray], Any],
         name: Optional[str] = None,
         *,
         chunk_bytes: int = CHUNK_BYTES,
@@ -238,6 +331,10 @@ class Client:
 
         ``source`` is one of:
 
+        - a pandas DataFrame, sent as CSV with a header row (the index is a
+          column only when it is named; NaN/None become empty cells, which
+          the server treats as missing values; floats keep full precision).
+          A Series is a one-column frame;
         - a path to a CSV file with a header row, or the CSV's bytes;
         - a numpy array, sent as the NPY array ``x`` (columns ``x[0]``,
           ``x[1]``, ...; a 1-D array is the one column ``x``);
@@ -248,7 +345,11 @@ class Client:
         ``name`` defaults to the file's stem, else the server's "dataset".
         """
         parts: Iterable[Tuple[str, bytes]]
-        if isinstance(source, (str, os.PathLike)):
+        if frames.is_series(source):
+            source = source.to_frame()
+        if frames.is_frame(source):
+            source = frames.frame_csv(source)
+        elif isinstance(source, (str, os.PathLike)):
             path = Path(source)
             name = name or path.stem
             if path.suffix == ".npz":
@@ -283,14 +384,39 @@ class Client:
 
     # Inference
 
-    def predict(self, model: str, x, version: Union[None, int, str] = None) -> Prediction:
+    def predict(self, model: str, x, version: Union[None, int, str] = None):
         """Predicts with a served model.
 
         ``model`` is a model name (a spec's ``modelName``) or the id of the job
         that trained it; ``version`` a number or an alias (None: the newest
-        loaded). ``x`` is ``(n, features)`` (a 1-D array is one row), features
-        in the model's order (``ModelInfo.feature_columns``), unscaled.
+        loaded).
+
+        ``x`` with column names -- a pandas DataFrame, a dict of columns or a
+        Series (one row) -- is matched to the model's input columns
+        (``ModelInfo.input_columns``) BY NAME: order free, other columns (the
+        target, ids) ignored, a missing one raises ``ValueError`` naming it.
+        Cells go as text, as in the training CSV: numbers at full precision,
+        categorical columns as their raw values, NaN/None as empty (missing)
+        cells. Large frames are sent in several requests (at most
+        ``frames.PREDICT_CHUNK_ROWS`` rows or about ``PREDICT_CHUNK_BYTES``
+        each), all answered by the same model version. It returns a DataFrame
+        with ``x``'s index: for classification the column ``class`` (the
+        label) and ``p_<label>`` per class (the probabilities); for
+        regression one column per target column. Its ``attrs`` hold
+        ``model_version`` and ``job_id``.
+
+        ``x`` without names -- a numpy array or nested lists -- is
+        positional: ``(n, features)`` (a 1-D array is one row), numeric
+        features in the model's order (``ModelInfo.feature_columns``, after
+        one-hot encoding), unscaled. It returns a :class:`Prediction` of
+        numpy arrays.
         """
+        if frames.is_series(x):
+            x = x.to_frame().T
+        elif isinstance(x, Mapping):
+            x = frames.pandas().DataFrame(x)
+        if frames.is_frame(x):
+            return self._predict_frame(model, x, "" if version is None else str(version).strip())
         rows = np.asarray(x, dtype=np.float64)
         if rows.ndim == 1:
             rows = rows[None, :]
@@ -308,21 +434,238 @@ class Client:
         """Every version of every model (``pb.ModelInfo``)."""
         return list(self._call(self.inference_stub.ListModels, pb.ListModelsRequest()).models)
 
+    def model_info(self, model: str, version: Union[None, int, str] = None):
+        """The ``pb.ModelInfo`` of the version Predict would use for ``model``
+        (a name or a job id) and ``version`` (a number, an alias, or None:
+        the newest loaded), fetched now. Unknown: ``KilnError`` NOT_FOUND."""
+        version = "" if version is None else str(version).strip()
+        models = self.models()
+        info = _resolve_model(models, model, version)
+        if info is None:
+            if not version and any(m.name == model or m.job_id == model for m in models):
+                raise KilnError(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"model {model!r} has no loaded version"
+                )
+            what = f"model {model!r}" + (f" version {version!r}" if version else "")
+            raise KilnError(grpc.StatusCode.NOT_FOUND, f"no {what}")
+        self._model_infos[(model, version)] = info
+        return info
+
+    def _predict_frame(self, model: str, frame, version: str):
+        """Predicts a DataFrame; see :meth:`predict`.
+
+        The ModelInfo (which columns to send) is cached per (model, version
+        asked); every answer names the job and version that gave it, and an
+        answer from another one than the cached info's (a new version, a
+        moved alias) drops the cache and starts over with fresh info. After
+        the first request, the rest name the answering version by number.
+        """
+        for attempt in range(3):
+            cached = self._model_infos.get((model, version))
+            info = cached if cached is not None and attempt == 0 else self.model_info(model, version)
+            columns = list(info.input_columns or info.feature_columns)
+            names = {str(c): c for c in frame.columns}
+            missing = [c for c in columns if c not in names]
+            if missing and info is cached:
+                continue  # perhaps stale: check with fresh info
+            if missing:
+                raise frames.missing_columns_error(missing, info)
+            rows = frames.text_rows(frame, [names[c] for c in columns])
+            predictions, asked, stale = [], version, False
+            try:
+                for chunk in frames.chunks(rows, frames.PREDICT_CHUNK_ROWS, frames.PREDICT_CHUNK_BYTES):
+                    request = pb.PredictRequest(
+                        model=model,
+                        version=asked,
+                        text_rows=[pb.TextRow(cells=cells) for cells in chunk],
+                    )
+                    response = self._call(self.inference_stub.Predict, request)
+                    if (response.job_id, response.model_version) != (info.job_id, info.version):
+                        stale = True
+                        break
+                    predictions.extend(response.predictions)
+                    asked = str(response.model_version)
+            except KilnError as err:
+                if info is cached and err.code in (
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    grpc.StatusCode.NOT_FOUND,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                ):
+                    continue  # perhaps a stale column list: retry with fresh info
+                raise
+            if stale:
+                self._model_infos.pop((model, version), None)
+                continue
+            result = frames.prediction_frame(predictions, info, frame.index)
+            result.attrs["model_version"] = info.version
+            result.attrs["job_id"] = info.job_id
+            return result
+        raise KilnError(
+            grpc.StatusCode.ABORTED,
+            f"model {model!r} kept changing versions while predicting; try again",
+        )
+
+    # Sweeps
+
+    def submit_sweep(
+        self, spec: SweepSpec, *, wait: bool = False, timeout: Optional[float] = None
+    ):
+        """Starts a hyper-parameter sweep and returns its ``pb.Sweep``.
+
+        ``spec`` is a SubmitSweepRequest as a dict in the proto3 JSON mapping
+        (``{"base": {...job spec...}, "searchSpace": {...}, ...}``), a path
+        to a sweep file as ``kiln sweep submit`` takes it (``.json``,
+        ``.yaml`` or ``.yml``, e.g. ``examples/sweep.yaml``), or a
+        ``pb.SubmitSweepRequest``. ``wait=True`` returns the sweep once it
+        has ended (see :meth:`wait_sweep`).
+        """
+        request = _parse_message(spec, pb.SubmitSweepRequest, "sweep")
+        sweep = self._call(self.sweeps_stub.SubmitSweep, request)
+        return self.wait_sweep(sweep.id, timeout=timeout) if wait else sweep
+
+    def get_sweep(self, sweep_id: str):
+        """The sweep's ``pb.Sweep``: its state and leaderboard (``.trials``)."""
+        return self._call(self.sweeps_stub.GetSweep, pb.GetSweepRequest(sweep_id=sweep_id))
+
+    def sweeps(self) -> List["pb.Sweep"]:
+        """Every sweep, newest first."""
+        return list(self._call(self.sweeps_stub.ListSweeps, pb.ListSweepsRequest()).sweeps)
+
+    def cancel_sweep(self, sweep_id: str):
+        """Cancels the sweep's unfinished trials; returns the ``pb.Sweep``."""
+        return self._call(self.sweeps_stub.CancelSweep, pb.CancelSweepRequest(sweep_id=sweep_id))
+
+    def watch_sweep(
+        self, sweep_id: str, *, timeout: Optional[float] = None
+    ) -> Iterator["pb.SweepEvent"]:
+        """Yields the sweep's ``pb.SweepEvent`` messages, from the first, until
+        it ends (``sweep_finished`` is the last)."""
+        stream = self.sweeps_stub.WatchSweep(pb.WatchSweepRequest(sweep_id=sweep_id), timeout=timeout)
+        try:
+            with _rpc_errors():
+                yield from stream
+        finally:
+            stream.cancel()
+
+    def wait_sweep(
+        self,
+        sweep_id: str,
+        *,
+        timeout: Optional[float] = None,
+        on_event: Optional[Callable[["pb.SweepEvent"], None]] = None,
+    ):
+        """Waits for the sweep to end and returns its final ``pb.Sweep``."""
+        for event in self.watch_sweep(sweep_id, timeout=timeout):
+            if on_event is not None:
+                on_event(event)
+        return self.get_sweep(sweep_id)
+
+
+def load_job_file(path: Union[str, os.PathLike]):
+    """Reads a job file as the ``kiln`` CLI does: a SubmitJobRequest (or a
+    bare JobSpec) in the proto3 JSON mapping (field names in lowerCamelCase
+    or as in the proto, enums by name), written as JSON (``.json``) or YAML
+    (``.yaml``, ``.yml``). Returns a ``pb.SubmitJobRequest``; an unknown
+    field or enum value raises ``KilnError`` INVALID_ARGUMENT naming the file
+    and the field."""
+    return _submit_request(Path(path))
+
+
+def load_sweep_file(path: Union[str, os.PathLike]):
+    """Reads a sweep file (a SubmitSweepRequest, as JSON or YAML) as
+    ``kiln sweep submit`` does; returns a ``pb.SubmitSweepRequest``."""
+    return _parse_message(Path(path), pb.SubmitSweepRequest, "sweep")
+
+
+def _read_spec_file(path: Path) -> Any:
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ImportError(
+                f"reading {path} needs PyYAML: pip install pyyaml"
+            ) from None
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise KilnError(grpc.StatusCode.INVALID_ARGUMENT, f"{path}: {err}") from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise KilnError(grpc.StatusCode.INVALID_ARGUMENT, f"{path}: {err}") from err
+
+
+def _parse_message(spec, message_cls, what: str, wrap=None):
+    """A message from a message, a dict in proto3 JSON, or a JSON/YAML file."""
+    if isinstance(spec, message_cls):
+        return spec
+    path = None
+    if isinstance(spec, (str, os.PathLike)):
+        path = Path(spec)
+        spec = _read_spec_file(path)
+    if not isinstance(spec, Mapping):
+        where = f"{path}: " if path is not None else ""
+        raise TypeError(
+            f"{where}a {what} spec must be a dict, a path or a message, not {type(spec).__name__}"
+        )
+    body = wrap(spec) if wrap is not None else spec
+    try:
+        return json_format.ParseDict(body, message_cls())
+    except json_format.ParseError as err:
+        where = f"{path}: " if path is not None else ""
+        raise KilnError(grpc.StatusCode.INVALID_ARGUMENT, f"{where}{err}") from err
+
 
 def _submit_request(spec: Spec):
-    if isinstance(spec, pb.SubmitJobRequest):
-        return spec
     if isinstance(spec, pb.JobSpec):
         return pb.SubmitJobRequest(spec=spec)
-    if isinstance(spec, (str, os.PathLike)):
-        spec = json.loads(Path(spec).read_text())
-    if not isinstance(spec, Mapping):
-        raise TypeError(f"a job spec must be a dict, a path or a message, not {type(spec).__name__}")
-    body = spec if "spec" in spec else {"spec": spec}
-    try:
-        return json_format.ParseDict(body, pb.SubmitJobRequest())
-    except json_format.ParseError as err:
-        raise KilnError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from err
+    return _parse_message(
+        spec, pb.SubmitJobRequest, "job", wrap=lambda d: d if "spec" in d else {"spec": d}
+    )
+
+
+def _resolve_model(models: Iterable["pb.ModelInfo"], model: str, version: str):
+    """The version of ``model`` (a name or a job id) Predict would use: the
+    newest loaded one, the one numbered ``version``, or the one ``version``
+    (an alias) names; None if none."""
+    candidates = [m for m in models if m.name == model or m.job_id == model]
+    if not version:
+        loaded = [m for m in candidates if m.loaded]
+        return max(loaded, key=lambda m: m.version) if loaded else None
+    if version.isdigit():
+        return next((m for m in candidates if m.version == int(version)), None)
+    return next((m for m in candidates if version in m.aliases), None)
+
+
+class _EpochBar:
+    """A tqdm bar over a job's epochs, with the last epoch's losses."""
+
+    def __init__(self, job: "pb.Job"):
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            raise ImportError("progress=True needs tqdm: pip install tqdm") from None
+        epochs = job.spec.training.epochs or 100  # the server's default
+        self._bar = tqdm(total=epochs, desc=job.model_name or job.id, unit="epoch")
+
+    def event(self, event: "pb.JobEvent") -> None:
+        if event.HasField("epoch"):
+            m = event.epoch
+            self._bar.n = m.epoch  # replayed or resumed epochs set it back too
+            postfix = {"loss": f"{m.train_loss:.4g}", "val_loss": f"{m.val_loss:.4g}"}
+            if m.HasField("val_accuracy"):
+                postfix["val_acc"] = f"{m.val_accuracy:.4f}"
+            if m.HasField("val_r2"):
+                postfix["val_r2"] = f"{m.val_r2:.4f}"
+            self._bar.set_postfix(postfix, refresh=False)
+            self._bar.refresh()
+        elif event.HasField("early_stopped"):
+            self._bar.total = event.early_stopped.epoch
+            self._bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()
 
 
 def _enum(enum, prefix: str, value) -> int:

@@ -4,7 +4,7 @@
 ... come from the modules that setup.py generates with grpcio-tools into
 ``kiln_sdk._proto.kiln.v1`` (``*_pb2.py`` for messages, ``*_pb2_grpc.py`` for
 the service stubs, which :class:`kiln_sdk.Client` exposes as ``jobs_stub``,
-``datasets_stub`` and ``inference_stub``).
+``datasets_stub``, ``inference_stub`` and ``sweeps_stub``).
 """
 
 from kiln_sdk._proto.kiln.v1 import (
@@ -16,10 +16,12 @@ from kiln_sdk._proto.kiln.v1 import (
     jobs_pb2,
     jobs_pb2_grpc,
     spec_pb2,
+    sweeps_pb2,
+    sweeps_pb2_grpc,
 )
 
 __all__ = []
-for _module in (common_pb2, spec_pb2, jobs_pb2, datasets_pb2, inference_pb2):
+for _module in (common_pb2, spec_pb2, jobs_pb2, datasets_pb2, inference_pb2, sweeps_pb2):
     for _name, _value in vars(_module).items():
         if not _name.startswith("_") and _name != "DESCRIPTOR":
             globals()[_name] = _value
