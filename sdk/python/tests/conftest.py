@@ -4,10 +4,6 @@
 
     KILN_LISTEN=127.0.0.1:50099 KILN_DATA_DIR=/tmp/kiln-sdk target/debug/kiln-server &
     KILN_ADDR=127.0.0.1:50099 python -m pytest sdk/python/tests -q
-
-Tests marked ``needs_missing_values`` need the server's missing-value support
-(empty cells in training data and in Predict's text rows); against a server
-without it, deselect them with ``-m "not needs_missing_values"``.
 """
 
 import os
@@ -15,14 +11,6 @@ import os
 import pytest
 
 import kiln_sdk
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers",
-        "needs_missing_values: needs the server's missing-value support "
-        "(empty cells in training data and Predict's text rows)",
-    )
 
 
 @pytest.fixture(scope="session")

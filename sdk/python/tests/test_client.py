@@ -103,7 +103,8 @@ def test_predict_returns_arrays_equal_to_the_generated_stub(client, rings, addr)
 
     # By version, and by job id; a 1-D array is one row.
     one = client.predict(name, x[1], version=1)
-    np.testing.assert_array_equal(one.outputs, got.outputs[1:2])
+    # One row and four take different BLAS kernels: equal to float rounding.
+    np.testing.assert_allclose(one.outputs, got.outputs[1:2], rtol=1e-5)
     np.testing.assert_array_equal(client.predict(job.id, x).outputs, got.outputs)
 
 

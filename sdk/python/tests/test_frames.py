@@ -287,10 +287,9 @@ def test_sweep_then_compare(client, tmp_path):
     assert client.compare(job_ids) == comparison
 
 
-@pytest.mark.needs_missing_values
 def test_missing_cells_are_filled(client):
-    """NaN in a numeric and a categorical column, in training and in Predict
-    (the server's missing-value support)."""
+    """NaN in a numeric and a categorical column, in training (counted in the
+    job's data report) and in Predict (filled with the reported value)."""
     frame = mixed_frame(n=120, seed=4)
     frame.loc[[3, 17, 40], "a"] = np.nan
     frame.loc[[5, 17, 60], "color"] = None
@@ -298,12 +297,18 @@ def test_missing_cells_are_filled(client):
     name = unique("sdk-missing")
     job = client.submit(mixed_spec(name, dataset.id, epochs=2), wait=True, timeout=120)
     assert job.state == pb.JOB_STATE_SUCCEEDED
+    filled = {f.column: f for f in job.data_report.filled}
+    assert (filled["a"].strategy, filled["a"].cells) == ("median", 3)
+    assert (filled["color"].strategy, filled["color"].cells) == ("own_category", 3)
     rows = frame.head(20).copy()
-    rows.loc[[0, 1], "b"] = np.nan
+    rows.loc[[0, 1], "a"] = np.nan
     rows.loc[2, "color"] = np.nan
     got = client.predict(name, rows)
     assert got.index.equals(rows.index) and got["class"].isin(["no", "yes"]).all()
     assert np.isfinite(got[["p_no", "p_yes"]].to_numpy()).all()
+    by_hand = rows.copy()
+    by_hand.loc[[0, 1], "a"] = float(filled["a"].value)
+    pd.testing.assert_frame_equal(client.predict(name, by_hand).loc[[0, 1]], got.loc[[0, 1]])
 
 
 def test_cells_are_the_text_to_csv_writes():
