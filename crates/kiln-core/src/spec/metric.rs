@@ -19,6 +19,19 @@ pub enum Metric {
     ValLoss,
     /// Fraction of validation rows classified right (classification).
     ValAccuracy,
+    /// Cross-entropy of the validation rows' true-class probabilities, as
+    /// scikit-learn's `log_loss` (classification).
+    ValLogLoss,
+    /// Area under the ROC curve; macro one-vs-rest beyond two classes
+    /// (classification).
+    ValRocAuc,
+    /// Average precision, the area under the precision-recall curve; macro
+    /// one-vs-rest beyond two classes (classification).
+    ValPrAuc,
+    /// F1 of class 1, or macro F1 beyond two classes (classification).
+    ValF1,
+    /// Mean recall over the classes (classification).
+    ValBalancedAccuracy,
     /// Mean absolute error on the validation rows (regression).
     ValMae,
     /// Root mean squared error on the validation rows (regression).
@@ -32,10 +45,15 @@ impl Metric {
     pub const DEFAULT_MONITOR: Metric = Metric::ValLoss;
 
     /// Every metric, in the order tables list them.
-    pub const ALL: [Metric; 6] = [
+    pub const ALL: [Metric; 11] = [
         Metric::TrainLoss,
         Metric::ValLoss,
         Metric::ValAccuracy,
+        Metric::ValLogLoss,
+        Metric::ValRocAuc,
+        Metric::ValPrAuc,
+        Metric::ValF1,
+        Metric::ValBalancedAccuracy,
         Metric::ValMae,
         Metric::ValRmse,
         Metric::ValR2,
@@ -47,6 +65,11 @@ impl Metric {
             Metric::TrainLoss => "train_loss",
             Metric::ValLoss => "val_loss",
             Metric::ValAccuracy => "val_accuracy",
+            Metric::ValLogLoss => "val_log_loss",
+            Metric::ValRocAuc => "val_roc_auc",
+            Metric::ValPrAuc => "val_pr_auc",
+            Metric::ValF1 => "val_f1",
+            Metric::ValBalancedAccuracy => "val_balanced_accuracy",
             Metric::ValMae => "val_mae",
             Metric::ValRmse => "val_rmse",
             Metric::ValR2 => "val_r2",
@@ -59,12 +82,18 @@ impl Metric {
     }
 
     /// This metric's value in an epoch's report; `None` where the epoch has
-    /// none (accuracy for regression, MAE, RMSE and R² for classification).
+    /// none (the classification metrics for regression, MAE, RMSE and R² for
+    /// classification, an AUC when a class has no validation rows).
     pub fn value(self, epoch: &pb::EpochMetrics) -> Option<f64> {
         match self {
             Metric::TrainLoss => Some(epoch.train_loss),
             Metric::ValLoss => Some(epoch.val_loss),
             Metric::ValAccuracy => epoch.val_accuracy,
+            Metric::ValLogLoss => epoch.val_log_loss,
+            Metric::ValRocAuc => epoch.val_roc_auc,
+            Metric::ValPrAuc => epoch.val_pr_auc,
+            Metric::ValF1 => epoch.val_f1,
+            Metric::ValBalancedAccuracy => epoch.val_balanced_accuracy,
             Metric::ValMae => epoch.val_mae,
             Metric::ValRmse => epoch.val_rmse,
             Metric::ValR2 => epoch.val_r2,
@@ -76,16 +105,30 @@ impl Metric {
         matches!(self, Metric::TrainLoss | Metric::ValLoss)
     }
 
-    /// Whether larger is better (Keras' `mode="auto"`).
+    /// Whether larger is better (Keras' `mode="auto"`): scores are, losses
+    /// and errors are not.
     pub fn higher_is_better(self) -> bool {
-        matches!(self, Metric::ValAccuracy | Metric::ValR2)
+        matches!(
+            self,
+            Metric::ValAccuracy
+                | Metric::ValRocAuc
+                | Metric::ValPrAuc
+                | Metric::ValF1
+                | Metric::ValBalancedAccuracy
+                | Metric::ValR2
+        )
     }
 
     /// Whether an epoch of a `task` job reports this metric.
     pub fn applies_to(self, task: Task) -> bool {
         match self {
             Metric::TrainLoss | Metric::ValLoss => true,
-            Metric::ValAccuracy => task.is_classification(),
+            Metric::ValAccuracy
+            | Metric::ValLogLoss
+            | Metric::ValRocAuc
+            | Metric::ValPrAuc
+            | Metric::ValF1
+            | Metric::ValBalancedAccuracy => task.is_classification(),
             Metric::ValMae | Metric::ValRmse | Metric::ValR2 => !task.is_classification(),
         }
     }
@@ -115,7 +158,8 @@ pub(super) fn metric(field: &str, name: &str, task: Task) -> Result<Metric> {
     }
 }
 
-/// Keras' and torch's "auto": accuracy and R² go up, the rest go down.
+/// Keras' and torch's "auto": accuracy, the AUCs, F1 and R² go up, losses
+/// and errors go down.
 pub(super) fn mode_max(field: &str, mode: i32, monitor: Metric) -> Result<bool> {
     match pb::Mode::try_from(mode) {
         Ok(pb::Mode::Auto) => Ok(monitor.higher_is_better()),
@@ -142,7 +186,17 @@ mod tests {
             .collect();
         assert_eq!(
             not_losses,
-            ["val_accuracy", "val_mae", "val_rmse", "val_r2"]
+            [
+                "val_accuracy",
+                "val_log_loss",
+                "val_roc_auc",
+                "val_pr_auc",
+                "val_f1",
+                "val_balanced_accuracy",
+                "val_mae",
+                "val_rmse",
+                "val_r2"
+            ]
         );
         assert_eq!(Metric::from_name(""), None);
         let epoch = pb::EpochMetrics {
@@ -151,12 +205,29 @@ mod tests {
             val_mae: Some(3.0),
             val_rmse: Some(4.0),
             val_r2: Some(5.0),
+            val_log_loss: Some(6.0),
+            val_roc_auc: Some(7.0),
+            val_pr_auc: Some(8.0),
+            val_f1: Some(9.0),
+            val_balanced_accuracy: Some(10.0),
             ..Default::default()
         };
         let values: Vec<_> = Metric::ALL.iter().map(|m| m.value(&epoch)).collect();
         assert_eq!(
             values,
-            [Some(1.0), Some(2.0), None, Some(3.0), Some(4.0), Some(5.0)]
+            [
+                Some(1.0),
+                Some(2.0),
+                None,
+                Some(6.0),
+                Some(7.0),
+                Some(8.0),
+                Some(9.0),
+                Some(10.0),
+                Some(3.0),
+                Some(4.0),
+                Some(5.0)
+            ]
         );
     }
 }

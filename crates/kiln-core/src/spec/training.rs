@@ -292,6 +292,39 @@ mod tests {
         assert!(err(&swa(ok, Some(one_cycle))).starts_with("spec.training.swa: cannot be combined"));
     }
 
+    /// The classification metrics are monitors; the scores among them
+    /// (here average precision) are maximized unless told otherwise.
+    #[test]
+    fn early_stopping_watches_pr_auc_maximizing_by_default() {
+        let with_monitor = |task: pb::Task, monitor: &str, mode: pb::Mode| {
+            let mut s = minimal();
+            s.task = task as i32;
+            s.training = Some(pb::TrainingSpec {
+                early_stopping: Some(pb::EarlyStopping {
+                    monitor: monitor.into(),
+                    mode: mode as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            s
+        };
+        let binary = pb::Task::BinaryClassification;
+        let es = |spec: pb::JobSpec| JobSpec::from_proto(&spec).unwrap().training.early_stopping;
+        let pr_auc = es(with_monitor(binary, "val_pr_auc", pb::Mode::Auto)).unwrap();
+        assert_eq!(pr_auc.monitor, Metric::ValPrAuc);
+        assert!(pr_auc.mode_max);
+        let min = es(with_monitor(binary, "val_pr_auc", pb::Mode::Min)).unwrap();
+        assert!(!min.mode_max);
+        let log_loss = es(with_monitor(binary, "val_log_loss", pb::Mode::Auto)).unwrap();
+        assert_eq!(log_loss.monitor, Metric::ValLogLoss);
+        assert!(!log_loss.mode_max);
+        let regression = with_monitor(pb::Task::Regression, "val_pr_auc", pb::Mode::Auto);
+        assert!(err(&regression).starts_with(
+            "spec.training.early_stopping.monitor: \"val_pr_auc\" is not a metric of this task"
+        ));
+    }
+
     /// One bad value per early-stopping field, each refused with its path.
     #[test]
     fn early_stopping_errors_name_the_field() {

@@ -1,6 +1,7 @@
 //! Validation: the loss and metrics of an evaluation-mode model.
 
 use burn::tensor::Tensor;
+use kiln_core::metrics::{classification_metrics, ClassificationMetrics};
 use kiln_core::prepare::{Prepared, SplitTargets};
 use kiln_core::spec::Task;
 
@@ -12,7 +13,8 @@ use crate::report::EpochReport;
 const EVAL_CHUNK: usize = 16_384;
 
 /// Validation loss and metrics of an evaluation-mode model. Regression errors
-/// are reported in the target's original units.
+/// are reported in the target's original units; classification adds
+/// scikit-learn's probability and ranking metrics ([`logit_metrics`]).
 pub(super) fn evaluate(
     model: &Mlp,
     loss: &Loss,
@@ -45,6 +47,7 @@ pub(super) fn evaluate(
                 .filter(|(z, &c)| (**z > 0.0) == (c == 1))
                 .count();
             report.val_accuracy = Some(right as f64 / rows as f64);
+            add_classification_metrics(&mut report, &outputs, classes, task, data.outputs);
         }
         (SplitTargets::Classes(classes), _) => {
             let k = data.outputs;
@@ -54,6 +57,7 @@ pub(super) fn evaluate(
                 .filter(|(row, &c)| argmax(row) == c as usize)
                 .count();
             report.val_accuracy = Some(right as f64 / rows as f64);
+            add_classification_metrics(&mut report, &outputs, classes, task, data.outputs);
         }
         (SplitTargets::Values(scaled_y), _) => {
             let mut pred = outputs;
@@ -69,6 +73,64 @@ pub(super) fn evaluate(
         }
     }
     report
+}
+
+/// Fills the report's classification metrics from the validation logits.
+/// `val_accuracy` stays the logit-based count above: the same predictions
+/// but for a logit so close to 0 that its probability rounds to one half.
+fn add_classification_metrics(
+    report: &mut EpochReport,
+    logits: &[f32],
+    classes: &[i64],
+    task: Task,
+    width: usize,
+) {
+    if classes.is_empty() {
+        return; // No validation rows: nothing to score.
+    }
+    let m = logit_metrics(logits, classes, task, width);
+    report.val_log_loss = Some(m.log_loss);
+    report.val_roc_auc = m.roc_auc;
+    report.val_pr_auc = m.pr_auc;
+    report.val_f1 = Some(m.f1);
+    report.val_balanced_accuracy = Some(m.balanced_accuracy);
+}
+
+/// kiln-core's classification metrics of a classifier's logits (`width` per
+/// row) against the true classes.
+pub fn logit_metrics(
+    logits: &[f32],
+    classes: &[i64],
+    task: Task,
+    width: usize,
+) -> ClassificationMetrics {
+    let probabilities = probabilities(logits, task, width);
+    let k = probabilities.len() / classes.len();
+    classification_metrics(&probabilities, classes, k)
+}
+
+/// Class probabilities in f64, `k` per row: `[1 - p, p]` with `p` the
+/// sigmoid of a binary model's one logit, else the softmax of the row.
+/// f64 so that near-certain rows keep their distance from 0 and 1.
+pub fn probabilities(logits: &[f32], task: Task, width: usize) -> Vec<f64> {
+    if task == Task::Binary {
+        return logits
+            .iter()
+            .flat_map(|&z| {
+                let p = 1.0 / (1.0 + (-f64::from(z)).exp());
+                [1.0 - p, p]
+            })
+            .collect();
+    }
+    logits.chunks(width).flat_map(softmax).collect()
+}
+
+/// The softmax of one row, shifted by its maximum so no exponential overflows.
+fn softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().fold(f64::NEG_INFINITY, |m, &z| m.max(z.into()));
+    let exp: Vec<f64> = row.iter().map(|&z| (f64::from(z) - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
 }
 
 /// The index of the first largest value.
@@ -151,6 +213,57 @@ mod tests {
         assert!((m.rmse - 0.5f64.sqrt()).abs() < 1e-12);
         // Column 1: mean 2, ss_tot 8, ss_res 3 -> r2 = 5/8; column 0: 1.
         assert!((m.r2 - (1.0 + 5.0 / 8.0) / 2.0).abs() < 1e-12);
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    /// ln(1 + e^x): -ln σ(-x), the binary log loss by another road.
+    fn softplus(x: f64) -> f64 {
+        x.exp().ln_1p()
+    }
+
+    #[test]
+    fn binary_logits_score_through_their_sigmoid() {
+        // P(1) = σ(z) ≈ 0.119, 0.622, 0.5, 0.953 for classes 0, 0, 1, 1.
+        let logits = [-2.0, 0.5, 0.0, 3.0];
+        let p = probabilities(&logits, Task::Binary, 1);
+        assert_eq!(p.len(), 8);
+        assert!(close(p[3], 1.0 / (1.0 + (-0.5f64).exp())));
+        let m = logit_metrics(&logits, &[0, 0, 1, 1], Task::Binary, 1);
+        // -ln(1 - σ(z)) = softplus(z), -ln σ(z) = softplus(-z).
+        let log_loss = (softplus(-2.0) + softplus(0.5) + softplus(0.0) + softplus(-3.0)) / 4.0;
+        assert!(close(m.log_loss, log_loss));
+        // Pairs (positive above negative): 0.5 beats 0.119 only, 0.953 both.
+        assert!(close(m.roc_auc.unwrap(), 0.75));
+        // Ranked: + (precision 1, recall 1/2), -, + (precision 2/3, recall 1).
+        assert!(close(m.pr_auc.unwrap(), 0.5 + 0.5 * 2.0 / 3.0));
+        // Logit 0 is a tie, so class 0: predictions 0, 1, 0, 1.
+        assert_eq!(m.confusion_matrix.rows(), [[1, 1], [1, 1]]);
+        assert!(close(m.f1, 0.5));
+        assert!(close(m.balanced_accuracy, 0.5));
+        assert!(close(m.accuracy, 0.5));
+    }
+
+    #[test]
+    fn multiclass_logits_score_through_their_softmax() {
+        let logits = [
+            2.0, 1.0, 0.0, // class 0, predicted 0
+            0.0, 3.0, 0.0, // class 1, predicted 1
+            1.0, 1.0, 1.0, // class 2, a three-way tie: predicted 0
+        ];
+        let m = logit_metrics(&logits, &[0, 1, 2], Task::Multiclass, 3);
+        let lse = |row: &[f64]| row.iter().map(|z| z.exp()).sum::<f64>().ln();
+        let log_loss =
+            ((lse(&[2.0, 1.0, 0.0]) - 2.0) + (lse(&[0.0, 3.0, 0.0]) - 3.0) + 3f64.ln()) / 3.0;
+        assert!(close(m.log_loss, log_loss));
+        assert_eq!(m.confusion_matrix.rows(), [[1, 0, 0], [0, 1, 0], [1, 0, 0]]);
+        // Per-class F1: 2/3, 1, 0.
+        assert!(close(m.f1, (2.0 / 3.0 + 1.0) / 3.0));
+        assert!(close(m.balanced_accuracy, 2.0 / 3.0));
+        // Each class' own row has its highest probability of that class.
+        assert_eq!((m.roc_auc, m.pr_auc), (Some(1.0), Some(1.0)));
     }
 
     #[test]

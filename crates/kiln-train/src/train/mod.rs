@@ -18,7 +18,7 @@ use crate::lr_find::lr_range_test;
 
 pub use crate::outcome::{NonFinite, StopReason, TrainError, Trained};
 pub use crate::report::{EpochReport, TrainEvent};
-pub use evaluate::{argmax, regression_metrics, RegressionMetrics};
+pub use evaluate::{argmax, logit_metrics, probabilities, regression_metrics, RegressionMetrics};
 
 /// How a run is driven from outside: cancellation, suspension, checkpoints.
 pub struct Control<'a> {

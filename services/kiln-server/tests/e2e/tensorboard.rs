@@ -31,10 +31,15 @@ const HPARAMS: [&str; 13] = [
     "lr_schedule",
     "seed",
 ];
-const METRICS: [&str; 6] = [
+const METRICS: [&str; 11] = [
     "loss/train",
     "loss/val",
     "metrics/val_accuracy",
+    "metrics/val_log_loss",
+    "metrics/val_roc_auc",
+    "metrics/val_pr_auc",
+    "metrics/val_f1",
+    "metrics/val_balanced_accuracy",
     "metrics/val_mae",
     "metrics/val_rmse",
     "metrics/val_r2",
@@ -232,6 +237,11 @@ async fn jobs_write_tensorboard_logs() {
         "loss/train",
         "loss/val",
         "metrics/val_accuracy",
+        "metrics/val_log_loss",
+        "metrics/val_roc_auc",
+        "metrics/val_pr_auc",
+        "metrics/val_f1",
+        "metrics/val_balanced_accuracy",
         "optimizer/learning_rate",
         "time/epoch_seconds",
         "time/samples_per_second",
@@ -253,6 +263,11 @@ async fn jobs_write_tensorboard_logs() {
         run,
         "metrics/val_accuracy",
         epochs.iter().map(|e| e.val_accuracy.unwrap()),
+    );
+    assert_scalars(
+        run,
+        "metrics/val_roc_auc",
+        epochs.iter().map(|e| e.val_roc_auc.unwrap()),
     );
     assert_scalars(
         run,
