@@ -317,6 +317,8 @@ pub struct Dataset {
     pub missing_cells: Vec<u64>,
     /// Rows read and rows dropped for missing values.
     pub rows: RowCounts,
+    /// The table row (0-based) of each dataset row.
+    pub table_rows: Vec<usize>,
 }
 
 /// Rows read from a table, and rows dropped before the split.
@@ -438,6 +440,7 @@ impl Dataset {
             targets: targets_data,
             missing_cells,
             rows,
+            table_rows: kept,
         })
     }
 }

@@ -62,6 +62,17 @@ pub struct DataReport {
     pub rows: RowCounts,
     /// Every feature column with a missing cell, in column order.
     pub filled: Vec<ColumnFill>,
+    /// The table rows (0-based) on each side of the split.
+    pub split: SplitRows,
+}
+
+/// Which table rows went to training and which to validation, in order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SplitRows {
+    /// The training split's rows.
+    pub train: Vec<usize>,
+    /// The validation split's rows.
+    pub validation: Vec<usize>,
 }
 
 /// One column's missing cells and what filled them.
@@ -189,6 +200,10 @@ pub fn prepare(data: &Dataset, spec: &DataSpec) -> Prepared {
         report: DataReport {
             rows: data.rows.clone(),
             filled: fill_report(&encoding, &data.missing_cells, spec),
+            split: SplitRows {
+                train: train_idx.iter().map(|&r| data.table_rows[r]).collect(),
+                validation: val_idx.iter().map(|&r| data.table_rows[r]).collect(),
+            },
         },
         encoding,
         feature_names: data.feature_names.clone(),
@@ -295,6 +310,7 @@ mod tests {
             targets: Targets::Values((0..rows).map(|i| 10.0 * i as f32).collect()),
             missing_cells: vec![0],
             rows: Default::default(),
+            table_rows: (0..rows).collect(),
         }
     }
 
@@ -374,6 +390,7 @@ mod tests {
             targets: Targets::Values((0..40).map(|i| i as f32).collect()),
             missing_cells: vec![0; 3],
             rows: Default::default(),
+            table_rows: (0..40).collect(),
         };
         let mut s = spec(3);
         s.feature_scaling = Scaling::Standard;

@@ -107,6 +107,7 @@ fn load(dir: &str) -> (Dataset, usize) {
         },
         missing_cells: vec![0; width],
         rows: Default::default(),
+        table_rows: (0..rows).collect(),
     };
     (dataset, classes)
 }

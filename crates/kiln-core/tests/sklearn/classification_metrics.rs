@@ -2,14 +2,6 @@
 //! [`ClassificationMetrics`] must equal sklearn's to 1e-9 on generated
 //! binary and 3-class predictions, with tied scores, a rare class (5%),
 //! probabilities of exactly 0 and 1, and a class that never occurs.
-//!
-//! Needs the Python at `$KILN_PYTHON`, else `~/.cache/kiln/venv/bin/python`,
-//! with `scikit-learn` installed (scripts/setup.sh, run by `make test`). The
-//! test fails, not skips, without them.
-
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use kiln_core::metrics::{classification_metrics, ClassificationMetrics};
 
@@ -258,40 +250,9 @@ fn cases() -> Vec<Case> {
     cases
 }
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_PYTHON") {
-        return p.into();
-    }
-    let cache = match std::env::var_os("KILN_CACHE") {
-        Some(cache) => PathBuf::from(cache),
-        None => {
-            let home = std::env::var_os("HOME").expect("HOME is not set (or set KILN_PYTHON)");
-            Path::new(&home).join(".cache/kiln")
-        }
-    };
-    cache.join("venv/bin/python")
-}
-
 /// sklearn's answers, one line per case; panics (the test fails) when
 /// Python or scikit-learn is missing.
 fn sklearn_answers(cases: &[Case]) -> Vec<String> {
-    let py = python();
-    let check = Command::new(&py)
-        .args(["-c", "import sklearn"])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {}: {e}. Run scripts/setup.sh (make test does), \
-                 or point KILN_PYTHON at a Python with scikit-learn installed",
-                py.display()
-            )
-        });
-    assert!(
-        check.status.success(),
-        "{} has no scikit-learn: run scripts/setup.sh (make test does)\n{}",
-        py.display(),
-        String::from_utf8_lossy(&check.stderr)
-    );
     let mut input = String::new();
     for case in cases {
         let join = |v: Vec<String>| v.join(" ");
@@ -307,27 +268,7 @@ fn sklearn_answers(cases: &[Case]) -> Vec<String> {
         ));
         input.push('\n');
     }
-    let mut child = Command::new(&py)
-        .args(["-c", SKLEARN_SCRIPT])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start python");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .expect("write cases");
-    let out = child.wait_with_output().expect("run python");
-    assert!(
-        out.status.success(),
-        "the scikit-learn script failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<String> = String::from_utf8(out.stdout)
-        .unwrap()
+    let lines: Vec<String> = crate::python::run(SKLEARN_SCRIPT, &input)
         .lines()
         .map(str::to_owned)
         .collect();
