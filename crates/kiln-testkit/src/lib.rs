@@ -14,5 +14,5 @@ pub mod specs;
 
 pub use paths::*;
 pub use rpc::*;
-pub use server::{server_binary, temp_dir, Server};
+pub use server::{cli_binary, server_binary, temp_dir, Server};
 pub use specs::*;

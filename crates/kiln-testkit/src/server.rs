@@ -49,6 +49,26 @@ pub fn server_binary() -> PathBuf {
     path
 }
 
+/// The `kiln` CLI executable: `$KILN_CLI_BIN` if set; else the one
+/// `cargo test --workspace` built in `target/<profile>`, next to the test.
+pub fn cli_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("KILN_CLI_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .join("kiln");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p kiln-cli`, or run `cargo test --workspace` (make test does)",
+        path.display()
+    );
+    path
+}
+
 /// A fresh, empty directory under the system's temporary directory, unique
 /// to this test process; `tag` says what it is for.
 pub fn temp_dir(tag: &str) -> PathBuf {

@@ -276,7 +276,7 @@ async fn buffered_spans_are_flushed_on_sigterm() {
 
 // ---------------------------------------------------------------- metrics
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -285,7 +285,7 @@ fn free_port() -> u16 {
 }
 
 /// GET `path` over plain HTTP/1.1; returns (status line, headers, body).
-fn http_get(addr: &str, path: &str) -> (String, String, String) {
+pub(crate) fn http_get(addr: &str, path: &str) -> (String, String, String) {
     let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics port");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
