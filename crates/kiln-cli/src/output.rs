@@ -365,13 +365,22 @@ fn event_text(kind: &pb::job_event::Kind, total: u32) -> String {
             e.monitor,
             num(e.best_value)
         ),
-        Kind::Finished(f) => format!(
-            "finished ({}): best epoch {} of {}, model {}",
-            stop_reason_name(f.reason()),
-            f.best_epoch,
-            f.epochs_completed,
-            f.model_name
-        ),
+        Kind::Finished(f) => {
+            let mut text = format!(
+                "finished ({}): best epoch {} of {}, model {}",
+                stop_reason_name(f.reason()),
+                f.best_epoch,
+                f.epochs_completed,
+                f.model_name
+            );
+            if let Some(t) = f.decision_threshold {
+                text.push_str(&format!(", decision threshold {}", num(t)));
+            }
+            if let Some(m) = &f.confusion_matrix {
+                text.push_str(&format!("; {}", confusion_text(m)));
+            }
+            text
+        }
         Kind::Failed(f) => format!(
             "{} ({}): {}",
             state_name(f.state()),
@@ -401,6 +410,21 @@ fn event_text(kind: &pb::job_event::Kind, total: u32) -> String {
         }
         Kind::DataReport(r) => data_report_text(r),
     }
+}
+
+/// "confusion (true\predicted) no: 150 3, yes: 2 5".
+fn confusion_text(m: &pb::ConfusionMatrix) -> String {
+    let k = m.labels.len().max(1);
+    let rows: Vec<String> = m
+        .labels
+        .iter()
+        .zip(m.counts.chunks(k))
+        .map(|(label, row)| {
+            let counts: Vec<String> = row.iter().map(u64::to_string).collect();
+            format!("{label}: {}", counts.join(" "))
+        })
+        .collect();
+    format!("confusion (true\\predicted) {}", rows.join(", "))
 }
 
 /// "data: 1000 rows read, 3 dropped (missing target); filled: age 12 cells

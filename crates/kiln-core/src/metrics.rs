@@ -120,6 +120,43 @@ impl ConfusionMatrix {
     }
 }
 
+/// The decision threshold on P(class 1) that maximizes F1 of class 1 when
+/// rows with `p >= t` are predicted 1: among the distinct probabilities, the
+/// smallest of the best (`None` without rows). The F1 of each candidate is
+/// counted in one pass over the rows sorted by probability.
+pub fn f1_threshold(p1: &[f64], truth: &[usize]) -> Option<f64> {
+    let mut rows: Vec<(f64, bool)> = p1
+        .iter()
+        .copied()
+        .zip(truth.iter().map(|&t| t == 1))
+        .collect();
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let positives = rows.iter().filter(|r| r.1).count() as f64;
+    let (mut tp, mut predicted) = (0.0, 0.0);
+    let mut best: Option<(f64, f64)> = None;
+    let mut i = 0;
+    while i < rows.len() {
+        // Every row tied at this probability is predicted 1 together.
+        let t = rows[i].0;
+        while i < rows.len() && rows[i].0 == t {
+            tp += f64::from(u8::from(rows[i].1));
+            predicted += 1.0;
+            i += 1;
+        }
+        let f1 = 2.0 * tp / (predicted + positives);
+        // Going down the thresholds, `>=` keeps the smallest of equal bests.
+        if best.is_none_or(|(b, _)| f1 >= b) {
+            best = Some((f1, t));
+        }
+    }
+    best.map(|(_, t)| t)
+}
+
+/// Classes of binary rows predicted 1 where P(class 1) reaches `threshold`.
+pub fn classes_at(p1: &[f64], threshold: f64) -> Vec<usize> {
+    p1.iter().map(|&p| usize::from(p >= threshold)).collect()
+}
+
 /// Every metric of [`ClassificationMetrics`] for `probabilities` (row-major,
 /// `classes` per row) against the true class of each row.
 ///
@@ -350,5 +387,21 @@ mod tests {
         assert!(close(m.pr_auc.unwrap(), 1.0));
         let missing = classification_metrics(&p, &[0, 1, 1, 1], 3);
         assert_eq!((missing.roc_auc, missing.pr_auc), (None, None));
+    }
+
+    /// F1 of each candidate by hand: rows (0.9, 1) (0.8, 0) (0.6, 1) (0.6, 0)
+    /// (0.2, 1): t=0.9 -> 2/4, t=0.8 -> 2/5, t=0.6 -> 4/7, t=0.2 -> 6/8.
+    #[test]
+    fn the_f1_threshold_is_the_best_and_smallest_on_a_tie() {
+        let p1 = [0.6, 0.9, 0.2, 0.8, 0.6];
+        let truth = [0, 1, 1, 0, 1];
+        assert_eq!(f1_threshold(&p1, &truth), Some(0.2));
+        // Without the last positive: t=0.9 -> 2/3, t=0.6 -> 4/6: equal, smallest wins.
+        assert_eq!(
+            f1_threshold(&[0.9, 0.8, 0.6, 0.6], &[1, 0, 1, 0]),
+            Some(0.6)
+        );
+        assert_eq!(f1_threshold(&[], &[]), None);
+        assert_eq!(classes_at(&p1, 0.6), [1, 1, 0, 1, 1]);
     }
 }

@@ -57,6 +57,7 @@ fn artifact(seed: u64) -> ModelArtifact {
             feature_scaler: Scaler::identity(WIDTH),
             target_scaler: None,
             best_epoch: 1,
+            decision_threshold: None,
         },
         weights,
     }

@@ -584,6 +584,8 @@ fn apply(job: &mut pb::Job, event: &pb::JobEvent) {
         Some(Kind::DataReport(r)) => job.data_report = Some(r.clone()),
         Some(Kind::Finished(f)) => {
             job.state = pb::JobState::Succeeded as i32;
+            job.confusion_matrix = f.confusion_matrix.clone();
+            job.decision_threshold = f.decision_threshold;
             job.stop_reason = f.reason;
             job.best = f.best.clone();
             job.epochs_completed = f.epochs_completed;

@@ -49,6 +49,21 @@ pub struct ModelMeta {
     pub target_scaler: Option<Scaler>,
     /// The epoch whose weights these are.
     pub best_epoch: u32,
+    /// Binary: P(class 1) at and above which the class is 1; `None`: the
+    /// more probable class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_threshold: Option<f64>,
+}
+
+impl ModelMeta {
+    /// The class of one row of probabilities: the first most probable, or
+    /// for a binary model with a threshold, 1 where P(class 1) reaches it.
+    pub fn class_of(&self, probabilities: &[f32]) -> usize {
+        match (self.decision_threshold, probabilities) {
+            (Some(t), [_, p1]) => usize::from(f64::from(*p1) >= t),
+            _ => crate::train::argmax(probabilities),
+        }
+    }
 }
 
 /// A model as saved: its metadata and its weights.
@@ -99,6 +114,7 @@ impl ModelArtifact {
                 feature_scaler: data.feature_scaler.clone(),
                 target_scaler: data.target_scaler.clone(),
                 best_epoch: trained.best.epoch,
+                decision_threshold: trained.decisions.as_ref().and_then(|d| d.threshold),
             },
             weights: weights.to_vec(),
         })

@@ -1,5 +1,7 @@
 //! How a run ends: the trained model, or why there is none.
 
+use kiln_core::metrics::ConfusionMatrix;
+
 use crate::checkpoint::Checkpoint;
 use crate::model::{Mlp, ModelArch};
 use crate::report::EpochReport;
@@ -34,6 +36,8 @@ pub struct Trained {
     pub swa: Option<EpochReport>,
     /// `model` is the SWA model: it beat the best epoch's by the monitor.
     pub served_swa: bool,
+    /// Classification: how `model` decides on the validation split.
+    pub decisions: Option<ServedDecisions>,
 }
 
 /// Why a run produced no model.
@@ -88,4 +92,13 @@ fn located(layer: &Option<NonFinite>) -> String {
         }) => format!("; {layer} is the first layer with a non-finite output"),
         None => String::new(),
     }
+}
+
+/// How the served classifier decides on the validation split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServedDecisions {
+    /// Its confusion matrix, at `threshold` when there is one.
+    pub confusion: ConfusionMatrix,
+    /// Binary: the decision threshold on P(class 1) it serves with.
+    pub threshold: Option<f64>,
 }

@@ -82,6 +82,7 @@ impl Inference {
                 compute_seconds: s.compute_seconds,
             }),
             load_error: v.error.unwrap_or_default(),
+            decision_threshold: meta.decision_threshold,
             name: v.name,
             version: v.version,
             job_id: v.job_id,
@@ -141,7 +142,7 @@ impl InferenceService for Inference {
             Output::Probabilities { probs, classes } => probs
                 .chunks(classes)
                 .map(|row| {
-                    let best = kiln_train::train::argmax(row);
+                    let best = model.meta.class_of(row);
                     pb::Prediction {
                         probabilities: row.iter().map(|&p| p as f64).collect(),
                         class_index: best as u32,

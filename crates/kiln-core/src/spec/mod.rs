@@ -33,7 +33,9 @@ pub use model::{
 };
 pub use optimizer::{GradClip, OptimizerKind, OptimizerSpec};
 pub use schedule::{LrRangeSpec, LrScheduleKind, LrScheduleSpec, LrSuggestion, Warmup};
-pub use training::{EarlyStoppingSpec, SwaSpec, TrainingSpec, MAX_BATCH_SIZE, MAX_EPOCHS};
+pub use training::{
+    DecisionThreshold, EarlyStoppingSpec, SwaSpec, TrainingSpec, MAX_BATCH_SIZE, MAX_EPOCHS,
+};
 
 use crate::error::{FieldError, Result};
 use check::{ensure, unknown_enum};

@@ -41,6 +41,17 @@ pub struct TrainingSpec {
     pub swa: Option<SwaSpec>,
     /// Train with the LR range test's suggestion instead of `optimizer.learning_rate`.
     pub auto_learning_rate: bool,
+    /// Binary: the decision threshold the model serves with; `None`: 0.5.
+    pub decision_threshold: Option<DecisionThreshold>,
+}
+
+/// A binary model's decision threshold on P(class 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DecisionThreshold {
+    /// This value, in (0, 1).
+    Fixed(f64),
+    /// The value that maximizes F1 on the validation split.
+    TuneForF1,
 }
 
 impl TrainingSpec {
@@ -94,6 +105,30 @@ impl EarlyStoppingSpec {
     pub const DEFAULT_PATIENCE: u32 = 10;
     /// Roll back to the best epoch's weights unless told otherwise.
     pub const DEFAULT_RESTORE_BEST_WEIGHTS: bool = true;
+}
+
+fn validate_threshold(d: &pb::DecisionThreshold, task: Task) -> Result<DecisionThreshold> {
+    let field = "spec.training.decision_threshold";
+    ensure(
+        task == Task::Binary,
+        field,
+        "only applies to binary classification",
+    )?;
+    match (d.value, d.tune_for_f1) {
+        (Some(v), false) => {
+            ensure(
+                v > 0.0 && v < 1.0,
+                &format!("{field}.value"),
+                "must be in (0, 1)",
+            )?;
+            Ok(DecisionThreshold::Fixed(v))
+        }
+        (None, true) => Ok(DecisionThreshold::TuneForF1),
+        _ => Err(crate::error::FieldError::new(
+            field,
+            "set exactly one of value and tune_for_f1",
+        )),
+    }
 }
 
 pub(super) fn validate_training(t: pb::TrainingSpec, task: Task) -> Result<TrainingSpec> {
@@ -162,6 +197,11 @@ pub(super) fn validate_training(t: pb::TrainingSpec, task: Task) -> Result<Train
         seed: t.seed,
         swa,
         auto_learning_rate: t.optimizer.as_ref().is_some_and(|o| o.auto_learning_rate),
+        decision_threshold: t
+            .decision_threshold
+            .as_ref()
+            .map(|d| validate_threshold(d, task))
+            .transpose()?,
     })
 }
 
@@ -339,5 +379,55 @@ mod tests {
             "spec.training.early_stopping.min_delta: must be >= 0",
         )];
         assert_training_errors(cases);
+    }
+
+    #[test]
+    fn decision_thresholds_are_binary_and_one_of_two() {
+        use crate::spec::testing::minimal;
+        let with = |task: pb::Task, d: pb::DecisionThreshold| {
+            let mut s = minimal();
+            s.task = task as i32;
+            s.training = Some(pb::TrainingSpec {
+                decision_threshold: Some(d),
+                ..Default::default()
+            });
+            crate::spec::JobSpec::from_proto(&s).map(|j| j.training.decision_threshold)
+        };
+        let value = |v: f64| pb::DecisionThreshold {
+            value: Some(v),
+            ..Default::default()
+        };
+        let tune = pb::DecisionThreshold {
+            tune_for_f1: true,
+            ..Default::default()
+        };
+        let binary = pb::Task::BinaryClassification;
+        assert_eq!(
+            with(binary, value(0.3)).unwrap(),
+            Some(DecisionThreshold::Fixed(0.3))
+        );
+        assert_eq!(
+            with(binary, tune).unwrap(),
+            Some(DecisionThreshold::TuneForF1)
+        );
+        let err = |r: crate::error::Result<_>| r.unwrap_err().to_string();
+        assert_eq!(
+            err(with(binary, value(1.0))),
+            "spec.training.decision_threshold.value: must be in (0, 1)"
+        );
+        assert_eq!(
+            err(with(
+                binary,
+                pb::DecisionThreshold {
+                    value: Some(0.2),
+                    tune_for_f1: true
+                }
+            )),
+            "spec.training.decision_threshold: set exactly one of value and tune_for_f1"
+        );
+        assert_eq!(
+            err(with(pb::Task::MulticlassClassification, tune)),
+            "spec.training.decision_threshold: only applies to binary classification"
+        );
     }
 }

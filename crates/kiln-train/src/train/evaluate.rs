@@ -1,12 +1,15 @@
 //! Validation: the loss and metrics of an evaluation-mode model.
 
 use burn::tensor::Tensor;
-use kiln_core::metrics::{classification_metrics, ClassificationMetrics};
+use kiln_core::metrics::{
+    classes_at, classification_metrics, f1_threshold, ClassificationMetrics, ConfusionMatrix,
+};
 use kiln_core::prepare::{Prepared, SplitTargets};
-use kiln_core::spec::Task;
+use kiln_core::spec::{DecisionThreshold, Task};
 
 use crate::loss::{Loss, TargetTensor};
 use crate::model::Mlp;
+use crate::outcome::ServedDecisions;
 use crate::report::EpochReport;
 
 /// Rows per forward pass when evaluating; bounds memory on large validation sets.
@@ -26,9 +29,7 @@ pub(super) fn evaluate(
     let rows = data.validation.rows;
     let mut loss_sum = 0.0;
     let mut outputs: Vec<f32> = Vec::new();
-    for start in (0..rows).step_by(EVAL_CHUNK) {
-        let end = (start + EVAL_CHUNK).min(rows);
-        let out = model.forward(x.clone().slice(start..end));
+    for (start, end, out) in forward_chunks(model, x, rows) {
         loss_sum += loss
             .forward(out.clone(), &y.slice_rows(start, end))
             .into_scalar::<f64>()
@@ -73,6 +74,60 @@ pub(super) fn evaluate(
         }
     }
     report
+}
+
+/// The model's outputs for rows `start..end` of `x`, [`EVAL_CHUNK`] rows at a time.
+fn forward_chunks<'a>(
+    model: &'a Mlp,
+    x: &'a Tensor<2>,
+    rows: usize,
+) -> impl Iterator<Item = (usize, usize, Tensor<2>)> + 'a {
+    (0..rows).step_by(EVAL_CHUNK).map(move |start| {
+        let end = (start + EVAL_CHUNK).min(rows);
+        (start, end, model.forward(x.clone().slice(start..end)))
+    })
+}
+
+/// The served model's decisions on the validation rows: the threshold it
+/// serves with (given, or tuned for F1 on these rows) and its confusion
+/// matrix. `None` for regression or without validation rows.
+pub(super) fn served_decisions(
+    model: &Mlp,
+    task: Task,
+    x: &Tensor<2>,
+    data: &Prepared,
+    threshold: Option<DecisionThreshold>,
+) -> Option<ServedDecisions> {
+    let SplitTargets::Classes(classes) = &data.validation.y else {
+        return None;
+    };
+    if classes.is_empty() {
+        return None;
+    }
+    let mut logits: Vec<f32> = Vec::new();
+    for (_, _, out) in forward_chunks(model, x, data.validation.rows) {
+        logits.extend(out.into_data().try_into_vec::<f32>().expect("f32 outputs"));
+    }
+    let probabilities = probabilities(&logits, task, data.outputs);
+    let k = probabilities.len() / classes.len();
+    let truth: Vec<usize> = classes.iter().map(|&c| c as usize).collect();
+    let p1: Vec<f64> = probabilities.iter().skip(1).step_by(k).copied().collect();
+    let threshold = match threshold {
+        Some(DecisionThreshold::Fixed(t)) => Some(t),
+        Some(DecisionThreshold::TuneForF1) => f1_threshold(&p1, &truth),
+        None => None,
+    };
+    let predicted: Vec<usize> = match threshold {
+        Some(t) => classes_at(&p1, t),
+        None => probabilities
+            .chunks(k)
+            .map(kiln_core::metrics::argmax)
+            .collect(),
+    };
+    Some(ServedDecisions {
+        confusion: ConfusionMatrix::new(&truth, &predicted, k),
+        threshold,
+    })
 }
 
 /// Fills the report's classification metrics from the validation logits.

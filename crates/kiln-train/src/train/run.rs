@@ -19,7 +19,7 @@ use kiln_core::prepare::Prepared;
 use kiln_core::spec::{Activation, JobSpec, Metric};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
-use super::evaluate::evaluate;
+use super::evaluate::{evaluate, served_decisions};
 use super::Control;
 use crate::checkpoint::{self, Checkpoint, Progress};
 use crate::early_stop::EarlyStopping;
@@ -473,6 +473,13 @@ impl Run {
             }
             swa_report = Some(report);
         }
+        let decisions = served_decisions(
+            &model,
+            setup.spec.task,
+            &setup.val_x,
+            setup.data,
+            setup.spec.training.decision_threshold,
+        );
         Trained {
             reason,
             model,
@@ -482,6 +489,7 @@ impl Run {
             train_seconds,
             swa: swa_report,
             served_swa,
+            decisions,
         }
     }
 

@@ -15,8 +15,8 @@ use kiln_train::{Checkpoint, Control, LrRangeReport, StopReason, TrainError, Tra
 use pb::job_event::Kind;
 
 use super::events::{
-    epoch_metrics, event_kind, failed, failed_message, gradient_health, libtorch_summary,
-    lr_range_result, panic_message,
+    confusion_matrix, epoch_metrics, event_kind, failed, failed_message, gradient_health,
+    libtorch_summary, lr_range_result, panic_message,
 };
 use super::{Context, QueuedJob};
 use crate::tensorboard::JobLog;
@@ -231,6 +231,11 @@ impl Context {
                     train_seconds: trained.train_seconds,
                     swa: trained.swa.as_ref().map(epoch_metrics),
                     served_swa: trained.served_swa,
+                    confusion_matrix: trained
+                        .decisions
+                        .as_ref()
+                        .map(|d| confusion_matrix(&d.confusion, &job.data.class_labels)),
+                    decision_threshold: trained.decisions.as_ref().and_then(|d| d.threshold),
                 }),
                 Err(message) => failed(pb::StopReason::Error, message),
             },

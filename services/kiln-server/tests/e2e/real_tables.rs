@@ -94,6 +94,10 @@ fn job_spec() -> pb::JobSpec {
                 learning_rate: Some(0.01),
                 ..Default::default()
             }),
+            decision_threshold: Some(pb::DecisionThreshold {
+                tune_for_f1: true,
+                ..Default::default()
+            }),
             early_stopping: Some(pb::EarlyStopping {
                 monitor: "val_pr_auc".into(),
                 patience: Some(8),
@@ -133,7 +137,9 @@ for column in ["age", "income"]:
 "#;
 
 /// sklearn's metrics of P(yes) against the truth (1 = yes), one per line:
-/// roc_auc, average_precision, log_loss, f1 (threshold 0.5), balanced accuracy.
+/// roc_auc, average_precision, log_loss, f1 (threshold 0.5), balanced
+/// accuracy; then the confusion matrix at the threshold argv[3], and the
+/// best F1 along precision_recall_curve.
 const METRICS: &str = r#"
 import sys, numpy as np
 from sklearn import metrics
@@ -144,6 +150,12 @@ for v in [metrics.roc_auc_score(y, p), metrics.average_precision_score(y, p),
           metrics.log_loss(y, np.stack([1 - p, p], axis=1)),
           metrics.f1_score(y, pred), metrics.balanced_accuracy_score(y, pred)]:
     print(repr(float(v)))
+at = (p >= float(sys.argv[3])).astype(int)
+print(" ".join(str(c) for c in metrics.confusion_matrix(y, at, labels=[0, 1]).ravel()))
+precision, recall, _ = metrics.precision_recall_curve(y, p)
+with np.errstate(invalid="ignore", divide="ignore"):
+    f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
+print(repr(float(f1.max())))
 "#;
 
 /// The Python SDK's predictions of a CSV read by pandas, as CSV text.
@@ -294,10 +306,39 @@ async fn a_messy_table_trains_and_serves_alike_from_every_client() {
         .iter()
         .map(|p| format!("{:?}", p.probabilities[1]))
         .collect();
-    let sklearn = lines_f64(&python(
+    let threshold = done.decision_threshold.expect("tuned for F1");
+    assert_eq!(job.decision_threshold, Some(threshold));
+    let threshold_text = threshold.to_string();
+    let answer_lines = python(
         METRICS,
-        &[&truth.join(","), &probabilities.join(",")],
-    ));
+        &[&truth.join(","), &probabilities.join(","), &threshold_text],
+    );
+    let lines: Vec<&str> = answer_lines.lines().collect();
+    let sklearn = lines_f64(&lines[..5].join("\n"));
+    let confusion: Vec<u64> = lines[5]
+        .split_whitespace()
+        .map(|c| c.parse().unwrap())
+        .collect();
+    let best_f1: f64 = lines[6].parse().unwrap();
+    // The served confusion matrix is sklearn's at the served threshold, the
+    // threshold reaches precision_recall_curve's best F1, and Predict's
+    // classes follow it.
+    let matrix = done.confusion_matrix.clone().expect("a confusion matrix");
+    assert_eq!(matrix.labels, ["no", "yes"]);
+    assert_eq!(matrix.counts, confusion);
+    assert_eq!(job.confusion_matrix, Some(matrix));
+    let [_, fp, fn_, tp] = confusion[..] else {
+        panic!("{confusion:?}")
+    };
+    let f1 = 2.0 * tp as f64 / (2 * tp + fp + fn_) as f64;
+    assert!(
+        (f1 - best_f1).abs() < 1e-9,
+        "F1 {f1} at {threshold}; best {best_f1}"
+    );
+    for p in &answer.predictions {
+        let yes = p.probabilities[1] >= threshold;
+        assert_eq!(p.class_label, if yes { "yes" } else { "no" }, "{p:?}");
+    }
     let best = done.best.clone().unwrap();
     let served = [
         ("val_roc_auc", best.val_roc_auc),
@@ -318,7 +359,8 @@ async fn a_messy_table_trains_and_serves_alike_from_every_client() {
         "the model learned: {best:?}"
     );
     println!(
-        "held out (epoch {} of {}): {served:?}; sklearn {sklearn:?}",
+        "held out (epoch {} of {}): {served:?}; sklearn {sklearn:?}; \
+         F1 threshold {threshold}: confusion {confusion:?} (F1 {f1})",
         best.epoch, done.epochs_completed
     );
 
