@@ -4,6 +4,8 @@
 - rings.json: binary classification of two concentric rings, inline data, for grpcurl.
 - spirals.csv: three interleaved spirals (multi-class), for UploadDataset.
 - regression.csv: y = sin(x1) * x2 + 0.5 * x3^2 + noise.
+- churn.csv: a messy customer table (gaps written every way pandas writes
+  them, text columns, 5% "yes") for the README's "your own CSV" walk-through.
 """
 import json
 import math
@@ -45,6 +47,31 @@ def regression(n, seed):
         y = math.sin(x[0]) * x[1] + 0.5 * x[2] ** 2 + rng.gauss(0, 0.1)
         rows.append([round(v, 5) for v in x] + [round(y, 5)])
     return rows
+
+
+def churn(n, seed):
+    """Rows of age, income, city, plan, tenure, churn: the riskiest 5% churn."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        age = 18 + round(rng.random() * 60)
+        income = round(rng.random() * 200) * 0.5
+        city = rng.choice(["oslo", "bergen", "tromso", "bodo"])
+        plan = rng.choice(["basic", "plus", "pro"])
+        tenure = round(rng.random() * 120)
+        risk = (0.06 * age + 2.0 * (city == "tromso") + 2.5 * (plan == "basic")
+                - 0.03 * tenure + rng.random())
+        rows.append([age, income, city, plan, tenure, risk])
+    cut = sorted((r[5] for r in rows), reverse=True)[n // 20 - 1]
+    gaps = ["", "NA", "null", "NaN", "N/A", "None"]
+    lines = []
+    for i, (age, income, city, plan, tenure, risk) in enumerate(rows):
+        cells = [f"{age}", f"{income:g}", city, plan]
+        for j, every, offset in [(0, 9, 4), (1, 7, 2), (2, 11, 5), (3, 13, 3)]:
+            if i % every == offset:
+                cells[j] = gaps[i % 6]
+        lines.append(",".join(cells + [f"{tenure}", "yes" if risk >= cut else "no"]))
+    return lines
 
 
 def write_job(name, job):
@@ -152,6 +179,9 @@ def main():
         f.write("x1,x2,x3,y\n")
         for r in regression(2000, 3):
             f.write(",".join(str(v) for v in r) + "\n")
+    with open(HERE / "churn.csv", "w") as f:
+        f.write("age,income,city,plan,tenure,churn\n")
+        f.write("\n".join(churn(800, 18)) + "\n")
 
 
 if __name__ == "__main__":

@@ -448,7 +448,10 @@ fn data_report_text(r: &pb::DataReport) -> String {
             .map(|f| {
                 let value = match f.strategy.as_str() {
                     "own_category" => "its own category".to_string(),
-                    _ => format!("{} {}", f.strategy, f.value),
+                    _ => match f.value.parse::<f64>() {
+                        Ok(v) => format!("{} {}", f.strategy, num(v)),
+                        Err(_) => format!("{} {}", f.strategy, f.value),
+                    },
                 };
                 let indicator = if f.indicator { " (+ indicator)" } else { "" };
                 format!("{} {} cells with {value}{indicator}", f.column, f.cells)

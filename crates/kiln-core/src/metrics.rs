@@ -121,9 +121,11 @@ impl ConfusionMatrix {
 }
 
 /// The decision threshold on P(class 1) that maximizes F1 of class 1 when
-/// rows with `p >= t` are predicted 1: among the distinct probabilities, the
-/// smallest of the best (`None` without rows). The F1 of each candidate is
-/// counted in one pass over the rows sorted by probability.
+/// rows with `p >= t` are predicted 1 (`None` without rows). Candidates are
+/// the distinct probabilities, the smallest of the best wins; the threshold
+/// returned is halfway between it and the next lower probability (half of
+/// it when there is none), so that the f32 rounding of the same rows at
+/// Predict cannot move a row across it.
 pub fn f1_threshold(p1: &[f64], truth: &[usize]) -> Option<f64> {
     let mut rows: Vec<(f64, bool)> = p1
         .iter()
@@ -146,7 +148,8 @@ pub fn f1_threshold(p1: &[f64], truth: &[usize]) -> Option<f64> {
         let f1 = 2.0 * tp / (predicted + positives);
         // Going down the thresholds, `>=` keeps the smallest of equal bests.
         if best.is_none_or(|(b, _)| f1 >= b) {
-            best = Some((f1, t));
+            let below = rows.get(i).map_or(0.0, |r| r.0);
+            best = Some((f1, (t + below) / 2.0));
         }
     }
     best.map(|(_, t)| t)
@@ -395,11 +398,12 @@ mod tests {
     fn the_f1_threshold_is_the_best_and_smallest_on_a_tie() {
         let p1 = [0.6, 0.9, 0.2, 0.8, 0.6];
         let truth = [0, 1, 1, 0, 1];
-        assert_eq!(f1_threshold(&p1, &truth), Some(0.2));
+        assert_eq!(f1_threshold(&p1, &truth), Some(0.1), "half of the lowest");
         // Without the last positive: t=0.9 -> 2/3, t=0.6 -> 4/6: equal, smallest wins.
+        // Halfway down to the next probability, 0.2.
         assert_eq!(
-            f1_threshold(&[0.9, 0.8, 0.6, 0.6], &[1, 0, 1, 0]),
-            Some(0.6)
+            f1_threshold(&[0.9, 0.8, 0.6, 0.6, 0.2], &[1, 0, 1, 0, 0]),
+            Some(0.4)
         );
         assert_eq!(f1_threshold(&[], &[]), None);
         assert_eq!(classes_at(&p1, 0.6), [1, 1, 0, 1, 1]);
