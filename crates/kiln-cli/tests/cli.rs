@@ -138,6 +138,39 @@ fn submit_watch_list_and_predict() {
         assert!((p - 1.0).abs() < 1e-5, "{predictions}");
     }
 
+    // A file larger than one request (4096 rows) is sent in chunks, and the
+    // answers come back whole and in order.
+    let big = dir.join("big.csv");
+    let rows: String = (0..10_002)
+        .map(|i| ["0,0.0,1.0\n", "1,2.2,0.0\n", "1,-2.1,0.3\n"][i % 3])
+        .collect();
+    std::fs::write(&big, format!("label,y,x\n{rows}")).unwrap();
+    let requests = || {
+        let models = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(kiln_testkit::list_models(&server));
+        let model = models.iter().find(|m| m.name == "cli-rings").unwrap();
+        model.stats.as_ref().map_or(0, |s| s.requests)
+    };
+    let before = requests();
+    let out = server.kiln(&["predict", "cli-rings", "--csv", big.to_str().unwrap()]);
+    assert_ok(&out, "kiln predict of 10002 rows");
+    assert_eq!(requests() - before, 3, "4096 + 4096 + 1810 rows");
+    let all = stdout(&out);
+    let all: Vec<&str> = all.lines().collect();
+    assert_eq!(all.len(), 10_003);
+    let cells = |line: &str| -> Vec<String> { line.split(',').map(str::to_string).collect() };
+    for (i, line) in all[1..].iter().enumerate() {
+        let (got, want) = (cells(line), cells(lines[1 + i % 3]));
+        assert_eq!(got[0], want[0], "row {i}: {line}");
+        let p = |c: &[String]| c[2].parse::<f64>().unwrap();
+        assert!(
+            (p(&got) - p(&want)).abs() < 1e-5,
+            "row {i}: {line} vs {}",
+            lines[1 + i % 3]
+        );
+    }
+
     // The same by job id, and by version; a version that does not exist is NOT_FOUND.
     let out = server.kiln(&["predict", &job_id, "--csv", csv.to_str().unwrap()]);
     assert_ok(&out, "kiln predict by job id");
