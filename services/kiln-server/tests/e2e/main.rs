@@ -12,6 +12,7 @@ mod oip;
 mod persistence;
 mod preprocessing;
 mod python_sdk;
+mod scoring;
 mod security;
 mod serving;
 mod shutdown;
