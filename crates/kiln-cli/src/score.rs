@@ -114,7 +114,7 @@ pub fn evaluation_text(model: &str, dataset: &str, f: &pb::ScoreFinished) -> Str
     if f.rows_missing_target > 0 {
         rows.push((
             "missing target".into(),
-            format!("{} rows (left out)", f.rows_missing_target),
+            format!("{} (rows left out of the metrics)", f.rows_missing_target),
         ));
     }
     for (name, v) in score_metrics(f) {
