@@ -104,6 +104,12 @@ pub async fn start(
                 "scoring with model \"{name}\" panicked"
             )))
         });
+        let outcome = match &result {
+            Ok(Some(_)) => "finished",
+            Ok(None) => "cancelled",
+            Err(_) => "failed",
+        };
+        metrics::scoring_ended(&name, outcome);
         match result {
             Ok(Some(finished)) => {
                 let event = pb::ScoreEvent {
@@ -236,6 +242,7 @@ impl Plan {
                     .map_err(status::invalid)?;
             }
             let output = predictor.predict(&features);
+            metrics::rows_scored(&self.model_name, (end - start) as u64);
             let (values, width) = match &output {
                 Output::Values { values, width } => (values, *width),
                 Output::Probabilities { probs, classes } => (probs, *classes),

@@ -476,3 +476,92 @@ async fn online_predict_is_answered_while_a_batch_runs() {
     }
     panic!("online Predict was never answered before a batch's Finished event");
 }
+
+/// A sample of the server's Prometheus text, 0 when absent.
+fn scraped(addr: &str, sample: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Dropping the stream stops the scoring: the server counts it cancelled,
+/// before all rows were scored, and stores no predictions.
+#[tokio::test]
+async fn a_dropped_stream_stops_the_scoring() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let server = Server::start_with(&[("KILN_METRICS_LISTEN", metrics.as_str())]);
+    let mut spec = inline_regression(64, 256, 1, 32);
+    spec.model_name = "cancelled".into();
+    spec.model.as_mut().unwrap().hidden_layers.push(layer(256));
+    let job = submit(&server, spec).await.unwrap();
+    finished_job(&server, &job.id).await;
+
+    let rows = 400_000;
+    let mut csv = String::from("x,y\n");
+    for i in 0..rows {
+        csv.push_str(&format!("{},{}\n", i % 64, i % 7));
+    }
+    upload(&server, "huge", csv.as_bytes(), 1 << 20)
+        .await
+        .unwrap();
+    let mut request = by_name("cancelled", "huge");
+    request.output_name = "never-stored".into();
+    let mut stream = server
+        .inference()
+        .await
+        .score_dataset(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().expect("a first event");
+    assert!(matches!(
+        first.kind,
+        Some(pb::score_event::Kind::Progress(_))
+    ));
+    drop(stream);
+
+    let ended = |outcome: &str| {
+        scraped(
+            &metrics,
+            &format!("kiln_scorings_total{{model=\"cancelled\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    let deadline = std::time::Instant::now() + JOB_WAIT;
+    while ended("cancelled") == 0.0 {
+        assert_eq!(
+            ended("finished"),
+            0.0,
+            "the scoring finished after its stream was dropped"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scoring never stopped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let scored = scraped(&metrics, "kiln_scored_rows_total{model=\"cancelled\"}");
+    assert!(scored < rows as f64, "{scored} rows scored");
+    let datasets = server
+        .datasets()
+        .await
+        .list_datasets(pb::ListDatasetsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .datasets;
+    assert!(datasets.iter().all(|d| d.name != "never-stored"));
+}
