@@ -1,7 +1,7 @@
 //! `kiln`: the command line for a kiln server. Argument parsing and output
 //! formatting only; the calls themselves are in the `kiln-client` SDK.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use kiln_client::{load_job_file, load_sweep_file, pb, Client, Error};
 
 mod output;
+mod score;
 
 #[derive(Parser)]
 #[command(
@@ -73,13 +74,34 @@ enum Command {
     },
     /// List the models in the registry (every version).
     Models,
-    /// Predict the rows of a CSV file; writes CSV to stdout.
+    /// Predict the rows of a CSV file, or score an uploaded dataset on the
+    /// server; writes the predictions as CSV to stdout (or --output).
+    #[command(group(clap::ArgGroup::new("input").required(true).args(["csv", "dataset"])))]
     Predict {
         /// Model name, or the id of the job that trained it.
         model: String,
         /// CSV with a header row naming the model's input columns ("-" for stdin).
         #[arg(long)]
-        csv: PathBuf,
+        csv: Option<PathBuf>,
+        /// An uploaded dataset (id, or the newest with this name), scored on
+        /// the server; its predictions are stored as a dataset, then downloaded.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Version number or alias. Default: the newest loaded version.
+        #[arg(long)]
+        version: Option<String>,
+        /// Write the CSV to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Score an uploaded dataset that holds the model's target column(s);
+    /// prints the metrics (and for classification the confusion matrix).
+    Evaluate {
+        /// Model name, or the id of the job that trained it.
+        model: String,
+        /// The dataset: an id, or the newest dataset with this name.
+        #[arg(long)]
+        dataset: String,
         /// Version number or alias. Default: the newest loaded version.
         #[arg(long)]
         version: Option<String>,
@@ -115,6 +137,14 @@ enum DatasetsCommand {
     },
     /// List the datasets, newest first.
     List,
+    /// Download a dataset's stored file (e.g. scored predictions).
+    Download {
+        /// The dataset: an id, or the newest dataset with this name.
+        dataset: String,
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -264,18 +294,39 @@ async fn run(cli: Cli) -> Outcome {
         }
         Command::Predict {
             model,
-            csv,
+            csv: Some(csv),
             version,
+            output,
+            ..
         } => {
             let bytes = read_input(&csv)?;
             let client = server.connect().await?;
             let table = client
                 .predict_csv(&model, version.as_deref().unwrap_or(""), &bytes)
                 .await?;
-            let mut out = std::io::stdout().lock();
-            table.write_csv(&mut out)?;
-            out.flush()?;
+            let mut csv = Vec::new();
+            table.write_csv(&mut csv)?;
+            score::write_output(output.as_deref(), &csv)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Predict {
+            model,
+            dataset,
+            version,
+            output,
+            ..
+        } => {
+            let dataset = dataset.expect("clap requires --csv or --dataset");
+            let client = server.connect().await?;
+            score::predict_dataset(&client, &model, version.as_deref(), &dataset, output).await
+        }
+        Command::Evaluate {
+            model,
+            dataset,
+            version,
+        } => {
+            let client = server.connect().await?;
+            score::evaluate(&client, &model, version.as_deref(), &dataset).await
         }
     }
 }
@@ -359,6 +410,9 @@ async fn datasets(server: &Server, command: DatasetsCommand) -> Outcome {
         DatasetsCommand::List => {
             let datasets = client.datasets().await?;
             output::print(&output::datasets_table(&datasets))?;
+        }
+        DatasetsCommand::Download { dataset, output } => {
+            score::download(&client, &dataset, output.as_deref()).await?;
         }
     }
     Ok(ExitCode::SUCCESS)

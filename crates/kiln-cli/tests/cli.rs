@@ -356,3 +356,91 @@ fn the_token_comes_from_the_flag_or_kiln_token() {
         String::from_utf8_lossy(&env.stderr)
     );
 }
+
+#[test]
+fn predict_dataset_and_evaluate_score_on_the_server() {
+    let server = Server::start();
+    let dir = temp_dir("score");
+    let job_file = short_rings_job(&dir, "cli-score");
+    let out = server.kiln(&["submit", job_file.to_str().unwrap(), "--watch"]);
+    assert_ok(&out, "kiln submit --watch");
+
+    // A table with the label (some rows without), columns in another order.
+    let mut rows = String::from("label,y,x\n");
+    for i in 0..50 {
+        let (x, y) = ((i % 9) as f64 / 3.0 - 1.5, (i % 7) as f64 / 2.0 - 1.5);
+        let label = match i {
+            3 => String::new(),
+            _ => ((x * x + y * y > 1.5) as u8).to_string(),
+        };
+        rows.push_str(&format!("{label},{y},{x}\n"));
+    }
+    let csv = dir.join("table.csv");
+    std::fs::write(&csv, &rows).unwrap();
+    let out = server.kiln(&["datasets", "upload", csv.to_str().unwrap(), "--name", "t"]);
+    assert_ok(&out, "kiln datasets upload");
+
+    let out = server.kiln(&["predict", "cli-score", "--csv", csv.to_str().unwrap()]);
+    assert_ok(&out, "kiln predict --csv");
+    let online = stdout(&out);
+    assert!(online.starts_with("class,p_0,p_1\n"), "{online}");
+    let out = server.kiln(&["predict", "cli-score", "--dataset", "t"]);
+    assert_ok(&out, "kiln predict --dataset");
+    assert_eq!(stdout(&out), online);
+    assert!(stderr(&out).contains("scored 50 rows"), "{}", stderr(&out));
+
+    // -o writes the file; the stored predictions download by id.
+    let file = dir.join("scores.csv");
+    let out = server.kiln(&[
+        "predict",
+        "cli-score",
+        "--dataset",
+        "t",
+        "--version",
+        "1",
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    assert_ok(&out, "kiln predict --dataset -o");
+    assert!(stdout(&out).is_empty());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), online);
+    let out = server.kiln(&["datasets", "download", "cli-score-v1-scores"]);
+    assert_ok(&out, "kiln datasets download");
+    assert_eq!(stdout(&out), online);
+
+    let out = server.kiln(&["evaluate", "cli-score", "--dataset", "t"]);
+    assert_ok(&out, "kiln evaluate");
+    let report = stdout(&out);
+    for name in [
+        "accuracy",
+        "log_loss",
+        "roc_auc",
+        "pr_auc",
+        "f1",
+        "balanced_accuracy",
+        "confusion matrix",
+    ] {
+        assert!(report.contains(name), "no {name} in:\n{report}");
+    }
+    let evaluated = report
+        .lines()
+        .find_map(|l| l.strip_prefix("rows evaluated"))
+        .map(str::trim);
+    assert_eq!(evaluated, Some("49"), "{report}");
+
+    // Nothing to evaluate without the target; a missing input column is named.
+    std::fs::write(&csv, "x,y\n1,2\n").unwrap();
+    let out = server.kiln(&["datasets", "upload", csv.to_str().unwrap(), "--name", "u"]);
+    assert_ok(&out, "kiln datasets upload");
+    let line = error_line(&server.kiln(&["evaluate", "cli-score", "--dataset", "u"]));
+    assert!(line.contains("no target column"), "{line}");
+    std::fs::write(&csv, "x\n1\n").unwrap();
+    let out = server.kiln(&["datasets", "upload", csv.to_str().unwrap(), "--name", "v"]);
+    assert_ok(&out, "kiln datasets upload");
+    let line = error_line(&server.kiln(&["predict", "cli-score", "--dataset", "v"]));
+    assert!(
+        line.contains("INVALID_ARGUMENT") && line.contains("\"y\""),
+        "{line}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

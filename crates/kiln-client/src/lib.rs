@@ -73,7 +73,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 mod jobfile;
+mod score;
 pub mod table;
+
+pub use score::{score_metrics, DatasetRef, ScoreEvents};
 
 pub use jobfile::{
     load_job_file, load_message_file, load_sweep_file, parse_job, parse_message, parse_sweep,

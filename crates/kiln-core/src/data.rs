@@ -222,7 +222,8 @@ impl Table {
         len.checked_div(self.columns.len()).unwrap_or(0)
     }
 
-    fn cell(&self, row: usize, col: usize) -> Cow<'_, str> {
+    /// The text of a cell (row and column from 0); a number as text for arrays.
+    pub fn cell(&self, row: usize, col: usize) -> Cow<'_, str> {
         let i = row * self.columns.len() + col;
         match &self.cells {
             Cells::Text(cells) => Cow::Borrowed(&cells[i]),

@@ -68,6 +68,14 @@ impl ConfusionMatrix {
         self.counts[truth * self.classes + predicted]
     }
 
+    /// As the API carries it: the class labels and the counts, row-major.
+    pub fn to_proto(&self, labels: &[String]) -> kiln::v1::ConfusionMatrix {
+        kiln::v1::ConfusionMatrix {
+            labels: labels.to_vec(),
+            counts: self.counts.clone(),
+        }
+    }
+
     /// The table as rows (true class) of columns (predicted class).
     pub fn rows(&self) -> Vec<Vec<u64>> {
         self.counts

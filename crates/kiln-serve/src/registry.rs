@@ -425,6 +425,28 @@ impl ModelRegistry {
         Ok((number, slot.artifact.clone()))
     }
 
+    /// The artifact of a version and the device it serves on, for work that
+    /// builds its own copy of the model (batch scoring) rather than queueing
+    /// on the version's batcher.
+    pub fn artifact_and_device(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> Result<(ModelArtifact, kiln_train::Device), ServeError> {
+        let (name, _) = self.by_job_id(name, "");
+        let inner = self.inner.read().unwrap();
+        let slot = inner
+            .get(&name)
+            .and_then(|v| v.slots.get(&version))
+            .ok_or_else(|| {
+                ServeError::NotFound(format!("model \"{name}\" has no version \"{version}\""))
+            })?;
+        if let Some(error) = slot.unservable(&name, version) {
+            return Err(error);
+        }
+        Ok((slot.artifact.clone(), slot.device.clone()))
+    }
+
     /// Every version of every model, by name then version.
     pub fn list(&self) -> Vec<VersionInfo> {
         let inner = self.inner.read().unwrap();

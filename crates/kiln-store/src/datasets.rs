@@ -243,6 +243,19 @@ impl DatasetStore {
 
     /// Reads and parses a stored dataset, checking it against its checksum.
     pub fn load(&self, id: &str) -> Result<Table, DatasetError> {
+        let (meta, bytes) = self.read_file(id)?;
+        Ok(match meta.format {
+            DatasetFormat::Csv => Table::from_csv(&bytes)?,
+            DatasetFormat::Npy => {
+                let matrix = npy::read(&format!("dataset {}", meta.id), &bytes)?;
+                Table::from_numbers(meta.columns.clone(), matrix.values)?
+            }
+        })
+    }
+
+    /// A stored dataset's metadata and file (the CSV as uploaded, or the
+    /// `.npy` matrix), checked against its checksum.
+    pub fn read_file(&self, id: &str) -> Result<(DatasetMeta, Vec<u8>), DatasetError> {
         let meta = self.get(id)?;
         let path = self.dir.join(data_file(&meta));
         // Only regular files inside the datasets directory: a symlink put
@@ -271,13 +284,7 @@ impl DatasetStore {
                 )));
             }
         }
-        Ok(match meta.format {
-            DatasetFormat::Csv => Table::from_csv(&bytes)?,
-            DatasetFormat::Npy => {
-                let matrix = npy::read(&format!("dataset {}", meta.id), &bytes)?;
-                Table::from_numbers(meta.columns.clone(), matrix.values)?
-            }
-        })
+        Ok((meta, bytes))
     }
 }
 
@@ -338,6 +345,11 @@ mod tests {
         assert_eq!(meta.columns, ["x", "y", "label"]);
         assert_eq!(meta.rows, 2);
         assert_eq!(store.load(&meta.id).unwrap().rows(), 2);
+        let (read, bytes) = store.read_file(&meta.id).unwrap();
+        assert_eq!(
+            (read, &bytes[..]),
+            (meta.clone(), &b"x,y,label\n1,2,a\n3,4,b\n"[..])
+        );
         let reopened = DatasetStore::open(&dir).unwrap();
         assert_eq!(reopened.get(&meta.id).unwrap(), meta);
         assert_eq!(reopened.list(), vec![meta]);

@@ -11,6 +11,9 @@ use crate::{status, Kiln};
 
 pub struct Datasets(pub Arc<Kiln>);
 
+/// Bytes per DownloadDataset message.
+const DOWNLOAD_CHUNK: usize = 1 << 20;
+
 pub fn to_proto(meta: DatasetMeta) -> pb::Dataset {
     pb::Dataset {
         id: meta.id,
@@ -116,6 +119,27 @@ impl DatasetService for Datasets {
             .get(&id)
             .map(|m| Response::new(to_proto(m)))
             .map_err(status::dataset)
+    }
+
+    type DownloadDatasetStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::DatasetChunk, Status>> + Send>,
+    >;
+
+    async fn download_dataset(
+        &self,
+        request: Request<pb::GetDatasetRequest>,
+    ) -> Result<Response<Self::DownloadDatasetStream>, Status> {
+        let id = request.into_inner().dataset_id;
+        let datasets = self.0.datasets.clone();
+        let (_, file) = tokio::task::spawn_blocking(move || datasets.read_file(&id))
+            .await
+            .map_err(|e| Status::internal(format!("dataset read panicked: {e}")))?
+            .map_err(status::dataset)?;
+        let chunks: Vec<_> = file
+            .chunks(DOWNLOAD_CHUNK)
+            .map(|c| Ok(pb::DatasetChunk { chunk: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
     async fn list_datasets(

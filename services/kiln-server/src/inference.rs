@@ -276,6 +276,19 @@ impl InferenceService for Inference {
         tracing::info!(model = %model.name, version = model.version, "model imported");
         Ok(Response::new(self.info(&model.name, model.version)?))
     }
+
+    type ScoreDatasetStream = crate::scoring::ScoreStream;
+
+    async fn score_dataset(
+        &self,
+        request: Request<pb::ScoreDatasetRequest>,
+    ) -> Result<Response<Self::ScoreDatasetStream>, Status> {
+        let request = request.into_inner();
+        let model = self.model(&request.model, &request.version)?;
+        crate::scoring::start(self.0.clone(), model, request)
+            .await
+            .map(Response::new)
+    }
 }
 
 /// Feature rows (after encoding, before scaling), checked for width; NaN (a

@@ -13,6 +13,7 @@ mod oip;
 mod queued_job;
 mod recovery;
 mod runner;
+mod scoring;
 mod serve;
 mod status;
 mod sweeps;

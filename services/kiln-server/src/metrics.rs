@@ -51,6 +51,20 @@ static UNSEEN_CATEGORIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     );
     IntCounterVec::new(opts, &["model"]).expect("valid metric")
 });
+static SCORINGS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let opts = Opts::new(
+        "kiln_scorings_total",
+        "Batch scorings (ScoreDataset) that ended, by model and outcome (finished, cancelled, failed).",
+    );
+    IntCounterVec::new(opts, &["model", "outcome"]).expect("valid metric")
+});
+static SCORED_ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let opts = Opts::new(
+        "kiln_scored_rows_total",
+        "Rows batch scoring (ScoreDataset) ran through a model, by model.",
+    );
+    IntCounterVec::new(opts, &["model"]).expect("valid metric")
+});
 static MISSING_FILLED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     let opts = Opts::new(
         "kiln_missing_values_filled_total",
@@ -105,6 +119,20 @@ pub fn unseen_categories(model: &str, count: u64) {
     }
 }
 
+/// Counts a batch scoring that ended: "finished", "cancelled" or "failed".
+pub fn scoring_ended(model: &str, outcome: &str) {
+    SCORINGS
+        .with_label_values(&[MODELS.label(model), outcome])
+        .inc();
+}
+
+/// Counts rows a batch scoring ran through a model.
+pub fn rows_scored(model: &str, rows: u64) {
+    SCORED_ROWS
+        .with_label_values(&[MODELS.label(model)])
+        .inc_by(rows);
+}
+
 /// Counts missing cells one Predict request filled.
 pub fn missing_filled(model: &str, count: u64) {
     if count > 0 {
@@ -131,11 +159,13 @@ pub struct Sources {
 /// `sources`.
 fn registry(sources: Arc<Sources>) -> Registry {
     let registry = Registry::new();
-    let collectors: [Box<dyn Collector>; 5] = [
+    let collectors: [Box<dyn Collector>; 7] = [
         Box::new(GRPC_REQUESTS.clone()),
         Box::new(EPOCH_SECONDS.clone()),
         Box::new(UNSEEN_CATEGORIES.clone()),
         Box::new(MISSING_FILLED.clone()),
+        Box::new(SCORINGS.clone()),
+        Box::new(SCORED_ROWS.clone()),
         Box::new(Scrape::new(sources)),
     ];
     for collector in collectors {

@@ -117,17 +117,6 @@ pub(super) fn gradient_health(h: &GradientHealth) -> pb::GradientHealth {
     }
 }
 
-/// A confusion matrix with its class labels, rows the true classes.
-pub fn confusion_matrix(
-    matrix: &kiln_core::metrics::ConfusionMatrix,
-    labels: &[String],
-) -> pb::ConfusionMatrix {
-    pb::ConfusionMatrix {
-        labels: labels.to_vec(),
-        counts: matrix.rows().concat(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

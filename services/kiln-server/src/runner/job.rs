@@ -15,8 +15,8 @@ use kiln_train::{Checkpoint, Control, LrRangeReport, StopReason, TrainError, Tra
 use pb::job_event::Kind;
 
 use super::events::{
-    confusion_matrix, epoch_metrics, event_kind, failed, failed_message, gradient_health,
-    libtorch_summary, lr_range_result, panic_message,
+    epoch_metrics, event_kind, failed, failed_message, gradient_health, libtorch_summary,
+    lr_range_result, panic_message,
 };
 use super::{Context, QueuedJob};
 use crate::tensorboard::JobLog;
@@ -234,7 +234,7 @@ impl Context {
                     confusion_matrix: trained
                         .decisions
                         .as_ref()
-                        .map(|d| confusion_matrix(&d.confusion, &job.data.class_labels)),
+                        .map(|d| d.confusion.to_proto(&job.data.class_labels)),
                     decision_threshold: trained.decisions.as_ref().and_then(|d| d.threshold),
                 }),
                 Err(message) => failed(pb::StopReason::Error, message),

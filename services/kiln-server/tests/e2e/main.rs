@@ -13,6 +13,7 @@ mod persistence;
 mod preprocessing;
 mod python_sdk;
 mod real_tables;
+mod scoring;
 mod security;
 mod serving;
 mod shutdown;
