@@ -342,7 +342,36 @@ async fn a_messy_table_trains_and_serves_alike_from_every_client() {
         }
     }
 
-    // Four requests met the unseen city; each counted it.
+    // The fills, the unseen-category rule and the threshold travel in the
+    // exported file: an imported copy answers the rows with gaps alike.
+    let file = export_model(&server, "churn").await;
+    server
+        .inference()
+        .await
+        .import_model(tokio_stream::iter([pb::ImportModelRequest {
+            name: "churn-copy".into(),
+            chunk: file,
+        }]))
+        .await
+        .unwrap();
+    let mut copy = Vec::new();
+    client
+        .predict_csv("churn-copy", "", sample.as_bytes())
+        .await
+        .unwrap()
+        .write_csv(&mut copy)
+        .unwrap();
+    for (row, (ours, theirs)) in reference
+        .iter()
+        .zip(p_yes(&String::from_utf8(copy).unwrap()))
+        .enumerate()
+    {
+        assert_eq!(ours.0, theirs.0, "copy: class of row {row}");
+        assert!((ours.1 - theirs.1).abs() < 1e-6, "copy: row {row}");
+    }
+
+    // Four requests met the unseen city; each counted it (the copy's own
+    // request counts under its name).
     let (_, _, metrics) = http_get(&metrics_addr, "/metrics");
     assert!(
         metrics.contains("kiln_unseen_categories_total{model=\"churn\"} 4"),
