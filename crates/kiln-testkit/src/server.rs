@@ -34,16 +34,21 @@ pub fn server_binary() -> PathBuf {
             return path.into();
         }
     }
-    // Integration tests run from target/<profile>/deps.
+    built_binary("kiln-server", "kiln-server")
+}
+
+/// `name` as `cargo test --workspace` built it in `target/<profile>`, next
+/// to this test's directory (integration tests run from `target/<profile>/deps`).
+fn built_binary(name: &str, package: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let path = exe
         .parent()
         .and_then(|p| p.parent())
         .expect("target dir")
-        .join("kiln-server");
+        .join(name);
     assert!(
         path.exists(),
-        "{} is missing: build it with `cargo build -p kiln-server`, or run `cargo test --workspace` (make test does)",
+        "{} is missing: build it with `cargo build -p {package}`, or run `cargo test --workspace` (make test does)",
         path.display()
     );
     path
@@ -52,21 +57,10 @@ pub fn server_binary() -> PathBuf {
 /// The `kiln` CLI executable: `$KILN_CLI_BIN` if set; else the one
 /// `cargo test --workspace` built in `target/<profile>`, next to the test.
 pub fn cli_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("KILN_CLI_BIN") {
-        return path.into();
+    match std::env::var_os("KILN_CLI_BIN") {
+        Some(path) => path.into(),
+        None => built_binary("kiln", "kiln-cli"),
     }
-    let exe = std::env::current_exe().expect("test executable path");
-    let path = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .expect("target dir")
-        .join("kiln");
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build -p kiln-cli`, or run `cargo test --workspace` (make test does)",
-        path.display()
-    );
-    path
 }
 
 /// A fresh, empty directory under the system's temporary directory, unique

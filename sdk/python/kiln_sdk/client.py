@@ -82,6 +82,16 @@ def _rpc_errors():
         raise KilnError(err.code(), err.details() or "") from err
 
 
+def _follow(stream):
+    """Yields a server stream's messages with kiln's errors; a consumer that
+    stops early cancels the call (ends the watch or the scoring)."""
+    try:
+        with _rpc_errors():
+            yield from stream
+    finally:
+        stream.cancel()
+
+
 @dataclass
 class Prediction:
     """Predict's answer as arrays, one row per input row.
@@ -282,12 +292,7 @@ class Client:
         an LR range test ``"lr_range_point"`` and ``"lr_range_result"``.
         ``timeout`` bounds the whole stream (DEADLINE_EXCEEDED past it).
         """
-        stream = self.jobs_stub.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=timeout)
-        try:
-            with _rpc_errors():
-                yield from stream
-        finally:
-            stream.cancel()  # a consumer that stops early ends the call
+        yield from _follow(self.jobs_stub.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=timeout))
 
     def wait(
         self,
@@ -528,12 +533,7 @@ class Client:
         )
         field, value = self._dataset_ref(dataset)
         setattr(request, field, value)
-        stream = self.inference_stub.ScoreDataset(request, timeout=timeout)
-        try:
-            with _rpc_errors():
-                yield from stream
-        finally:
-            stream.cancel()  # a consumer that stops early ends the scoring
+        yield from _follow(self.inference_stub.ScoreDataset(request, timeout=timeout))
 
     def score(
         self,
@@ -672,12 +672,7 @@ class Client:
     ) -> Iterator["pb.SweepEvent"]:
         """Yields the sweep's ``pb.SweepEvent`` messages, from the first, until
         it ends (``sweep_finished`` is the last)."""
-        stream = self.sweeps_stub.WatchSweep(pb.WatchSweepRequest(sweep_id=sweep_id), timeout=timeout)
-        try:
-            with _rpc_errors():
-                yield from stream
-        finally:
-            stream.cancel()
+        yield from _follow(self.sweeps_stub.WatchSweep(pb.WatchSweepRequest(sweep_id=sweep_id), timeout=timeout))
 
     def wait_sweep(
         self,

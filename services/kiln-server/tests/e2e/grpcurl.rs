@@ -14,7 +14,7 @@ fn grpcurl_binary() -> PathBuf {
 }
 
 /// Runs grpcurl and returns its stdout, failing the test on a non-zero exit.
-fn grpcurl(server: &Server, args: &[&str], stdin: Option<&[u8]>) -> String {
+pub(crate) fn grpcurl(server: &Server, args: &[&str], stdin: Option<&[u8]>) -> String {
     let mut child = Command::new(grpcurl_binary())
         .arg("-plaintext")
         .args(args.iter().take(args.len().saturating_sub(1)))

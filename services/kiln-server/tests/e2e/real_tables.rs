@@ -6,9 +6,8 @@
 //! (the CLI, the Rust and Python SDKs and grpcurl answer row for row alike),
 //! with an unseen category at Predict.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use kiln::v1 as pb;
 use kiln_testkit::*;
@@ -392,32 +391,12 @@ fn grpcurl_predict(server: &Server, sample: &str) -> Vec<(String, f64)> {
         .map(|r| serde_json::json!({ "cells": r[..5] }))
         .collect();
     let request = serde_json::json!({ "model": "churn", "textRows": rows }).to_string();
-    let mut child = Command::new(venv_tool("KILN_GRPCURL", "grpcurl"))
-        .args([
-            "-plaintext",
-            "-d",
-            "@",
-            &server.addr,
-            "kiln.v1.InferenceService/Predict",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run grpcurl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::grpcurl::grpcurl(
+        server,
+        &["-d", "@", "kiln.v1.InferenceService/Predict"],
+        Some(request.as_bytes()),
     );
-    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer: Value = serde_json::from_str(&out).unwrap();
     answer["predictions"]
         .as_array()
         .unwrap()
