@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod budget;
 pub mod data;
 pub mod encoding;
 pub mod error;

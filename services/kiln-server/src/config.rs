@@ -33,6 +33,13 @@ pub struct Config {
     /// Budget of one training job: epochs x training rows; a job over it is
     /// refused with INVALID_ARGUMENT (0: no limit).
     pub max_epoch_rows: u64,
+    /// Memory one training job may need by kiln's estimate (weights, their
+    /// gradients and optimizer state, one batch's activations, a validation
+    /// chunk, the data; see kiln_core::budget), in bytes; a job over it is
+    /// refused with RESOURCE_EXHAUSTED before anything is allocated, and so
+    /// is an imported model whose weights alone are over it (0: no limit).
+    /// Default: half of this machine's memory.
+    pub max_job_memory_bytes: u64,
     /// Concurrent gRPC calls (HTTP/2 streams) per client connection (0: no limit).
     pub max_concurrent_streams: u32,
     /// Bearer token every call but grpc.health.v1 must carry
@@ -87,6 +94,7 @@ impl Default for Config {
             max_dataset_bytes: 1 << 30,
             max_queued_jobs: 1000,
             max_epoch_rows: 10_000_000_000,
+            max_job_memory_bytes: host_memory_bytes() / 2,
             max_concurrent_streams: 256,
             auth_token: String::new(),
             auth_token_file: None,
@@ -104,6 +112,19 @@ impl Default for Config {
             checkpoint_every_epochs: 1,
         }
     }
+}
+
+/// This machine's memory (MemTotal in /proc/meminfo); 16 GiB where that
+/// cannot be read.
+fn host_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(16 << 30)
 }
 
 impl Config {

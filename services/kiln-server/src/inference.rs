@@ -260,6 +260,7 @@ impl InferenceService for Inference {
         check_model_name("name", &name).map_err(status::invalid)?;
         let artifact = ModelArtifact::from_safetensors(&file)
             .map_err(|e| Status::invalid_argument(format!("chunk: {e}")))?;
+        check_model_memory(&artifact, self.0.config.max_job_memory_bytes)?;
         let (device, device_name) =
             kiln_train::device::resolve(DeviceChoice::Auto).map_err(Status::failed_precondition)?;
         // Kept like a trained model's files, so a restart serves it again.
@@ -289,6 +290,23 @@ impl InferenceService for Inference {
             .await
             .map(Response::new)
     }
+}
+
+/// RESOURCE_EXHAUSTED when a model's weights alone are over the per-job
+/// memory budget (`max_job_memory_bytes`; 0: no limit).
+fn check_model_memory(artifact: &ModelArtifact, limit: u64) -> Result<(), Status> {
+    let arch = &artifact.meta.arch;
+    let parameters = kiln_core::budget::parameters(arch.inputs, &arch.hidden, arch.outputs);
+    let bytes = parameters.saturating_mul(4);
+    if limit == 0 || bytes <= limit {
+        return Ok(());
+    }
+    Err(Status::resource_exhausted(format!(
+        "chunk: the model's {parameters} parameters take {}, over the server's limit of {} \
+         (max_job_memory_bytes)",
+        kiln_core::budget::human_bytes(bytes),
+        kiln_core::budget::human_bytes(limit)
+    )))
 }
 
 /// Feature rows (after encoding, before scaling), checked for width; NaN (a

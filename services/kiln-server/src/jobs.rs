@@ -3,10 +3,12 @@
 use std::sync::Arc;
 
 use kiln::v1 as pb;
+use kiln_core::budget::{human_bytes, MemoryEstimate};
 use kiln_core::data::{Dataset, Table};
 use kiln_core::prepare::{prepare, DataReport, Prepared};
 use kiln_core::spec::{DataSource, JobKind, JobSpec};
 use kiln_core::FieldError;
+use kiln_train::model::ModelArch;
 use pb::job_service_server::JobService;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -217,6 +219,36 @@ fn check_budget(kiln: &Kiln, spec: &JobSpec, train_rows: usize) -> Result<(), St
     Ok(())
 }
 
+/// RESOURCE_EXHAUSTED when the job's estimated memory is over
+/// `max_job_memory_bytes`: refused before anything is allocated.
+fn check_memory(kiln: &Kiln, spec: &JobSpec, data: &Prepared) -> Result<(), Status> {
+    let limit = kiln.config.max_job_memory_bytes;
+    let outputs = ModelArch::output_units(spec.task, data.outputs);
+    let e = MemoryEstimate::for_job(
+        spec,
+        data.width,
+        outputs,
+        data.train.rows,
+        data.validation.rows,
+    );
+    if limit == 0 || e.total() <= limit {
+        return Ok(());
+    }
+    Err(Status::resource_exhausted(format!(
+        "spec.model: the job needs an estimated {} ({} parameters: {} for the weights, their \
+         gradients and the optimizer's state; {} for a batch; {} for validation; {} of data), \
+         over the server's limit of {} per job (max_job_memory_bytes); use fewer or narrower \
+         layers, a smaller batch_size or less data",
+        human_bytes(e.total()),
+        e.parameters,
+        human_bytes(e.model),
+        human_bytes(e.batch),
+        human_bytes(e.validation),
+        human_bytes(e.data),
+        human_bytes(limit)
+    )))
+}
+
 /// Checks the data of a validated spec, records the job QUEUED and hands it
 /// to the runner; with `limit_queue` (SubmitJob) refuses it when
 /// `max_queued_jobs` are already waiting.
@@ -235,6 +267,7 @@ async fn submit_checked(
         .await
         .map_err(|e| Status::internal(format!("data preparation panicked: {e}")))??;
     check_budget(kiln, &spec, data.train.rows)?;
+    check_memory(kiln, &spec, &data)?;
 
     let _gate = if limit_queue {
         let gate = QUEUE_GATE.lock().unwrap_or_else(|e| e.into_inner());

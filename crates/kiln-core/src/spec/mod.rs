@@ -18,7 +18,7 @@ mod model;
 mod optimizer;
 mod schedule;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod training;
 
 use kiln::v1 as pb;

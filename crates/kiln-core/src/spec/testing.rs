@@ -5,7 +5,7 @@ use kiln::v1 as pb;
 use super::JobSpec;
 
 /// The smallest valid spec: multiclass on a dataset, target `y`.
-pub(super) fn minimal() -> pb::JobSpec {
+pub(crate) fn minimal() -> pb::JobSpec {
     pb::JobSpec {
         task: pb::Task::MulticlassClassification as i32,
         data: Some(pb::DataSpec {

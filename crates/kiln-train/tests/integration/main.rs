@@ -15,6 +15,7 @@ mod early_stop_keras;
 mod function_parity;
 mod gradient_health;
 mod lr_range;
+mod memory_estimate;
 mod optim_parity;
 mod schedule_parity;
 mod swa_parity;

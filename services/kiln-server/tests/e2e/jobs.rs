@@ -607,3 +607,69 @@ async fn a_job_that_cannot_fit_in_memory_fails_out_of_memory() {
     assert_eq!(job.state(), pb::JobState::Failed);
     assert_eq!(job.stop_reason(), pb::StopReason::OutOfMemory);
 }
+
+/// A network that would take the machine's memory is refused at SubmitJob
+/// by its estimate, before anything is allocated (the job: two
+/// layers of 65,536 units on 2 inputs, ~4.3e9 weights), and the server
+/// answers right after; a tighter budget refuses a modest job the same way,
+/// and an imported model over it too.
+#[tokio::test]
+async fn a_job_over_the_memory_budget_is_refused_before_it_allocates() {
+    let server = Server::start();
+    let mut huge = quick_job();
+    huge.model.as_mut().unwrap().hidden_layers = vec![layer(65_536), layer(65_536)];
+    let started = std::time::Instant::now();
+    let st = submit_err(&server, huge).await;
+    assert_eq!(st.code(), Code::ResourceExhausted, "{}", st.message());
+    assert!(
+        st.message()
+            .starts_with("spec.model: the job needs an estimated")
+            // One input: 2 x 65,536 + 65,537 x 65,536 + 65,537 x 1 parameters.
+            && st.message().contains("(4295229441 parameters")
+            && st.message().contains("(max_job_memory_bytes)"),
+        "{}",
+        st.message()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(
+        server
+            .jobs()
+            .await
+            .list_jobs(pb::ListJobsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs
+            .len(),
+        0
+    );
+
+    let tight = Server::start_with(&[("KILN_MAX_JOB_MEMORY_BYTES", "10000")]);
+    let st = submit_err(&tight, quick_job()).await;
+    assert_eq!(st.code(), Code::ResourceExhausted, "{}", st.message());
+    assert!(
+        st.message().contains("over the server's limit of 9.8 KiB"),
+        "{}",
+        st.message()
+    );
+    // The same model trained where it fits is too big to import here.
+    let job = submit(&server, quick_job()).await.unwrap();
+    finished(&watch_all(&server, &job.id).await);
+    let file = export_model(&server, &job.id).await;
+    let small = Server::start_with(&[("KILN_MAX_JOB_MEMORY_BYTES", "100")]);
+    let st = small
+        .inference()
+        .await
+        .import_model(tokio_stream::iter([pb::ImportModelRequest {
+            name: "too-big".into(),
+            chunk: file,
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::ResourceExhausted, "{}", st.message());
+    assert!(
+        st.message().contains("(max_job_memory_bytes)"),
+        "{}",
+        st.message()
+    );
+}
