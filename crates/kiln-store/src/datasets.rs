@@ -36,12 +36,23 @@ pub struct DatasetMeta {
     pub size_bytes: u64,
     /// Seconds since the Unix epoch.
     pub created_unix: i64,
+    /// The nanoseconds within that second: which of two uploads in one
+    /// second is the newer (0 for datasets stored before it was kept).
+    #[serde(default)]
+    pub created_nanos: u32,
     /// CSV or NPY.
     #[serde(default)]
     pub format: DatasetFormat,
     /// Hex SHA-256 of the data file; `None` for datasets stored before checksums.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+}
+
+impl DatasetMeta {
+    /// Orders datasets by when they were uploaded (the id breaks a tie).
+    fn age_key(&self) -> (i64, u32, &str) {
+        (self.created_unix, self.created_nanos, &self.id)
+    }
 }
 
 /// How a dataset's file is encoded.
@@ -181,6 +192,9 @@ impl DatasetStore {
         table: &Table,
         file: &[u8],
     ) -> Result<DatasetMeta, DatasetError> {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         let meta = DatasetMeta {
             id: format!("ds-{}", uuid::Uuid::new_v4().simple()),
             name: if name.is_empty() {
@@ -191,9 +205,8 @@ impl DatasetStore {
             columns: table.columns.clone(),
             rows: table.rows() as u64,
             size_bytes: file.len() as u64,
-            created_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
+            created_unix: since_epoch.as_secs() as i64,
+            created_nanos: since_epoch.subsec_nanos(),
             format,
             sha256: Some(sha256_hex(file)),
         };
@@ -230,14 +243,14 @@ impl DatasetStore {
             .unwrap()
             .values()
             .filter(|m| m.name == name)
-            .max_by(|a, b| (a.created_unix, &a.id).cmp(&(b.created_unix, &b.id)))
+            .max_by(|a, b| a.age_key().cmp(&b.age_key()))
             .cloned()
     }
 
     /// Newest first.
     pub fn list(&self) -> Vec<DatasetMeta> {
         let mut all: Vec<_> = self.metas.read().unwrap().values().cloned().collect();
-        all.sort_by(|a, b| (b.created_unix, &b.id).cmp(&(a.created_unix, &a.id)));
+        all.sort_by(|a, b| b.age_key().cmp(&a.age_key()));
         all
     }
 
@@ -354,6 +367,22 @@ mod tests {
         assert_eq!(reopened.get(&meta.id).unwrap(), meta);
         assert_eq!(reopened.list(), vec![meta]);
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Uploads a few microseconds apart (one second, as the database keeps
+    /// it): the name means the last one, every time.
+    #[test]
+    fn a_name_means_its_newest_upload() {
+        let dir = temp_dir("newest");
+        let store = DatasetStore::open(&dir).unwrap();
+        for round in 0..20 {
+            let first = store.put_csv("same", b"a,b\n1,2\n").unwrap();
+            let second = store.put_csv("same", b"a,b\n3,4\n").unwrap();
+            assert_eq!(store.newest_named("same").unwrap().id, second.id, "round {round}");
+            assert_eq!(store.list()[0].id, second.id);
+            assert_ne!(first.id, second.id);
+        }
+        assert!(store.newest_named("other").is_none());
     }
 
     #[test]
