@@ -200,6 +200,54 @@ where
     }
 }
 
+/// [`Auth`] in front of the router, so that a call to a service or method
+/// the server does not have answers UNAUTHENTICATED without the token rather
+/// than UNIMPLEMENTED (which would tell a stranger what exists). Health
+/// stays open; the services' own [`Guard`]s check again.
+#[derive(Clone)]
+pub struct AuthLayer(pub Auth);
+
+impl<S> tower_layer::Layer<S> for AuthLayer {
+    type Service = Authed<S>;
+
+    fn layer(&self, inner: S) -> Authed<S> {
+        Authed {
+            inner,
+            auth: self.0.clone(),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] makes.
+#[derive(Clone)]
+pub struct Authed<S> {
+    inner: S,
+    auth: Auth,
+}
+
+impl<S, ReqBody> Service<http::Request<ReqBody>> for Authed<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        if !request.uri().path().starts_with("/grpc.health.v1.Health/") {
+            if let Err(status) = self.auth.check(request.headers()) {
+                return Box::pin(async move { Ok(status.into_http()) });
+            }
+        }
+        Box::pin(self.inner.call(request))
+    }
+}
+
 /// tonic's decoder answers OUT_OF_RANGE "Error, decoded message length too
 /// large: ..." in a trailers-only response; rewrite it as RESOURCE_EXHAUSTED.
 fn message_too_large(response: &mut http::Response<Body>, limit: usize) {

@@ -280,7 +280,7 @@ fn routes(
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
-) -> anyhow::Result<Router<Stack<telemetry::GrpcLayer, Identity>>> {
+) -> anyhow::Result<Router<Stack<auth::AuthLayer, Stack<telemetry::GrpcLayer, Identity>>>> {
     let max_message = kiln.config.max_message_bytes;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -289,6 +289,7 @@ fn routes(
     };
     Ok(transport
         .layer(telemetry::GrpcLayer)
+        .layer(auth::AuthLayer(guards.auth.clone()))
         .add_service(health)
         .add_service(guards.wrap(reflection().build_v1()?))
         .add_service(guards.wrap(reflection().build_v1alpha()?))
