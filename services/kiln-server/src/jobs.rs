@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use kiln::v1 as pb;
 use kiln_core::data::{Dataset, Table};
-use kiln_core::prepare::{prepare, DataReport, Prepared};
+use kiln_core::prepare::{check_split, prepare, DataReport, Prepared};
 use kiln_core::spec::{DataSource, JobKind, JobSpec};
 use kiln_core::FieldError;
 use pb::job_service_server::JobService;
@@ -299,6 +299,7 @@ pub fn prepare_data(kiln: &Kiln, spec: &JobSpec) -> Result<Prepared, Status> {
         }
     };
     let dataset = Dataset::from_table(&table, &spec.data, spec.task).map_err(status::invalid)?;
+    check_split(dataset.rows(), spec.data.validation_fraction).map_err(status::invalid)?;
     let prepared = prepare(&dataset, &spec.data);
     spec.check_against_data(prepared.outputs)
         .map_err(status::invalid)?;
