@@ -17,4 +17,4 @@ pub mod prepare;
 pub mod scaler;
 pub mod spec;
 
-pub use error::FieldError;
+pub use error::{brief, FieldError};

@@ -260,6 +260,10 @@ impl InferenceService for Inference {
         check_model_name("name", &name).map_err(status::invalid)?;
         let artifact = ModelArtifact::from_safetensors(&file)
             .map_err(|e| Status::invalid_argument(format!("chunk: {e}")))?;
+        self.0
+            .models
+            .check_task(&name, artifact.meta.arch.task)
+            .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
         let (device, device_name) =
             kiln_train::device::resolve(DeviceChoice::Auto).map_err(Status::failed_precondition)?;
         // Kept like a trained model's files, so a restart serves it again.

@@ -217,6 +217,18 @@ fn check_budget(kiln: &Kiln, spec: &JobSpec, train_rows: usize) -> Result<(), St
     Ok(())
 }
 
+/// One model name holds one task: INVALID_ARGUMENT on `spec.model_name`
+/// when the name already holds versions of another task.
+fn check_model_task(kiln: &Kiln, spec: &JobSpec) -> Result<(), Status> {
+    match (&spec.model_name, spec.kind) {
+        (Some(name), JobKind::Train) => kiln
+            .models
+            .check_task(name, spec.task)
+            .map_err(|e| Status::invalid_argument(format!("spec.model_name: {e}"))),
+        _ => Ok(()),
+    }
+}
+
 /// Checks the data of a validated spec, records the job QUEUED and hands it
 /// to the runner; with `limit_queue` (SubmitJob) refuses it when
 /// `max_queued_jobs` are already waiting.
@@ -226,6 +238,7 @@ async fn submit_checked(
     mut spec: JobSpec,
     limit_queue: bool,
 ) -> Result<pb::Job, Status> {
+    check_model_task(kiln, &spec)?;
     resolve_dataset_name(kiln, &mut proto, &mut spec)?;
     let (device, device_name) = kiln_train::device::resolve(spec.device)
         .map_err(|m| status::invalid(FieldError::new("spec.device", m)))?;

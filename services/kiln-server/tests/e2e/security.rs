@@ -491,7 +491,7 @@ async fn dataset_ids_and_model_names_are_never_paths() {
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
 
     // Model names are names, not paths.
-    for name in ["../evil", "/tmp/evil", "a/b"] {
+    for name in ["../evil", "/tmp/evil", "a/b", "..", "."] {
         let mut spec = inline_job(20, 1);
         spec.model_name = name.into();
         let status = submit(&server, spec).await.unwrap_err();
@@ -513,10 +513,10 @@ async fn dataset_ids_and_model_names_are_never_paths() {
         assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
         assert!(status.message().starts_with("name: "), "{status:?}");
     }
-    // "..", a valid name, names the model only: its files stay under the
+    // "...", a valid name, names the model only: its files stay under the
     // data directory, keyed by job id.
     let mut spec = inline_job(20, 1);
-    spec.model_name = "..".into();
+    spec.model_name = "...".into();
     let job = submit(&server, spec).await.unwrap();
     finished(&watch_all(&server, &job.id).await);
     assert!(data_dir.join("models").join(&job.id).is_dir());
