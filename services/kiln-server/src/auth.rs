@@ -195,6 +195,7 @@ where
         Box::pin(async move {
             let mut response = inner.call(request).await?;
             message_too_large(&mut response, limit);
+            bound_message(&mut response);
             Ok(response)
         })
     }
@@ -279,6 +280,34 @@ fn message_too_large(response: &mut http::Response<Body>, limit: usize) {
     }
 }
 
+/// The longest status message a guarded service answers, in characters.
+/// Messages quote client input through `kiln_core::brief` (100 characters);
+/// this is the net under every other message.
+const MAX_STATUS_MESSAGE_CHARS: usize = 1024;
+
+/// Cuts the message of a trailers-only error response to
+/// [`MAX_STATUS_MESSAGE_CHARS`] characters, ending it with "…".
+fn bound_message(response: &mut http::Response<Body>) {
+    let Some(status) = Status::from_header_map(response.headers()) else {
+        return;
+    };
+    let Some((end, _)) = status
+        .message()
+        .char_indices()
+        .nth(MAX_STATUS_MESSAGE_CHARS)
+    else {
+        return;
+    };
+    let cut = Status::new(status.code(), format!("{}…", &status.message()[..end]));
+    let headers = response.headers_mut();
+    for name in ["grpc-message", "grpc-status-details-bin"] {
+        headers.remove(name);
+    }
+    if cut.add_header(headers).is_err() {
+        tracing::warn!("could not bound a status message");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +318,20 @@ mod tests {
             map.insert(http::header::AUTHORIZATION, v.parse().unwrap());
         }
         map
+    }
+
+    #[test]
+    fn long_status_messages_are_cut() {
+        let long = Status::not_found("x".repeat(20_000));
+        let mut response = long.into_http::<Body>();
+        bound_message(&mut response);
+        let status = Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(
+            status.message().chars().count(),
+            MAX_STATUS_MESSAGE_CHARS + 1
+        );
+        assert!(status.message().ends_with('…'));
     }
 
     #[test]

@@ -341,7 +341,8 @@ fn resolve_dataset_name(
 fn dataset_named(kiln: &Kiln, name: &str) -> Result<kiln_store::DatasetMeta, Status> {
     kiln.datasets.newest_named(name).ok_or_else(|| {
         Status::not_found(format!(
-            "spec.data.dataset_name: no dataset is named \"{name}\""
+            "spec.data.dataset_name: no dataset is named \"{}\"",
+            kiln_core::brief(name)
         ))
     })
 }

@@ -1,6 +1,6 @@
 //! What a hostile user tried (issue 20): model names that take over a job
 //! id, one name holding models of two tasks, two servers on one data
-//! directory.
+//! directory, and huge inputs echoed back in error messages.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -212,4 +212,93 @@ async fn one_server_per_data_directory() {
     let dir = first.kill_keeping_data();
     let again = Server::start_in(dir, &[]);
     serving(&again).await;
+}
+
+#[tokio::test]
+async fn long_inputs_come_back_bounded() {
+    let server = Server::start();
+    let job = trained(&server, regression("bounded")).await;
+    let huge = "job-".to_string() + &"a".repeat(20_000);
+    let data_dir = server.data_dir.display().to_string();
+    let check = |call: &str, status: tonic::Status, code: Code| {
+        assert_eq!(
+            status.code(),
+            code,
+            "{call}: {}",
+            &status.message()[..200.min(status.message().len())]
+        );
+        let chars = status.message().chars().count();
+        assert!(chars < 300, "{call}: {chars} characters");
+        assert!(
+            !status.message().contains(&data_dir),
+            "{call}: {}",
+            status.message()
+        );
+    };
+    let mut jobs = server.jobs().await;
+    let status = jobs
+        .get_job(pb::GetJobRequest {
+            job_id: huge.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert!(status.message().contains('…'), "{}", status.message());
+    check("GetJob", status, Code::NotFound);
+    let status = jobs
+        .watch_job(pb::WatchJobRequest {
+            job_id: huge.clone(),
+        })
+        .await
+        .unwrap_err();
+    check("WatchJob", status, Code::NotFound);
+    let status = jobs
+        .cancel_job(pb::CancelJobRequest {
+            job_id: huge.clone(),
+        })
+        .await
+        .unwrap_err();
+    check("CancelJob", status, Code::NotFound);
+    let status = predict(&server, &huge, "").await.unwrap_err();
+    assert!(status.message().contains('…'), "{}", status.message());
+    check("Predict", status, Code::NotFound);
+    let status = predict(&server, &job, &huge).await.unwrap_err();
+    check("Predict version", status, Code::NotFound);
+    let status = predict(&server, "bounded", &huge).await.unwrap_err();
+    check("Predict alias", status, Code::NotFound);
+    let mut inference = server.inference().await;
+    let status = inference
+        .load_model(pb::ModelRef {
+            model: huge.clone(),
+            version: String::new(),
+        })
+        .await
+        .unwrap_err();
+    check("LoadModel", status, Code::NotFound);
+    let status = inference
+        .set_alias(pb::SetAliasRequest {
+            model: "bounded".into(),
+            alias: "a".repeat(20_000),
+            version: "1".into(),
+        })
+        .await
+        .unwrap_err();
+    check("SetAlias", status, Code::InvalidArgument);
+    let status = submit(&server, regression(&"m".repeat(20_000)))
+        .await
+        .unwrap_err();
+    check("SubmitJob", status, Code::InvalidArgument);
+    let upload = pb::UploadDatasetRequest {
+        name: "n".repeat(129),
+        chunk: b"x,y\n1,2\n3,4\n5,6\n".to_vec(),
+        ..Default::default()
+    };
+    let status = server
+        .datasets()
+        .await
+        .upload_dataset(tokio_stream::iter([upload]))
+        .await
+        .unwrap_err();
+    assert!(status.message().starts_with("name: "), "{status:?}");
+    check("UploadDataset", status, Code::InvalidArgument);
+    serving(&server).await;
 }
