@@ -18,4 +18,4 @@ pub mod prepare;
 pub mod scaler;
 pub mod spec;
 
-pub use error::FieldError;
+pub use error::{brief, FieldError};

@@ -5,6 +5,7 @@ use rand::{seq::SliceRandom, SeedableRng};
 
 use crate::data::{Dataset, RowCounts, Targets};
 use crate::encoding::{Fill, InputColumn, InputEncoding};
+use crate::error::FieldError;
 use crate::scaler::Scaler;
 use crate::spec::{DataSpec, MissingStrategy, Scaling};
 
@@ -104,6 +105,25 @@ impl Prepared {
 /// at least 1 training row.
 pub fn validation_rows(rows: usize, fraction: f64) -> usize {
     ((rows as f64 * fraction).round() as usize).clamp(1, rows.saturating_sub(1).max(1))
+}
+
+/// Refuses a split of `rows` rows at `fraction` that leaves fewer than 2
+/// training rows (validation gets at least 1 row, see [`validation_rows`]):
+/// a clear error rather than a model trained on one row.
+pub fn check_split(rows: usize, fraction: f64) -> Result<(), FieldError> {
+    let validation = ((rows as f64 * fraction).round() as usize).max(1);
+    let training = rows.saturating_sub(validation);
+    if training < 2 {
+        return Err(FieldError::new(
+            "spec.data.validation_fraction",
+            format!(
+                "{fraction} of {rows} rows leaves {training} training rows and {validation} \
+                 validation rows; training needs at least 2 and validation 1: lower the \
+                 fraction or add rows"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Splits `data` with the spec's seed and fraction (stratified by class when
@@ -418,6 +438,25 @@ mod tests {
         }
         assert_eq!(p.feature_scaler.scale[2..], [1.0, 1.0]);
         assert_eq!(p.feature_scaler.offset[2..], [0.0, 0.0]);
+    }
+
+    #[test]
+    fn splits_leaving_under_two_training_rows_are_refused() {
+        assert!(check_split(3, 0.2).is_ok());
+        assert!(check_split(10, 0.8).is_ok());
+        let e = check_split(2, 0.2).unwrap_err();
+        assert_eq!(e.field, "spec.data.validation_fraction");
+        assert!(
+            e.message
+                .contains("leaves 1 training rows and 1 validation rows"),
+            "{e}"
+        );
+        let e = check_split(10, 0.9).unwrap_err();
+        assert!(
+            e.message
+                .contains("0.9 of 10 rows leaves 1 training rows and 9"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -11,11 +11,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
+use kiln_core::brief;
+use kiln_core::spec::Task;
 use kiln_train::{ModelArtifact, ModelMeta};
 
 use crate::batcher::{BatcherConfig, BatcherHandle, StatsSnapshot};
 use crate::journal::{RegistryJournal, SavedVersion};
 use crate::ServeError;
+
+/// The longest alias.
+pub const MAX_ALIAS_LEN: usize = 128;
 
 /// A loaded model version and its batcher.
 pub struct ServedModel {
@@ -152,9 +157,16 @@ impl ModelRegistry {
         device: kiln_train::Device,
         device_name: &str,
     ) -> Result<Arc<ServedModel>, ServeError> {
+        self.check_task(name, artifact.meta.arch.task)?;
         let batcher = BatcherHandle::spawn(name, &artifact, device.clone(), self.config)?;
         let mut inner = self.inner.write().unwrap();
         let versions = inner.entry(name.to_string()).or_default();
+        // Checked again under the lock: another version may have come meanwhile.
+        if let Some(held) = versions.task() {
+            if held != artifact.meta.arch.task {
+                return Err(task_mismatch(name, held, artifact.meta.arch.task));
+            }
+        }
         let version = versions.slots.keys().next_back().map_or(1, |v| v + 1);
         let model = Arc::new(ServedModel {
             name: name.to_string(),
@@ -260,11 +272,11 @@ impl ModelRegistry {
     /// job that trained it) at `version`: "" for the newest loaded version, a
     /// number, or an alias.
     pub fn resolve(&self, name: &str, version: &str) -> Result<Arc<ServedModel>, ServeError> {
-        let (name, version) = self.by_job_id(name, version);
+        let (name, version) = self.by_job_id(name, version)?;
         let inner = self.inner.read().unwrap();
         let versions = inner
             .get(&name)
-            .ok_or_else(|| ServeError::NotFound(format!("model \"{name}\" not found")))?;
+            .ok_or_else(|| ServeError::NotFound(format!("model \"{}\" not found", brief(&name))))?;
         if let Selector::Latest = Selector::parse(&version) {
             return versions
                 .slots
@@ -299,25 +311,44 @@ impl ModelRegistry {
         })
     }
 
-    /// A job id stands for the version it trained.
-    fn by_job_id(&self, name: &str, version: &str) -> (String, String) {
-        if self.inner.read().unwrap().contains_key(name) {
-            return (name.to_string(), version.to_string());
-        }
+    /// A job id stands for the version it trained, always: it is looked up
+    /// before model names (which cannot have the form of a job id). With a
+    /// job id, `version` may be "" or that version's number.
+    fn by_job_id(&self, name: &str, version: &str) -> Result<(String, String), ServeError> {
         match self.by_job.read().unwrap().get(name) {
-            Some((model, v)) if version.is_empty() => (model.clone(), v.to_string()),
-            _ => (name.to_string(), version.to_string()),
+            Some((model, v)) if version.is_empty() || version == v.to_string() => {
+                Ok((model.clone(), v.to_string()))
+            }
+            Some((model, v)) => Err(ServeError::NotFound(format!(
+                "job \"{name}\" trained version {v} of model \"{model}\"; it has no version \"{}\"",
+                brief(version)
+            ))),
+            None => Ok((name.to_string(), version.to_string())),
+        }
+    }
+
+    /// The task `name`'s versions predict, if it has any: one model name
+    /// holds one task.
+    pub fn task(&self, name: &str) -> Option<Task> {
+        self.inner.read().unwrap().get(name)?.task()
+    }
+
+    /// `Invalid` when `name` already holds versions of another task than `task`.
+    pub fn check_task(&self, name: &str, task: Task) -> Result<(), ServeError> {
+        match self.task(name) {
+            Some(held) if held != task => Err(task_mismatch(name, held, task)),
+            _ => Ok(()),
         }
     }
 
     /// The model name `name` means (itself, or the model a job id trained).
     pub fn resolve_name(&self, name: &str) -> String {
-        self.by_job_id(name, "").0
+        self.by_job_id(name, "").expect("no version").0
     }
 
     /// Every registered version of `name`, loaded or not, oldest first.
     pub fn versions(&self, name: &str) -> Vec<u32> {
-        let (name, _) = self.by_job_id(name, "");
+        let (name, _) = self.by_job_id(name, "").expect("no version");
         let inner = self.inner.read().unwrap();
         inner
             .get(&name)
@@ -327,12 +358,12 @@ impl ModelRegistry {
 
     /// Loads (and warms up) a version; "" is the newest registered one.
     pub fn load(&self, name: &str, version: &str) -> Result<Arc<ServedModel>, ServeError> {
-        let (name, version) = self.by_job_id(name, version);
+        let (name, version) = self.by_job_id(name, version)?;
         let (number, job_id, artifact, device, device_name) = {
             let inner = self.inner.read().unwrap();
-            let versions = inner
-                .get(&name)
-                .ok_or_else(|| ServeError::NotFound(format!("model \"{name}\" not found")))?;
+            let versions = inner.get(&name).ok_or_else(|| {
+                ServeError::NotFound(format!("model \"{}\" not found", brief(&name)))
+            })?;
             let number = versions.select(&name, &version)?;
             let slot = &versions.slots[&number];
             if let Some(model) = &slot.loaded {
@@ -370,11 +401,11 @@ impl ModelRegistry {
 
     /// Stops serving a version (requests in flight finish); returns its number.
     pub fn unload(&self, name: &str, version: &str) -> Result<u32, ServeError> {
-        let (name, version) = self.by_job_id(name, version);
+        let (name, version) = self.by_job_id(name, version)?;
         let mut inner = self.inner.write().unwrap();
         let versions = inner
             .get_mut(&name)
-            .ok_or_else(|| ServeError::NotFound(format!("model \"{name}\" not found")))?;
+            .ok_or_else(|| ServeError::NotFound(format!("model \"{}\" not found", brief(&name))))?;
         let number = versions.select(&name, &version)?;
         versions.slots.get_mut(&number).expect("selected").loaded = None;
         Ok(number)
@@ -383,13 +414,15 @@ impl ModelRegistry {
     /// Points `alias` at `version` of `name` (a number, or another alias), atomically.
     pub fn set_alias(&self, name: &str, alias: &str, version: &str) -> Result<u32, ServeError> {
         let valid = !alias.is_empty()
+            && alias.len() <= MAX_ALIAS_LEN
             && alias.parse::<u32>().is_err()
             && alias
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !valid {
             return Err(ServeError::Invalid(format!(
-                "alias: \"{alias}\" must be letters, digits, '-', '_' or '.', and not a number"
+                "alias: \"{}\" must be 1 to {MAX_ALIAS_LEN} letters, digits, '-', '_' or '.', and not a number",
+                brief(alias)
             )));
         }
         if version.is_empty() {
@@ -398,7 +431,7 @@ impl ModelRegistry {
         let mut inner = self.inner.write().unwrap();
         let versions = inner
             .get_mut(name)
-            .ok_or_else(|| ServeError::NotFound(format!("model \"{name}\" not found")))?;
+            .ok_or_else(|| ServeError::NotFound(format!("model \"{}\" not found", brief(name))))?;
         let number = versions.select(name, version)?;
         versions.aliases.insert(alias.to_string(), number);
         drop(inner);
@@ -412,11 +445,11 @@ impl ModelRegistry {
 
     /// The artifact of a version ("" is the newest), for export.
     pub fn artifact(&self, name: &str, version: &str) -> Result<(u32, ModelArtifact), ServeError> {
-        let (name, version) = self.by_job_id(name, version);
+        let (name, version) = self.by_job_id(name, version)?;
         let inner = self.inner.read().unwrap();
         let versions = inner
             .get(&name)
-            .ok_or_else(|| ServeError::NotFound(format!("model \"{name}\" not found")))?;
+            .ok_or_else(|| ServeError::NotFound(format!("model \"{}\" not found", brief(&name))))?;
         let number = versions.select(&name, &version)?;
         let slot = &versions.slots[&number];
         if let Some(error) = slot.unservable(&name, number) {
@@ -433,13 +466,16 @@ impl ModelRegistry {
         name: &str,
         version: u32,
     ) -> Result<(ModelArtifact, kiln_train::Device), ServeError> {
-        let (name, _) = self.by_job_id(name, "");
+        let (name, _) = self.by_job_id(name, "")?;
         let inner = self.inner.read().unwrap();
         let slot = inner
             .get(&name)
             .and_then(|v| v.slots.get(&version))
             .ok_or_else(|| {
-                ServeError::NotFound(format!("model \"{name}\" has no version \"{version}\""))
+                ServeError::NotFound(format!(
+                    "model \"{}\" has no version \"{version}\"",
+                    brief(&name)
+                ))
             })?;
         if let Some(error) = slot.unservable(&name, version) {
             return Err(error);
@@ -478,7 +514,23 @@ impl ModelRegistry {
     }
 }
 
+fn task_mismatch(name: &str, held: Task, task: Task) -> ServeError {
+    ServeError::Invalid(format!(
+        "model \"{name}\" holds {} versions, not {}: one model name holds one task; use another name",
+        held.to_proto().as_str_name(),
+        task.to_proto().as_str_name()
+    ))
+}
+
 impl Versions {
+    /// The task of its versions (the first one's; all share it).
+    fn task(&self) -> Option<Task> {
+        self.slots
+            .values()
+            .next()
+            .map(|s| s.artifact.meta.arch.task)
+    }
+
     /// The version number `version` means: "" the newest, a number, or an alias.
     fn select(&self, name: &str, version: &str) -> Result<u32, ServeError> {
         let number = match Selector::parse(version) {
@@ -487,7 +539,10 @@ impl Versions {
             Selector::Alias(alias) => self.aliases.get(alias).copied(),
         };
         number.ok_or_else(|| {
-            ServeError::NotFound(format!("model \"{name}\" has no version \"{version}\""))
+            ServeError::NotFound(format!(
+                "model \"{name}\" has no version \"{}\"",
+                brief(version)
+            ))
         })
     }
 }

@@ -79,7 +79,7 @@ impl DatasetFormat {
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     /// No dataset with that id.
-    #[error("dataset \"{0}\" not found")]
+    #[error("dataset \"{}\" not found", kiln_core::brief(.0))]
     NotFound(String),
     /// The upload is not a readable table (the field says where).
     #[error("{0}")]
@@ -192,6 +192,13 @@ impl DatasetStore {
         table: &Table,
         file: &[u8],
     ) -> Result<DatasetMeta, DatasetError> {
+        if name.chars().count() > MAX_DATASET_NAME_LEN {
+            return Err(FieldError::new(
+                "name",
+                format!("at most {MAX_DATASET_NAME_LEN} characters"),
+            )
+            .into());
+        }
         let since_epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -281,10 +288,12 @@ impl DatasetStore {
             id: meta.id.clone(),
             why,
         };
+        // Relative to the data directory: messages never show server paths.
+        let shown = format!("datasets/{}", data_file(&meta));
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(corrupt(format!("its file {} is missing", path.display())))
+                return Err(corrupt(format!("its file {shown} is missing")))
             }
             Err(e) => return Err(e.into()),
         };
@@ -292,8 +301,7 @@ impl DatasetStore {
             let actual = sha256_hex(&bytes);
             if &actual != expected {
                 return Err(corrupt(format!(
-                    "the SHA-256 of {} is {actual}, but {expected} was recorded when it was stored",
-                    path.display()
+                    "the SHA-256 of {shown} is {actual}, but {expected} was recorded when it was stored"
                 )));
             }
         }
@@ -305,6 +313,9 @@ fn put_meta(db: &dyn Storage, meta: &DatasetMeta) -> Result<(), DatasetError> {
     let json = serde_json::to_string(meta).expect("metadata serializes");
     Ok(db.put_dataset(&meta.id, &meta.name, meta.created_unix, &json)?)
 }
+
+/// Longest dataset name (the label given at upload) accepted.
+pub const MAX_DATASET_NAME_LEN: usize = 128;
 
 /// Longest dataset id accepted.
 pub const MAX_DATASET_ID_LEN: usize = 128;
@@ -378,11 +389,31 @@ mod tests {
         for round in 0..20 {
             let first = store.put_csv("same", b"a,b\n1,2\n").unwrap();
             let second = store.put_csv("same", b"a,b\n3,4\n").unwrap();
-            assert_eq!(store.newest_named("same").unwrap().id, second.id, "round {round}");
+            assert_eq!(
+                store.newest_named("same").unwrap().id,
+                second.id,
+                "round {round}"
+            );
             assert_eq!(store.list()[0].id, second.id);
             assert_ne!(first.id, second.id);
         }
         assert!(store.newest_named("other").is_none());
+    }
+
+    #[test]
+    fn refuses_a_dataset_name_over_the_limit() {
+        let dir = temp_dir("long-name");
+        let store = DatasetStore::open(&dir).unwrap();
+        let long = "n".repeat(MAX_DATASET_NAME_LEN + 1);
+        let err = store.put_csv(&long, b"x,y\n1,2\n").unwrap_err();
+        assert!(
+            matches!(&err, DatasetError::Invalid(f) if f.field == "name"),
+            "{err}"
+        );
+        assert!(store.list().is_empty());
+        let ok = "n".repeat(MAX_DATASET_NAME_LEN);
+        assert_eq!(store.put_csv(&ok, b"x,y\n1,2\n").unwrap().name, ok);
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::storage::Storage;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum JobError {
     /// No job with that id.
-    #[error("job \"{0}\" not found")]
+    #[error("job \"{}\" not found", kiln_core::brief(.0))]
     NotFound(String),
 }
 

@@ -148,7 +148,12 @@ impl ModelArtifact {
     /// Reads a directory written by [`save`](Self::save), checking every file
     /// against `SHA256SUMS`.
     pub fn load(dir: &Path) -> Result<Self, ArtifactError> {
-        let corrupt = |why: String| ArtifactError::Corrupt(format!("{}: {why}", dir.display()));
+        // Named by its last two components (`models/<job id>`): the message
+        // reaches clients, who have no business with the server's paths.
+        let mut shown: Vec<_> = dir.iter().rev().take(2).collect();
+        shown.reverse();
+        let shown: std::path::PathBuf = shown.into_iter().collect();
+        let corrupt = |why: String| ArtifactError::Corrupt(format!("{}: {why}", shown.display()));
         let read = |name: &str| {
             fs::read(dir.join(name)).map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => corrupt(format!("{name} is missing")),

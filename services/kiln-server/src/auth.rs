@@ -195,8 +195,57 @@ where
         Box::pin(async move {
             let mut response = inner.call(request).await?;
             message_too_large(&mut response, limit);
+            bound_message(&mut response);
             Ok(response)
         })
+    }
+}
+
+/// [`Auth`] in front of the router, so that a call to a service or method
+/// the server does not have answers UNAUTHENTICATED without the token rather
+/// than UNIMPLEMENTED (which would tell a stranger what exists). Health
+/// stays open; the services' own [`Guard`]s check again.
+#[derive(Clone)]
+pub struct AuthLayer(pub Auth);
+
+impl<S> tower_layer::Layer<S> for AuthLayer {
+    type Service = Authed<S>;
+
+    fn layer(&self, inner: S) -> Authed<S> {
+        Authed {
+            inner,
+            auth: self.0.clone(),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] makes.
+#[derive(Clone)]
+pub struct Authed<S> {
+    inner: S,
+    auth: Auth,
+}
+
+impl<S, ReqBody> Service<http::Request<ReqBody>> for Authed<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        if !request.uri().path().starts_with("/grpc.health.v1.Health/") {
+            if let Err(status) = self.auth.check(request.headers()) {
+                return Box::pin(async move { Ok(status.into_http()) });
+            }
+        }
+        Box::pin(self.inner.call(request))
     }
 }
 
@@ -231,6 +280,34 @@ fn message_too_large(response: &mut http::Response<Body>, limit: usize) {
     }
 }
 
+/// The longest status message a guarded service answers, in characters.
+/// Messages quote client input through `kiln_core::brief` (100 characters);
+/// this is the net under every other message.
+const MAX_STATUS_MESSAGE_CHARS: usize = 1024;
+
+/// Cuts the message of a trailers-only error response to
+/// [`MAX_STATUS_MESSAGE_CHARS`] characters, ending it with "…".
+fn bound_message(response: &mut http::Response<Body>) {
+    let Some(status) = Status::from_header_map(response.headers()) else {
+        return;
+    };
+    let Some((end, _)) = status
+        .message()
+        .char_indices()
+        .nth(MAX_STATUS_MESSAGE_CHARS)
+    else {
+        return;
+    };
+    let cut = Status::new(status.code(), format!("{}…", &status.message()[..end]));
+    let headers = response.headers_mut();
+    for name in ["grpc-message", "grpc-status-details-bin"] {
+        headers.remove(name);
+    }
+    if cut.add_header(headers).is_err() {
+        tracing::warn!("could not bound a status message");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +318,20 @@ mod tests {
             map.insert(http::header::AUTHORIZATION, v.parse().unwrap());
         }
         map
+    }
+
+    #[test]
+    fn long_status_messages_are_cut() {
+        let long = Status::not_found("x".repeat(20_000));
+        let mut response = long.into_http::<Body>();
+        bound_message(&mut response);
+        let status = Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(
+            status.message().chars().count(),
+            MAX_STATUS_MESSAGE_CHARS + 1
+        );
+        assert!(status.message().ends_with('…'));
     }
 
     #[test]

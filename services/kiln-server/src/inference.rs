@@ -261,6 +261,10 @@ impl InferenceService for Inference {
         let artifact = ModelArtifact::from_safetensors(&file)
             .map_err(|e| Status::invalid_argument(format!("chunk: {e}")))?;
         check_model_memory(&artifact, self.0.config.max_job_memory_bytes)?;
+        self.0
+            .models
+            .check_task(&name, artifact.meta.arch.task)
+            .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
         let (device, device_name) =
             kiln_train::device::resolve(DeviceChoice::Auto).map_err(Status::failed_precondition)?;
         // Kept like a trained model's files, so a restart serves it again.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use kiln::v1 as pb;
 use kiln_core::budget::{human_bytes, MemoryEstimate};
 use kiln_core::data::{Dataset, Table};
-use kiln_core::prepare::{prepare, DataReport, Prepared};
+use kiln_core::prepare::{check_split, prepare, DataReport, Prepared};
 use kiln_core::spec::{DataSource, JobKind, JobSpec};
 use kiln_core::FieldError;
 use kiln_train::model::ModelArch;
@@ -249,6 +249,18 @@ fn check_memory(kiln: &Kiln, spec: &JobSpec, data: &Prepared) -> Result<(), Stat
     )))
 }
 
+/// One model name holds one task: INVALID_ARGUMENT on `spec.model_name`
+/// when the name already holds versions of another task.
+fn check_model_task(kiln: &Kiln, spec: &JobSpec) -> Result<(), Status> {
+    match (&spec.model_name, spec.kind) {
+        (Some(name), JobKind::Train) => kiln
+            .models
+            .check_task(name, spec.task)
+            .map_err(|e| Status::invalid_argument(format!("spec.model_name: {e}"))),
+        _ => Ok(()),
+    }
+}
+
 /// Checks the data of a validated spec, records the job QUEUED and hands it
 /// to the runner; with `limit_queue` (SubmitJob) refuses it when
 /// `max_queued_jobs` are already waiting.
@@ -258,6 +270,7 @@ async fn submit_checked(
     mut spec: JobSpec,
     limit_queue: bool,
 ) -> Result<pb::Job, Status> {
+    check_model_task(kiln, &spec)?;
     resolve_dataset_name(kiln, &mut proto, &mut spec)?;
     let (device, device_name) = kiln_train::device::resolve(spec.device)
         .map_err(|m| status::invalid(FieldError::new("spec.device", m)))?;
@@ -332,6 +345,7 @@ pub fn prepare_data(kiln: &Kiln, spec: &JobSpec) -> Result<Prepared, Status> {
         }
     };
     let dataset = Dataset::from_table(&table, &spec.data, spec.task).map_err(status::invalid)?;
+    check_split(dataset.rows(), spec.data.validation_fraction).map_err(status::invalid)?;
     let prepared = prepare(&dataset, &spec.data);
     spec.check_against_data(prepared.outputs)
         .map_err(status::invalid)?;
@@ -360,7 +374,8 @@ fn resolve_dataset_name(
 fn dataset_named(kiln: &Kiln, name: &str) -> Result<kiln_store::DatasetMeta, Status> {
     kiln.datasets.newest_named(name).ok_or_else(|| {
         Status::not_found(format!(
-            "spec.data.dataset_name: no dataset is named \"{name}\""
+            "spec.data.dataset_name: no dataset is named \"{}\"",
+            kiln_core::brief(name)
         ))
     })
 }

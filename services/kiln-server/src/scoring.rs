@@ -61,10 +61,9 @@ pub async fn start(
         Some(Dataset::DatasetName(name)) if name.is_empty() => {
             return Err(Status::invalid_argument("dataset_name: required"))
         }
-        Some(Dataset::DatasetName(name)) => kiln
-            .datasets
-            .newest_named(&name)
-            .ok_or_else(|| Status::not_found(format!("no dataset named \"{name}\"")))?,
+        Some(Dataset::DatasetName(name)) => kiln.datasets.newest_named(&name).ok_or_else(|| {
+            Status::not_found(format!("no dataset named \"{}\"", kiln_core::brief(&name)))
+        })?,
         None => {
             return Err(Status::invalid_argument(
                 "dataset: set dataset_id or dataset_name",

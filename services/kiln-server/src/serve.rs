@@ -24,6 +24,8 @@ use crate::{
 /// Serves until a shutdown signal, then drains (see [`on_shutdown_signal`]).
 pub async fn run(config: Config) -> anyhow::Result<()> {
     kiln_train::device::set_threads(config.torch_threads);
+    // Held until the process exits (the kernel releases it then, kill -9 too).
+    let _lock = lock_data_dir(&config.data_dir)?;
     let State {
         store,
         datasets,
@@ -107,6 +109,44 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("kiln-server stopped");
     Ok(())
+}
+
+/// One server per data directory: an exclusive `flock` on
+/// `<data_dir>/LOCK`, which holds the pid of the server holding it. A second
+/// server on the same directory stops here, naming the first.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    std::fs::create_dir_all(dir).with_context(|| format!("creating data_dir {}", dir.display()))?;
+    let path = dir.join("LOCK");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            anyhow::bail!(
+                "data_dir {} is in use by another kiln-server (pid {}, holding {}); \
+                 one server per data directory",
+                dir.display(),
+                pid.trim(),
+                path.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    file.sync_all()?;
+    Ok(file)
 }
 
 /// What [`open_state`] opens.
@@ -240,7 +280,7 @@ fn routes(
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
-) -> anyhow::Result<Router<Stack<telemetry::GrpcLayer, Identity>>> {
+) -> anyhow::Result<Router<Stack<auth::AuthLayer, Stack<telemetry::GrpcLayer, Identity>>>> {
     let max_message = kiln.config.max_message_bytes;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -249,6 +289,7 @@ fn routes(
     };
     Ok(transport
         .layer(telemetry::GrpcLayer)
+        .layer(auth::AuthLayer(guards.auth.clone()))
         .add_service(health)
         .add_service(guards.wrap(reflection().build_v1()?))
         .add_service(guards.wrap(reflection().build_v1alpha()?))

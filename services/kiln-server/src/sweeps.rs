@@ -145,7 +145,9 @@ impl Sweeps {
             .sweeps
             .get(id)
             .cloned()
-            .ok_or_else(|| Status::not_found(format!("sweep \"{id}\" not found")))
+            .ok_or_else(|| {
+                Status::not_found(format!("sweep \"{}\" not found", kiln_core::brief(id)))
+            })
     }
 
     fn insert(&self, entry: Arc<Entry>, id: String) {

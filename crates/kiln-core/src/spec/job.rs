@@ -64,7 +64,10 @@ pub(super) fn validate_model_name(name: &str) -> Result<Option<String>> {
     Ok(Some(name.to_string()))
 }
 
-/// A model name: 1 to 128 letters, digits, '-', '_' or '.'.
+/// A model name: 1 to 128 letters, digits, '-', '_' or '.'; not `.` or
+/// `..`, and not of the form of a job id (`job-` and hex digits), which
+/// Predict and the registry calls take in place of a name and which must
+/// always mean that job.
 pub fn check_model_name(field: &str, name: &str) -> Result<()> {
     let ok_chars = name
         .chars()
@@ -75,5 +78,40 @@ pub fn check_model_name(field: &str, name: &str) -> Result<()> {
             format!("must be 1 to {MAX_MODEL_NAME_LEN} letters, digits, '-', '_' or '.'"),
         ));
     }
+    if name == "." || name == ".." {
+        return Err(FieldError::new(field, "must not be \".\" or \"..\""));
+    }
+    if is_job_id(name) {
+        return Err(FieldError::new(
+            field,
+            format!("\"{name}\" has the form of a job id (job- and hex digits); job ids name their own models"),
+        ));
+    }
     Ok(())
+}
+
+/// Whether `s` has the form of a job id as the server makes them: `job-`
+/// followed by hex digits.
+pub fn is_job_id(s: &str) -> bool {
+    s.strip_prefix("job-")
+        .is_some_and(|hex| !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_cannot_be_job_ids_or_dots() {
+        for bad in ["job-0123456789ab", "job-A1", ".", "..", "", "a/b"] {
+            assert!(check_model_name("f", bad).is_err(), "{bad:?}");
+        }
+        let long = "m".repeat(MAX_MODEL_NAME_LEN + 1);
+        assert!(check_model_name("f", &long).is_err());
+        for good in ["job-", "job-xyz", "jobs-12", "my.model", "...", "job-12-a"] {
+            assert!(check_model_name("f", good).is_ok(), "{good:?}");
+        }
+        assert!(is_job_id("job-0123456789ab"));
+        assert!(!is_job_id("job-12-a"));
+    }
 }

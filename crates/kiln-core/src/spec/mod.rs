@@ -24,7 +24,7 @@ mod training;
 use kiln::v1 as pb;
 
 pub use data::{DataSource, DataSpec, MissingStrategy, MissingValues, Scaling, MAX_COLUMNS};
-pub use job::{check_model_name, DeviceChoice, JobKind, Task, MAX_MODEL_NAME_LEN};
+pub use job::{check_model_name, is_job_id, DeviceChoice, JobKind, Task, MAX_MODEL_NAME_LEN};
 pub use loss::{LossKind, LossSpec};
 pub use metric::Metric;
 pub use model::{

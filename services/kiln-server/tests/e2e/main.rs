@@ -6,6 +6,7 @@
 //! all of them; `cargo test -p kiln-server --test e2e MODULE::` runs one area.
 
 mod grpcurl;
+mod hostile;
 mod jobs;
 mod malformed;
 mod oip;

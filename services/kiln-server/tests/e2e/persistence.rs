@@ -297,6 +297,16 @@ async fn corrupted_models_and_datasets_are_detected_not_served() {
         "{}",
         models[0].load_error
     );
+    // Named inside the data directory, never by the server's path.
+    let data_dir = server.data_dir.display().to_string();
+    assert!(
+        models[0]
+            .load_error
+            .contains(&format!("models/{}: ", job.id))
+            && !models[0].load_error.contains(&data_dir),
+        "{}",
+        models[0].load_error
+    );
     for version in ["", "1"] {
         let err = predict(&server, "damaged", version).await.unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
@@ -334,6 +344,13 @@ async fn corrupted_models_and_datasets_are_detected_not_served() {
     assert!(
         err.message()
             .contains(&format!("dataset \"{}\" is corrupted", dataset.id)),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message()
+            .contains(&format!("datasets/{}.csv", dataset.id))
+            && !err.message().contains(&data_dir),
         "{}",
         err.message()
     );

@@ -121,6 +121,21 @@ async fn a_token_guards_every_service_but_health() {
     for (call, result) in call_everything(channel.clone(), Some(TOKEN)).await {
         result.unwrap_or_else(|s| panic!("{call} with the token: {s:?}"));
     }
+    // Services and methods the server does not have: UNAUTHENTICATED
+    // without the token (nothing about what exists), UNIMPLEMENTED with it.
+    for path in [
+        "/kiln.v1.NoSuchService/Call",
+        "/kiln.v1.JobService/NoSuchMethod",
+    ] {
+        for (token, code) in [
+            (None, Code::Unauthenticated),
+            (Some("not-the-token"), Code::Unauthenticated),
+            (Some(TOKEN), Code::Unimplemented),
+        ] {
+            let status = call_unknown(channel.clone(), token, path).await;
+            assert_eq!(status.code(), code, "{path} {token:?}: {status:?}");
+        }
+    }
     // --print-config does not show the token.
     let printed = Command::new(server_binary())
         .arg("--print-config")
@@ -130,6 +145,15 @@ async fn a_token_guards_every_service_but_health() {
     let printed = String::from_utf8_lossy(&printed.stdout);
     assert!(printed.contains("auth_token = \"<redacted>\""), "{printed}");
     assert!(!printed.contains(TOKEN));
+}
+
+/// Calls `path`, which no service of the server has, with an empty message.
+async fn call_unknown(channel: Channel, token: Option<&'static str>, path: &'static str) -> Status {
+    let mut grpc = tonic::client::Grpc::new(InterceptedService::new(channel, Bearer(token)));
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    grpc.unary(Request::new(()), path, codec).await.unwrap_err()
 }
 
 /// A throwaway directory under the system's temp dir.
@@ -467,7 +491,7 @@ async fn dataset_ids_and_model_names_are_never_paths() {
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
 
     // Model names are names, not paths.
-    for name in ["../evil", "/tmp/evil", "a/b"] {
+    for name in ["../evil", "/tmp/evil", "a/b", "..", "."] {
         let mut spec = inline_job(20, 1);
         spec.model_name = name.into();
         let status = submit(&server, spec).await.unwrap_err();
@@ -489,10 +513,10 @@ async fn dataset_ids_and_model_names_are_never_paths() {
         assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
         assert!(status.message().starts_with("name: "), "{status:?}");
     }
-    // "..", a valid name, names the model only: its files stay under the
+    // "...", a valid name, names the model only: its files stay under the
     // data directory, keyed by job id.
     let mut spec = inline_job(20, 1);
-    spec.model_name = "..".into();
+    spec.model_name = "...".into();
     let job = submit(&server, spec).await.unwrap();
     finished(&watch_all(&server, &job.id).await);
     assert!(data_dir.join("models").join(&job.id).is_dir());
