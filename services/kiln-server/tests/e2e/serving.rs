@@ -185,7 +185,7 @@ async fn full_queues_deadlines_and_bad_references_get_their_status() {
         request
     };
     let status = client.predict(with_timeout("1m")).await.unwrap_err();
-    assert_eq!(status.code(), Code::DeadlineExceeded);
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     client.predict(with_timeout("10S")).await.unwrap();
 
     // Bursts of concurrent requests against a queue of 1, while large
