@@ -43,7 +43,7 @@ pub struct Trained {
 /// Why a run produced no model.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TrainError {
-    /// Cancelled on request at a batch boundary.
+    /// Cancelled on request, at a batch boundary or between phases.
     #[error("cancelled after {epochs_completed} epochs")]
     Cancelled {
         /// Epochs finished before the cancellation.

@@ -22,7 +22,9 @@ pub use evaluate::{argmax, logit_metrics, probabilities, regression_metrics, Reg
 
 /// How a run is driven from outside: cancellation, suspension, checkpoints.
 pub struct Control<'a> {
-    /// Polled before every batch: stop and drop the run.
+    /// Polled before every batch and between the phases of an epoch (after
+    /// set-up, after training, after validation, before the final
+    /// evaluation): stop and drop the run.
     pub cancelled: &'a dyn Fn() -> bool,
     /// Polled before every batch: stop, handing back a checkpoint of that
     /// exact point ([`TrainError::Suspended`]).

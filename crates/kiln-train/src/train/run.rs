@@ -46,6 +46,10 @@ pub(super) fn run(
     if let Some(c) = control.resume.take() {
         state = state.resume(&setup, c)?;
     }
+    // Cancel is polled before every batch and between the phases that take
+    // long on their own: set-up, validation, the epoch's end (checkpoint),
+    // and the served model's last evaluation.
+    state.stop_if_cancelled(&control)?;
     // The order is shuffled once per epoch from the seed: replay the epochs done.
     let mut rng = StdRng::seed_from_u64(spec.training.seed);
     let mut order: Vec<i64> = (0..setup.rows as i64).collect();
@@ -58,13 +62,16 @@ pub(super) fn run(
         order.shuffle(&mut rng);
         let (trained, train_loss, probe) = state.train_epoch(&setup, &control, epoch, &order)?;
         state = trained;
+        state.stop_if_cancelled(&control)?;
         let (report, eval_model) =
             state.validate(&setup, emit, epoch, train_loss, probe, epoch_start)?;
+        state.stop_if_cancelled(&control)?;
         if state.end_epoch(&setup, &mut control, emit, report, eval_model) {
             reason = StopReason::EarlyStopped;
             break;
         }
     }
+    state.stop_if_cancelled(&control)?;
     Ok(state.finish(&setup, reason))
 }
 
@@ -262,11 +269,7 @@ impl Run {
             self.progress.batch_rows.clear();
         }
         for start in (self.progress.next_row..setup.rows).step_by(setup.batch) {
-            if (control.cancelled)() {
-                return Err(TrainError::Cancelled {
-                    epochs_completed: self.progress.epochs_completed,
-                });
-            }
+            self.stop_if_cancelled(control)?;
             if (control.suspended)() {
                 self.progress.next_row = start;
                 self.progress.batch_losses = host_losses(batch_losses);
@@ -332,6 +335,16 @@ impl Run {
         progress.schedule.after_batch();
         progress.rows_seen += rows;
         self
+    }
+
+    /// [`TrainError::Cancelled`] when the job was cancelled.
+    fn stop_if_cancelled(&self, control: &Control) -> Result<(), TrainError> {
+        match (control.cancelled)() {
+            true => Err(TrainError::Cancelled {
+                epochs_completed: self.progress.epochs_completed,
+            }),
+            false => Ok(()),
+        }
     }
 
     /// Checks the epoch's training loss, evaluates the model on the

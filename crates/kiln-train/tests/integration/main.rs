@@ -10,6 +10,7 @@
 mod common;
 
 mod artifact_export;
+mod cancel_phases;
 mod checkpoint_resume;
 mod early_stop_keras;
 mod function_parity;
