@@ -1,6 +1,7 @@
 //! At start, before anything listens: the registry and the queue as the
 //! previous process left them.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use kiln::v1 as pb;
@@ -16,7 +17,8 @@ use crate::runner::failed;
 /// the reason and never served), then runs again the jobs the previous
 /// process left QUEUED or RUNNING ([`JobStore::recover`]).
 pub fn recover(kiln: &crate::Kiln) {
-    restore_models(kiln);
+    let kept = restore_models(kiln);
+    remove_leftovers(&kiln.config.data_dir, &kept);
     let checkpoints = kiln.runner.checkpoints();
     remove_stale_checkpoints(kiln, &checkpoints.dir);
     // The header only: the whole file is read and checked when the job runs.
@@ -62,15 +64,18 @@ fn remove_stale_checkpoints(kiln: &crate::Kiln, dir: &Path) {
     }
 }
 
-fn restore_models(kiln: &crate::Kiln) {
+/// Puts the registry back; the model directories its versions use (`None`
+/// when the registry could not be read: then nothing counts as left over).
+fn restore_models(kiln: &crate::Kiln) -> Option<HashSet<String>> {
     let models_dir = kiln.config.data_dir.join("models");
     let (rows, aliases) = match kiln.catalog.load() {
         Ok(saved) => (saved.versions, saved.aliases),
         Err(e) => {
             tracing::error!(error = %e, "cannot read the model registry from the database");
-            return;
+            return None;
         }
     };
+    let mut kept = HashSet::new();
     for row in rows {
         // A model registered by a job that then did not finish (the server
         // stopped in between) goes: the job runs again and registers anew.
@@ -82,13 +87,14 @@ fn restore_models(kiln: &crate::Kiln) {
             let _ = kiln.catalog.remove_version(&row.name, row.version);
             continue;
         }
+        kept.insert(row.artifact.clone());
         let artifact = ModelArtifact::load(&models_dir.join(&row.artifact));
         let (device, device_name) =
             match kiln_train::device::resolve(kiln_core::spec::DeviceChoice::Auto) {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(error = %e, "no device to serve models on");
-                    return;
+                    return None;
                 }
             };
         let artifact = match artifact {
@@ -115,6 +121,37 @@ fn restore_models(kiln: &crate::Kiln) {
     for (name, alias, version) in aliases {
         if let Err(e) = kiln.models.set_alias(&name, &alias, &version.to_string()) {
             tracing::warn!(model = %name, %alias, version, error = %e, "alias not restored");
+        }
+    }
+    Some(kept)
+}
+
+/// What a crash can leave behind, removed before anything listens: the
+/// temporary files of atomic writes (`*.tmp`) in `datasets/` and in the
+/// model directories, and model directories no registered version uses (a
+/// job that stopped while it published, an import cut short). With `kept`
+/// unknown (the registry unreadable) model directories stay.
+fn remove_leftovers(data_dir: &Path, kept: &Option<HashSet<String>>) {
+    let models = data_dir.join("models");
+    let mut dirs = vec![data_dir.join("datasets")];
+    for entry in std::fs::read_dir(&models).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name.starts_with("job-") || name.starts_with("import-");
+        let used = kept.as_ref().is_none_or(|k| k.contains(&name));
+        if ours && !used && entry.path().is_dir() {
+            tracing::warn!(dir = %format!("models/{name}"), "removing a model directory no version uses");
+            let _ = std::fs::remove_dir_all(entry.path());
+        } else {
+            dirs.push(entry.path());
+        }
+    }
+    for dir in dirs {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "tmp") && path.is_file() {
+                tracing::warn!(file = %path.file_name().unwrap_or_default().to_string_lossy(), "removing an unfinished write");
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }

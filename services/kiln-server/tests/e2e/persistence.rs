@@ -355,3 +355,41 @@ async fn corrupted_models_and_datasets_are_detected_not_served() {
         err.message()
     );
 }
+
+/// What a crash mid-write leaves (an unfinished dataset file, an unfinished
+/// file in a model's directory, the directory of a model that was never
+/// registered) is removed at start, and the registered model is served as
+/// before.
+#[tokio::test]
+async fn leftovers_of_a_crash_are_removed_at_start() {
+    let server = Server::start();
+    let job = submit(&server, regression(60, 3, "kept")).await.unwrap();
+    finished(&watch_all(&server, &job.id).await);
+    let before = predict(&server, "kept", "").await.unwrap();
+    let dir = server.kill_keeping_data();
+
+    let models = dir.join("models");
+    let planted = [
+        dir.join("datasets/ds-0123456789abcdef0123456789abcdef.tmp"),
+        models.join(&job.id).join("weights.tmp"),
+        models.join("job-0123456789ab/weights.bpk"),
+        models.join("import-0123456789abcdef0123456789abcdef/model.json"),
+    ];
+    for path in &planted {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"half a file").unwrap();
+    }
+    // Not kiln's: left alone.
+    let foreign = models.join("notes/readme.txt");
+    std::fs::create_dir_all(foreign.parent().unwrap()).unwrap();
+    std::fs::write(&foreign, b"an operator's file").unwrap();
+
+    let server = Server::start_in(dir.clone(), &[]);
+    assert_eq!(predict(&server, "kept", "").await.unwrap(), before);
+    for path in &planted {
+        assert!(!path.exists(), "{} is still there", path.display());
+    }
+    assert!(!models.join("job-0123456789ab").exists());
+    assert!(models.join(&job.id).join("model.json").exists());
+    assert!(foreign.exists());
+}
