@@ -12,9 +12,16 @@ use sha2::{Digest, Sha256};
 /// directory fsynced so the rename itself survives a crash.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut file = fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
+    let written = fs::File::create(&tmp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    if let Err(e) = written {
+        // A disk that filled up mid-write: the partial file goes, so that
+        // what it took is freed and nothing half-written is left.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     fs::rename(&tmp, path)?;
     match path.parent() {
         Some(dir) => fs::File::open(dir)?.sync_all(),

@@ -176,6 +176,26 @@ impl ModelRegistry {
             device: device_name.to_string(),
             batcher,
         });
+        // Saved before it is served (under the lock, so versions are saved
+        // in order): a version that a restart would not bring back is never
+        // answered for.
+        if let Some(journal) = &self.journal {
+            let saved = SavedVersion {
+                name,
+                version,
+                job_id,
+                files,
+                meta: &model.meta,
+            };
+            if let Err(e) = journal.version_added(&saved) {
+                if versions.slots.is_empty() {
+                    inner.remove(name); // the entry made above, for nothing
+                }
+                return Err(ServeError::NotSaved(format!(
+                    "model version not saved, so not served: {e}"
+                )));
+            }
+        }
         versions.slots.insert(
             version,
             Slot {
@@ -190,20 +210,6 @@ impl ModelRegistry {
         if !job_id.is_empty() {
             let key = (name.to_string(), version);
             self.by_job.write().unwrap().insert(job_id.to_string(), key);
-        }
-        drop(inner);
-        if let Some(journal) = &self.journal {
-            let saved = SavedVersion {
-                name,
-                version,
-                job_id,
-                files,
-                meta: &model.meta,
-            };
-            // Served now either way; only a restart would lose it.
-            if let Err(e) = journal.version_added(&saved) {
-                tracing::error!(model = %name, version, error = %e, "model version not persisted");
-            }
         }
         Ok(model)
     }
@@ -433,14 +439,26 @@ impl ModelRegistry {
             .get_mut(name)
             .ok_or_else(|| ServeError::NotFound(format!("model \"{}\" not found", brief(name))))?;
         let number = versions.select(name, version)?;
-        versions.aliases.insert(alias.to_string(), number);
-        drop(inner);
+        // Saved first: an alias that a restart would not bring back never moves.
         if let Some(journal) = &self.journal {
             journal.alias_moved(name, alias, number).map_err(|e| {
-                ServeError::NotSaved(format!("the alias moved but was not saved: {e}"))
+                ServeError::NotSaved(format!("the alias was not saved, so it did not move: {e}"))
             })?;
         }
+        versions.aliases.insert(alias.to_string(), number);
         Ok(number)
+    }
+
+    /// Puts back an alias saved before a restart (not saved again: a start
+    /// on a full disk must still serve by alias).
+    pub fn restore_alias(&self, name: &str, alias: &str, version: u32) -> Result<(), ServeError> {
+        let mut inner = self.inner.write().unwrap();
+        let versions = inner
+            .get_mut(name)
+            .ok_or_else(|| ServeError::NotFound(format!("model \"{}\" not found", brief(name))))?;
+        let number = versions.select(name, &version.to_string())?;
+        versions.aliases.insert(alias.to_string(), number);
+        Ok(())
     }
 
     /// The artifact of a version ("" is the newest), for export.

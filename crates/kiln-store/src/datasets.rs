@@ -100,6 +100,17 @@ pub enum DatasetError {
     Db(#[from] crate::db::DbError),
 }
 
+impl DatasetError {
+    /// Whether storing failed for lack of space.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            DatasetError::Io(e) => crate::storage::io_out_of_space(e),
+            DatasetError::Db(e) => e.is_out_of_space(),
+            _ => false,
+        }
+    }
+}
+
 /// Uploaded datasets: files under the data directory, metadata in storage.
 pub struct DatasetStore {
     dir: PathBuf,
@@ -217,13 +228,20 @@ impl DatasetStore {
             format,
             sha256: Some(sha256_hex(file)),
         };
-        write_atomically(&self.dir.join(data_file(&meta)), file)?;
-        match &self.db {
-            Some(db) => put_meta(db.as_ref(), &meta)?,
+        let path = self.dir.join(data_file(&meta));
+        write_atomically(&path, file)?;
+        let recorded = match &self.db {
+            Some(db) => put_meta(db.as_ref(), &meta),
             None => {
                 let json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
-                write_atomically(&self.dir.join(format!("{}.json", meta.id)), &json)?;
+                write_atomically(&self.dir.join(format!("{}.json", meta.id)), &json)
+                    .map_err(DatasetError::from)
             }
+        };
+        if let Err(e) = recorded {
+            // Not recorded, so never listed: its file would only take space.
+            let _ = fs::remove_file(&path);
+            return Err(e);
         }
         self.metas
             .write()

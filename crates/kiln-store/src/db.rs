@@ -24,16 +24,17 @@
 //! had finished may come back as RUNNING and run again, which recovery handles.
 //! FULL would add an fsync to every event (one per epoch per job) for that case.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use kiln::v1 as pb;
 use prost::Message;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 // The interface and its types; re-exported here where callers found them.
 use crate::storage::Storage;
-pub use crate::storage::{DbError, ModelRow, StoredJob};
+pub use crate::storage::{DbError, ModelRow, StoredJob, WriteFault};
 
 /// The schema version this build writes; a newer database is refused.
 const SCHEMA_VERSION: i64 = 1;
@@ -84,34 +85,48 @@ CREATE TABLE IF NOT EXISTS sweeps (
 /// The SQLite database: kiln's [`Storage`] in one process.
 pub struct Db {
     conn: Mutex<Connection>,
+    /// The file; `None` in memory.
+    path: Option<PathBuf>,
+    /// Opened read-only because the disk was full (see [`Db::open`]): the
+    /// next write first tries to open it for writing again.
+    read_only: AtomicBool,
+    /// Why the last write failed; cleared by the next that succeeds.
+    fault: Mutex<Option<WriteFault>>,
 }
 
 impl Db {
     /// Opens (creating) the database file and its tables.
+    ///
+    /// On a disk so full that SQLite cannot even set up its shared-memory
+    /// index, a database whose write-ahead log is empty (the last server
+    /// stopped cleanly) is opened read-only instead, so that what it holds
+    /// is still served; writes then fail as out of space, each first trying
+    /// to open it for writing again, so the first one after space comes back
+    /// succeeds.
     pub fn open(path: &Path) -> Result<Db, DbError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| DbError::Other(e.to_string()))?;
         }
-        let conn = Connection::open(path)?;
-        let mode: String =
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(DbError::Other(format!(
-                "{}: journal_mode is {mode}, WAL was asked for",
-                path.display()
-            )));
+        match open_for_writing(path) {
+            Ok(conn) => Self::init(conn, Some(path.to_path_buf()), false),
+            Err(e) if e.is_out_of_space() && wal_is_empty(path) => {
+                tracing::warn!(error = %e, path = %path.display(), "disk full: database opened read-only");
+                let db = Self::init(open_read_only(path)?, Some(path.to_path_buf()), true)?;
+                db.note(&Err::<(), _>(DbError::OutOfSpace(format!(
+                    "the disk is full, so the database was opened read-only ({e})"
+                ))));
+                Ok(db)
+            }
+            Err(e) => Err(e),
         }
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Self::init(conn)
     }
 
     /// A database in memory (unit tests).
     pub fn open_in_memory() -> Result<Db, DbError> {
-        Self::init(Connection::open_in_memory()?)
+        Self::init(Connection::open_in_memory()?, None, false)
     }
 
-    fn init(conn: Connection) -> Result<Db, DbError> {
+    fn init(conn: Connection, path: Option<PathBuf>, read_only: bool) -> Result<Db, DbError> {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
@@ -119,10 +134,17 @@ impl Db {
                 "schema version {version} is newer than this kiln-server's ({SCHEMA_VERSION})"
             )));
         }
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        // Nothing is written when the schema is current: a full disk must
+        // not keep the state it holds from being read.
+        if version < SCHEMA_VERSION {
+            conn.execute_batch(SCHEMA)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
         Ok(Db {
             conn: Mutex::new(conn),
+            path,
+            read_only: AtomicBool::new(read_only),
+            fault: Mutex::new(None),
         })
     }
 
@@ -133,6 +155,92 @@ impl Db {
             .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
             .optional()?)
     }
+
+    /// Whether it was opened read-only for lack of space and has not been
+    /// opened for writing since.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only.load(Ordering::SeqCst)
+    }
+
+    /// Runs `write` on the connection, first opened for writing again if it
+    /// was opened read-only; remembers the outcome for [`Storage::write_fault`].
+    fn write<T>(
+        &self,
+        write: impl FnOnce(&mut Connection) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let mut conn = self.conn.lock().unwrap();
+        let result = self
+            .reopen_for_writing(&mut conn)
+            .and_then(|()| write(&mut conn));
+        self.note(&result);
+        result
+    }
+
+    fn reopen_for_writing(&self, conn: &mut Connection) -> Result<(), DbError> {
+        if !self.read_only.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let path = self
+            .path
+            .as_deref()
+            .expect("only a file is opened read-only");
+        *conn = open_for_writing(path).map_err(|e| match e.is_out_of_space() {
+            true => DbError::OutOfSpace(format!("opened read-only because the disk is full ({e})")),
+            false => e,
+        })?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        self.read_only.store(false, Ordering::SeqCst);
+        tracing::info!(path = %path.display(), "database open for writing again");
+        Ok(())
+    }
+
+    fn note<T>(&self, result: &Result<T, DbError>) {
+        *self.fault.lock().unwrap() = result.as_ref().err().map(|e| WriteFault {
+            out_of_space: e.is_out_of_space(),
+            message: e.to_string(),
+        });
+    }
+}
+
+/// The database as kiln normally runs it: WAL, `synchronous=NORMAL`.
+fn open_for_writing(path: &Path) -> Result<Connection, DbError> {
+    let conn = Connection::open(path)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(DbError::Other(format!(
+            "{}: journal_mode is {mode}, WAL was asked for",
+            path.display()
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// Read-only without SQLite's shared memory (`immutable=1`), which needs
+/// space to set up: correct only while nothing else writes it (the data
+/// directory's lock sees to that) and its WAL is empty.
+fn open_read_only(path: &Path) -> Result<Connection, DbError> {
+    let escaped: String = path
+        .to_string_lossy()
+        .chars()
+        .map(|c| match c {
+            '%' | '?' | '#' => format!("%{:02X}", c as u32),
+            c => c.to_string(),
+        })
+        .collect();
+    Ok(Connection::open_with_flags(
+        format!("file:{escaped}?immutable=1"),
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+    )?)
+}
+
+/// Whether the database's write-ahead log holds nothing (absent or empty):
+/// then the main file alone is the whole database.
+fn wal_is_empty(path: &Path) -> bool {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(PathBuf::from(wal)).map_or(true, |m| m.len() == 0)
 }
 
 impl Storage for Db {
@@ -153,25 +261,26 @@ impl Storage for Db {
             _ => None,
         };
         let record = record.encode_to_vec();
-        let mut conn = self.conn.lock().unwrap();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO jobs (id, model_name, state, spec, record) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(id) DO UPDATE SET state = excluded.state, record = excluded.record",
-            params![
-                job.id,
-                job.model_name,
-                job.state,
-                spec.unwrap_or_default(),
-                record
-            ],
-        )?;
-        tx.execute(
-            "INSERT INTO job_events (job_id, sequence, event) VALUES (?1, ?2, ?3)",
-            params![job.id, event.sequence as i64, event.encode_to_vec()],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.write(|conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO jobs (id, model_name, state, spec, record) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(id) DO UPDATE SET state = excluded.state, record = excluded.record",
+                params![
+                    job.id,
+                    job.model_name,
+                    job.state,
+                    spec.unwrap_or_default(),
+                    record
+                ],
+            )?;
+            tx.execute(
+                "INSERT INTO job_events (job_id, sequence, event) VALUES (?1, ?2, ?3)",
+                params![job.id, event.sequence as i64, event.encode_to_vec()],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Every job in submission order, with its events.
@@ -228,11 +337,13 @@ impl Storage for Db {
         created_unix: i64,
         meta_json: &str,
     ) -> Result<(), DbError> {
-        self.conn.lock().unwrap().execute(
-            "INSERT OR REPLACE INTO datasets (id, name, created_unix, meta) VALUES (?1, ?2, ?3, ?4)",
-            params![id, name, created_unix, meta_json],
-        )?;
-        Ok(())
+        self.write(|conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO datasets (id, name, created_unix, meta) VALUES (?1, ?2, ?3, ?4)",
+                params![id, name, created_unix, meta_json],
+            )?;
+            Ok(())
+        })
     }
 
     /// Every dataset's metadata JSON.
@@ -250,35 +361,38 @@ impl Storage for Db {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        self.conn.lock().unwrap().execute(
-            "INSERT OR REPLACE INTO models (name, version, job_id, artifact, meta, created_unix)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                model.name,
-                model.version,
-                model.job_id,
-                model.artifact,
-                model.meta,
-                now
-            ],
-        )?;
-        Ok(())
+        self.write(|conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO models (name, version, job_id, artifact, meta, created_unix)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    model.name,
+                    model.version,
+                    model.job_id,
+                    model.artifact,
+                    model.meta,
+                    now
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// Forgets a registry version and the aliases pointing at it.
     fn delete_model(&self, name: &str, version: u32) -> Result<(), DbError> {
-        let mut conn = self.conn.lock().unwrap();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "DELETE FROM model_aliases WHERE name = ?1 AND version = ?2",
-            params![name, version],
-        )?;
-        tx.execute(
-            "DELETE FROM models WHERE name = ?1 AND version = ?2",
-            params![name, version],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.write(|conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "DELETE FROM model_aliases WHERE name = ?1 AND version = ?2",
+                params![name, version],
+            )?;
+            tx.execute(
+                "DELETE FROM models WHERE name = ?1 AND version = ?2",
+                params![name, version],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Every registry version, by name then version.
@@ -303,11 +417,13 @@ impl Storage for Db {
 
     /// Points `alias` of `name` at `version`.
     fn set_alias(&self, name: &str, alias: &str, version: u32) -> Result<(), DbError> {
-        self.conn.lock().unwrap().execute(
-            "INSERT OR REPLACE INTO model_aliases (name, alias, version) VALUES (?1, ?2, ?3)",
-            params![name, alias, version],
-        )?;
-        Ok(())
+        self.write(|conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO model_aliases (name, alias, version) VALUES (?1, ?2, ?3)",
+                params![name, alias, version],
+            )?;
+            Ok(())
+        })
     }
 
     /// Every alias as (model name, alias, version), by name then alias.
@@ -324,12 +440,14 @@ impl Storage for Db {
     /// Stores a sweep's record (its request, state and trials), replacing
     /// the one stored before; sweeps keep their submission order.
     fn put_sweep(&self, sweep: &pb::Sweep) -> Result<(), DbError> {
-        self.conn.lock().unwrap().execute(
-            "INSERT INTO sweeps (id, record) VALUES (?1, ?2)
-             ON CONFLICT(id) DO UPDATE SET record = excluded.record",
-            params![sweep.id, sweep.encode_to_vec()],
-        )?;
-        Ok(())
+        self.write(|conn| {
+            conn.execute(
+                "INSERT INTO sweeps (id, record) VALUES (?1, ?2)
+                 ON CONFLICT(id) DO UPDATE SET record = excluded.record",
+                params![sweep.id, sweep.encode_to_vec()],
+            )?;
+            Ok(())
+        })
     }
 
     /// Every sweep's last stored record, in submission order.
@@ -350,6 +468,21 @@ impl Storage for Db {
             );
         }
         Ok(sweeps)
+    }
+
+    fn write_fault(&self) -> Option<WriteFault> {
+        self.fault.lock().unwrap().clone()
+    }
+
+    /// Rewrites the schema version in a transaction of its own: one page
+    /// of the write-ahead log, synced like every commit.
+    fn probe(&self) -> Result<(), DbError> {
+        self.write(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 }
 

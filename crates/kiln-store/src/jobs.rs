@@ -20,7 +20,7 @@ use kiln::v1 as pb;
 use kiln_core::spec::Metric;
 use pb::job_event::Kind;
 
-use crate::db::{Db, DbError};
+use crate::db::{Db, DbError, WriteFault};
 use crate::log::{EventLog, Follower};
 use crate::storage::Storage;
 
@@ -30,6 +30,9 @@ pub enum JobError {
     /// No job with that id.
     #[error("job \"{}\" not found", kiln_core::brief(.0))]
     NotFound(String),
+    /// The change could not be made durable, so it was not made.
+    #[error("not recorded: {}", .0.message)]
+    Unrecorded(WriteFault),
 }
 
 /// What the scheduler needs to know to stop a job.
@@ -43,6 +46,9 @@ impl CancelFlag {
     }
     fn set(&self) {
         self.0.store(true, Ordering::Relaxed)
+    }
+    fn clear(&self) {
+        self.0.store(false, Ordering::Relaxed)
     }
 }
 
@@ -72,6 +78,8 @@ struct Entry {
     /// Set by [`JobStore::stop`]: the reason and message the cancellation
     /// ends with instead of a plain CANCELLED.
     stop: Option<(pb::StopReason, String)>,
+    /// Recorded as RUNNING, but nothing runs it ([`JobStore::stall`]).
+    stalled: bool,
 }
 
 impl Entry {
@@ -79,7 +87,9 @@ impl Entry {
     /// of a running job.
     fn current(&self) -> pb::Job {
         let mut job = self.job.clone();
-        if job.state() == pb::JobState::Running {
+        if self.stalled {
+            job.message = STALLED.into();
+        } else if job.state() == pb::JobState::Running {
             job.progress = self.progress.get();
         }
         job
@@ -182,6 +192,7 @@ impl JobStore {
                     cancel: Arc::default(),
                     progress: Arc::default(),
                     stop: None,
+                    stalled: false,
                 },
             );
         }
@@ -244,14 +255,68 @@ impl JobStore {
             };
             match job {
                 Ok(job) if job.state() == pb::JobState::Queued => again.push(job),
+                Err(JobError::Unrecorded(_)) => self.stall(&id),
                 _ => {}
             }
         }
         again
     }
 
-    /// Records a new QUEUED job and returns it.
-    pub fn create(&self, mut job: pb::Job) -> pb::Job {
+    /// Marks a job recorded as RUNNING that no trainer runs any more, because
+    /// what it did could not be recorded: it goes back to the queue when
+    /// writes succeed again ([`resume_stalled`](Self::resume_stalled)).
+    pub fn stall(&self, id: &str) {
+        self.set_stalled(id, true);
+    }
+
+    fn set_stalled(&self, id: &str, stalled: bool) {
+        if let Some(entry) = self.inner.lock().unwrap().jobs.get_mut(id) {
+            entry.stalled = stalled;
+            entry.progress.clear();
+        }
+    }
+
+    /// The jobs [`stall`](Self::stall)ed, in submission order.
+    pub fn stalled(&self) -> Vec<String> {
+        let inner = self.inner.lock().unwrap();
+        let stalled = |id: &&String| inner.jobs[*id].stalled;
+        inner.order.iter().filter(stalled).cloned().collect()
+    }
+
+    /// Puts the stalled jobs back in the queue now that writes succeed:
+    /// each gets a `StateChanged(QUEUED)`, suspended (not counted as a
+    /// restart), continuing after the `checkpoint(id)` epochs its checkpoint
+    /// holds, with `reason`; a stalled job that was cancelled meanwhile
+    /// ends CANCELLED instead. Returns the jobs to run, in submission order;
+    /// those whose event still cannot be recorded stay stalled.
+    pub fn resume_stalled(&self, checkpoint: &dyn Fn(&str) -> u32, reason: &str) -> Vec<pb::Job> {
+        let mut again = Vec::new();
+        for id in self.stalled() {
+            let cancelled = self.cancel_flag(&id).is_ok_and(|c| c.is_set());
+            let kind = if cancelled {
+                cancelled_event("cancelled while stopped for lack of space")
+            } else {
+                Kind::StateChanged(pb::StateChanged {
+                    state: pb::JobState::Queued as i32,
+                    resume_after_epoch: checkpoint(&id),
+                    suspended: true,
+                    reason: reason.to_string(),
+                    ..Default::default()
+                })
+            };
+            match self.append(&id, kind) {
+                Err(JobError::Unrecorded(_)) => continue,
+                Ok(job) if job.state() == pb::JobState::Queued => again.push(job),
+                _ => {}
+            }
+            self.set_stalled(&id, false);
+        }
+        again
+    }
+
+    /// Records a new QUEUED job and returns it; when that cannot be made
+    /// durable, nothing of it is kept.
+    pub fn create(&self, mut job: pb::Job) -> Result<pb::Job, JobError> {
         job.state = pb::JobState::Unspecified as i32;
         job.created_at = Some(now());
         let id = job.id.clone();
@@ -261,24 +326,32 @@ impl JobStore {
             cancel: Arc::default(),
             progress: Arc::default(),
             stop: None,
+            stalled: false,
         };
         {
             let mut inner = self.inner.lock().unwrap();
             inner.order.push(id.clone());
             inner.jobs.insert(id.clone(), entry);
         }
-        self.append(
+        let queued = self.append(
             &id,
             Kind::StateChanged(pb::StateChanged {
                 state: pb::JobState::Queued as i32,
                 ..Default::default()
             }),
-        )
-        .expect("job was just inserted")
+        );
+        if queued.is_err() {
+            let mut inner = self.inner.lock().unwrap();
+            inner.jobs.remove(&id);
+            inner.order.retain(|o| *o != id);
+        }
+        queued
     }
 
     /// Appends an event and returns the job as it now stands. Events after a
-    /// terminal one are dropped: a job ends once.
+    /// terminal one are dropped: a job ends once. An event that cannot be
+    /// made durable is not appended either ([`JobError::Unrecorded`]): what
+    /// watchers and GetJob see is always what a restart would load.
     pub fn append(&self, id: &str, kind: Kind) -> Result<pb::Job, JobError> {
         let mut inner = self.inner.lock().unwrap();
         let entry = inner
@@ -313,17 +386,25 @@ impl JobStore {
         let mut job = entry.job.clone();
         apply(&mut job, &event);
         if let Some(db) = &self.db {
-            // Durable first; should the disk fail, keep serving from memory
-            // (the log on disk then ends here) rather than stall the job.
+            // Durable first: memory only ever holds what the database does.
             let spec = job.spec.take();
             if let Err(e) = db.append_event(&job, spec.as_ref(), &event) {
-                tracing::error!(job = %id, sequence = event.sequence, error = %e, "event not persisted");
+                tracing::error!(job = %id, sequence = event.sequence, error = %e, "event not recorded");
+                return Err(JobError::Unrecorded(WriteFault {
+                    out_of_space: e.is_out_of_space(),
+                    message: e.to_string(),
+                }));
             }
             job.spec = spec;
         }
         entry.job = job;
         entry.events.push(event);
         Ok(entry.job.clone())
+    }
+
+    /// Why the store's writes fail now, if they do.
+    pub fn write_fault(&self) -> Option<WriteFault> {
+        self.db.as_ref().and_then(|db| db.write_fault())
     }
 
     /// A job's record as GetJob shows it.
@@ -447,17 +528,31 @@ impl JobStore {
     /// when its trainer next checks (within one batch); a finished one is left
     /// as it is. Returns the job as it stands.
     pub fn cancel(&self, id: &str) -> Result<pb::Job, JobError> {
-        let job = {
+        let (job, flag) = {
             let inner = self.inner.lock().unwrap();
             let entry = inner
                 .jobs
                 .get(id)
                 .ok_or_else(|| JobError::NotFound(id.to_string()))?;
             entry.cancel.set();
-            entry.job.clone()
+            (entry.job.clone(), entry.cancel.clone())
         };
         if job.state() == pb::JobState::Queued {
-            return self.append(id, cancelled_event("cancelled while queued"));
+            let cancelled = self.append(id, cancelled_event("cancelled while queued"));
+            if matches!(cancelled, Err(JobError::Unrecorded(_))) {
+                flag.clear(); // not cancelled: it runs as if never asked
+            }
+            return cancelled;
+        }
+        if self.read(id, |e| e.stalled)? {
+            // No trainer to see the flag: it ends here, or once writes
+            // succeed again (`resume_stalled`).
+            let job = self.append(
+                id,
+                cancelled_event("cancelled while stopped for lack of space"),
+            )?;
+            self.set_stalled(id, false);
+            return Ok(job);
         }
         Ok(job)
     }
@@ -514,6 +609,10 @@ impl EventCursor<'_> {
             .await
     }
 }
+
+/// What GetJob says of a stalled job (see [`JobStore::stall`]).
+pub const STALLED: &str = "stopped: its events cannot be recorded (the data directory is \
+                           full); it continues from its checkpoint once space is back";
 
 /// The message of a job re-queued by [`JobStore::recover`] to start over.
 pub const RESTARTED: &str = "restarted after an interruption (the server stopped while it ran)";
@@ -622,10 +721,12 @@ mod tests {
 
     fn store_with_job() -> JobStore {
         let store = JobStore::default();
-        store.create(pb::Job {
-            id: "j1".into(),
-            ..Default::default()
-        });
+        store
+            .create(pb::Job {
+                id: "j1".into(),
+                ..Default::default()
+            })
+            .unwrap();
         store
     }
 
@@ -731,10 +832,12 @@ mod tests {
         {
             let store = JobStore::open(&path).unwrap();
             for id in ids {
-                store.create(pb::Job {
-                    id: id.into(),
-                    ..Default::default()
-                });
+                store
+                    .create(pb::Job {
+                        id: id.into(),
+                        ..Default::default()
+                    })
+                    .unwrap();
             }
             for id in ["done", "running", "doomed"] {
                 store.append(id, running()).unwrap();
@@ -834,10 +937,18 @@ mod tests {
     #[test]
     fn list_filters_by_labels_and_sorts_by_metric() {
         let store = JobStore::default();
-        store.create(job_with("a", &[("sweep", "s1")], Some(0.5)));
-        store.create(job_with("b", &[("sweep", "s1")], None));
-        store.create(job_with("c", &[("sweep", "s1"), ("x", "y")], Some(0.2)));
-        store.create(job_with("d", &[("sweep", "s2")], Some(0.1)));
+        store
+            .create(job_with("a", &[("sweep", "s1")], Some(0.5)))
+            .unwrap();
+        store
+            .create(job_with("b", &[("sweep", "s1")], None))
+            .unwrap();
+        store
+            .create(job_with("c", &[("sweep", "s1"), ("x", "y")], Some(0.2)))
+            .unwrap();
+        store
+            .create(job_with("d", &[("sweep", "s2")], Some(0.1)))
+            .unwrap();
         let ids = |f: ListFilter| -> Vec<String> {
             store
                 .list_filtered(&f)
@@ -980,10 +1091,12 @@ mod tests {
     #[test]
     fn list_filters_and_orders_newest_first() {
         let store = store_with_job();
-        store.create(pb::Job {
-            id: "j2".into(),
-            ..Default::default()
-        });
+        store
+            .create(pb::Job {
+                id: "j2".into(),
+                ..Default::default()
+            })
+            .unwrap();
         store.cancel("j2").unwrap();
         let ids: Vec<_> = store.list(None).into_iter().map(|j| j.id).collect();
         assert_eq!(ids, ["j2", "j1"]);

@@ -17,5 +17,5 @@ pub use db::{Db, DbError, ModelRow};
 pub use jobs::{CancelFlag, EventCursor, JobError, JobStore, ListFilter};
 pub use log::{EventLog, Follower};
 pub use models::{ModelCatalog, SavedRegistry};
-pub use storage::Storage;
+pub use storage::{io_out_of_space, Storage, WriteFault};
 pub use sweeps::SweepRecords;

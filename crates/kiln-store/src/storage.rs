@@ -21,9 +21,45 @@ pub enum DbError {
         /// What the decoder said.
         error: prost::DecodeError,
     },
+    /// The disk (or the filesystem's quota) is full: nothing was written.
+    #[error("database: out of space: {0}")]
+    OutOfSpace(String),
     /// Anything else, said in words.
     #[error("database: {0}")]
     Other(String),
+}
+
+impl DbError {
+    /// Whether the write failed for lack of space (then freeing space, and
+    /// nothing else, makes it succeed).
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            DbError::OutOfSpace(_) => true,
+            DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+                    || e.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Why writes fail now: what health and refused calls report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteFault {
+    /// Out of space (RESOURCE_EXHAUSTED) rather than a store that is down
+    /// (UNAVAILABLE).
+    pub out_of_space: bool,
+    /// What the last failed write said.
+    pub message: String,
+}
+
+/// Whether a file operation failed for lack of space (ENOSPC, or EDQUOT
+/// for a quota).
+pub fn io_out_of_space(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || e.raw_os_error() == Some(28)
 }
 
 /// A job as stored: its record and its whole event log, in sequence order.
@@ -101,4 +137,12 @@ pub trait Storage: Send + Sync {
 
     /// Every sweep's last stored record, in submission order.
     fn sweeps(&self) -> Result<Vec<pb::Sweep>, DbError>;
+
+    /// Why the last write failed, until a write (or [`probe`](Self::probe))
+    /// succeeds again; `None` while writes succeed.
+    fn write_fault(&self) -> Option<WriteFault>;
+
+    /// Makes a small durable write now, to learn whether writes succeed
+    /// again (a full disk that got space back).
+    fn probe(&self) -> Result<(), DbError>;
 }

@@ -7,11 +7,13 @@
 //! Tests write `use kiln_testkit::*;` and find everything by name.
 #![warn(missing_docs)]
 
+pub mod disk;
 pub mod paths;
 pub mod rpc;
 pub mod server;
 pub mod specs;
 
+pub use disk::SmallDisk;
 pub use paths::*;
 pub use rpc::*;
 pub use server::{cli_binary, server_binary, temp_dir, Server};

@@ -118,6 +118,18 @@ pub async fn list_models(server: &Server) -> Vec<pb::ModelInfo> {
         .models
 }
 
+/// ListJobs (every job, newest first) on a new connection.
+pub async fn list_jobs(server: &Server) -> Vec<pb::Job> {
+    server
+        .jobs()
+        .await
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+}
+
 /// GetJob on a new connection; panics on an error status.
 pub async fn get_job(server: &Server, id: &str) -> pb::Job {
     server

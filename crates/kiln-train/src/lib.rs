@@ -26,7 +26,7 @@ pub mod train;
 /// (see `backend.rs` for the seam another backend implements).
 pub(crate) type Active = libtorch::TorchBackend;
 
-pub use artifact::{ModelArtifact, ModelMeta, Output, Predictor};
+pub use artifact::{ArtifactError, ModelArtifact, ModelMeta, Output, Predictor};
 pub use burn::tensor::Device;
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use health::{GradientHealth, LayerHealth};

@@ -75,6 +75,8 @@ impl DatasetService for Datasets {
         &self,
         request: Request<Streaming<pb::UploadDatasetRequest>>,
     ) -> Result<Response<pb::Dataset>, Status> {
+        // Refused before the upload is read when it could not be stored.
+        crate::durability::refuse_writes(&self.0)?;
         let mut stream = request.into_inner();
         let limit = self.0.config.max_dataset_bytes;
         let mut header: Option<(String, Upload)> = None;

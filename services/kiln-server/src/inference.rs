@@ -205,12 +205,13 @@ impl InferenceService for Inference {
         request: Request<pb::SetAliasRequest>,
     ) -> Result<Response<pb::ModelInfo>, Status> {
         let r = request.into_inner();
-        // The registry saves the move before it answers.
+        crate::durability::refuse_writes(&self.0)?;
+        // The registry saves the move before it makes it.
         let version = self
             .0
             .models
             .set_alias(&r.model, &r.alias, &r.version)
-            .map_err(status::serve)?;
+            .map_err(|e| crate::durability::serve_status(&self.0, e))?;
         tracing::info!(model = %r.model, alias = %r.alias, version, "alias moved");
         Ok(Response::new(self.info(&r.model, version)?))
     }
@@ -243,6 +244,7 @@ impl InferenceService for Inference {
         &self,
         request: Request<Streaming<pb::ImportModelRequest>>,
     ) -> Result<Response<pb::ModelInfo>, Status> {
+        crate::durability::refuse_writes(&self.0)?;
         let mut stream = request.into_inner();
         let limit = self.0.config.max_dataset_bytes;
         let mut name = None;
@@ -270,14 +272,20 @@ impl InferenceService for Inference {
         // Kept like a trained model's files, so a restart serves it again.
         let dir_name = format!("import-{}", uuid::Uuid::new_v4().simple());
         let dir = self.0.config.data_dir.join("models").join(&dir_name);
-        let model = self
-            .blocking(move |models| {
-                artifact
-                    .save(&dir)
-                    .map_err(|e| ServeError::Load(e.to_string()))?;
-                models.register(&name, "", &dir_name, artifact, device, &device_name)
-            })
-            .await?;
+        let kiln = self.0.clone();
+        let model = tokio::task::spawn_blocking(move || {
+            let stored = crate::durability::save_artifact(&artifact, &dir).and_then(|()| {
+                kiln.models
+                    .register(&name, "", &dir_name, artifact, device, &device_name)
+                    .map_err(|e| crate::durability::serve_status(&kiln, e))
+            });
+            if stored.is_err() {
+                let _ = std::fs::remove_dir_all(&dir); // nothing half-imported stays
+            }
+            stored
+        })
+        .await
+        .map_err(|e| Status::internal(format!("import panicked: {e}")))??;
         tracing::info!(model = %model.name, version = model.version, "model imported");
         Ok(Response::new(self.info(&model.name, model.version)?))
     }
@@ -289,6 +297,7 @@ impl InferenceService for Inference {
         request: Request<pb::ScoreDatasetRequest>,
     ) -> Result<Response<Self::ScoreDatasetStream>, Status> {
         let request = request.into_inner();
+        crate::durability::refuse_writes(&self.0)?;
         let model = self.model(&request.model, &request.version)?;
         crate::scoring::start(self.0.clone(), model, request)
             .await

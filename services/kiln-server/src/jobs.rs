@@ -29,8 +29,9 @@ impl JobService for Jobs {
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: required"))?;
         let spec = JobSpec::from_proto(&proto).map_err(status::invalid)?;
-        // A full queue is refused before the data is read.
+        // A full queue, or a full disk, is refused before the data is read.
         check_queue(&self.0)?;
+        crate::durability::refuse_writes(&self.0)?;
         submit_checked(&self.0, proto, spec, true)
             .await
             .map(Response::new)
@@ -292,15 +293,18 @@ async fn submit_checked(
     let id = format!("job-{}", uuid_simple());
     let model_name = spec.model_name.clone().unwrap_or_else(|| id.clone());
     let labels = proto.labels.clone();
-    let job = kiln.store.create(pb::Job {
-        id: id.clone(),
-        model_name: model_name.clone(),
-        spec: Some(proto),
-        train_rows: data.train.rows as u64,
-        validation_rows: data.validation.rows as u64,
-        input_features: data.width as u32,
-        ..Default::default()
-    });
+    let job = kiln
+        .store
+        .create(pb::Job {
+            id: id.clone(),
+            model_name: model_name.clone(),
+            spec: Some(proto),
+            train_rows: data.train.rows as u64,
+            validation_rows: data.validation.rows as u64,
+            input_features: data.width as u32,
+            ..Default::default()
+        })
+        .map_err(status::job)?;
     let job = kiln
         .store
         .append(

@@ -6,6 +6,7 @@ mod catalog;
 mod config;
 mod datasets;
 mod deadline;
+mod durability;
 mod inference;
 mod jobs;
 mod metrics;
@@ -32,6 +33,8 @@ use crate::config::Config;
 pub struct Kiln {
     pub config: Config,
     pub store: Arc<JobStore>,
+    /// Where every store writes through (SQLite): its write health.
+    pub storage: Arc<dyn kiln_store::Storage>,
     pub datasets: Arc<DatasetStore>,
     pub models: Arc<ModelRegistry>,
     /// The registry's saved versions and aliases (the registry writes them

@@ -26,19 +26,25 @@ pub fn recover(kiln: &crate::Kiln) {
     let jobs = kiln
         .store
         .recover(kiln.config.max_job_restarts, &resume_after);
+    run_again(kiln, jobs, "after a restart");
+}
+
+/// Queues jobs that went back to QUEUED (after a restart, or once space
+/// came back); one whose data can no longer be prepared fails, saying why.
+pub fn run_again(kiln: &crate::Kiln, jobs: Vec<pb::Job>, when: &str) {
     for job in jobs {
         match requeue(kiln, &job) {
             Ok(queued) => {
-                tracing::info!(job = %job.id, "job queued again after a restart");
+                tracing::info!(job = %job.id, "job queued again {when}");
                 kiln.runner.submit(queued);
             }
             Err(message) => {
-                tracing::warn!(job = %job.id, %message, "job cannot run again after a restart");
+                tracing::warn!(job = %job.id, %message, "job cannot run again {when}");
                 let _ = kiln.store.append(
                     &job.id,
                     failed(
                         pb::StopReason::Error,
-                        format!("could not be run again after a restart: {message}"),
+                        format!("could not be run again {when}: {message}"),
                     ),
                 );
             }
@@ -119,7 +125,7 @@ fn restore_models(kiln: &crate::Kiln) -> Option<HashSet<String>> {
         }
     }
     for (name, alias, version) in aliases {
-        if let Err(e) = kiln.models.set_alias(&name, &alias, &version.to_string()) {
+        if let Err(e) = kiln.models.restore_alias(&name, &alias, version) {
             tracing::warn!(model = %name, %alias, version, error = %e, "alias not restored");
         }
     }
@@ -132,6 +138,10 @@ fn restore_models(kiln: &crate::Kiln) -> Option<HashSet<String>> {
 /// job that stopped while it published, an import cut short). With `kept`
 /// unknown (the registry unreadable) model directories stay.
 fn remove_leftovers(data_dir: &Path, kept: &Option<HashSet<String>>) {
+    // The storage probe's file (see durability.rs), if a stop cut it short.
+    for probe in ["write-probe", "write-probe.tmp"] {
+        let _ = std::fs::remove_file(data_dir.join(probe));
+    }
     let models = data_dir.join("models");
     let mut dirs = vec![data_dir.join("datasets")];
     for entry in std::fs::read_dir(&models).into_iter().flatten().flatten() {

@@ -18,7 +18,8 @@ use tower_layer::{Identity, Stack};
 use crate::catalog::CatalogJournal;
 use crate::config::Config;
 use crate::{
-    auth, datasets, inference, jobs, metrics, oip, recovery, runner, sweeps, telemetry, Kiln,
+    auth, datasets, durability, inference, jobs, metrics, oip, recovery, runner, sweeps, telemetry,
+    Kiln,
 };
 
 /// Serves until a shutdown signal, then drains (see [`on_shutdown_signal`]).
@@ -28,6 +29,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&config.data_dir)?;
     let State {
         store,
+        storage,
         datasets,
         models,
         catalog,
@@ -59,6 +61,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let kiln = Arc::new(Kiln {
         config,
         store,
+        storage,
         datasets,
         models,
         catalog,
@@ -77,6 +80,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .set_service_status(service, tonic_health::ServingStatus::Serving)
             .await;
     }
+    durability::watch(kiln.clone(), health.clone()).await;
 
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -142,16 +146,23 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
             return Err(e).with_context(|| format!("locking {}", path.display()))
         }
     }
-    file.set_len(0)?;
-    file.rewind()?;
-    writeln!(file, "{}", std::process::id())?;
-    file.sync_all()?;
+    // The pid is for the message above; the lock holds without it (a full
+    // disk cannot take even these few bytes, and must not stop the start).
+    let pid = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|_| writeln!(file, "{}", std::process::id()))
+        .and_then(|()| file.sync_all());
+    if let Err(e) = pid {
+        tracing::warn!(error = %e, "could not write the pid into the data directory's LOCK");
+    }
     Ok(file)
 }
 
 /// What [`open_state`] opens.
 struct State {
     store: Arc<JobStore>,
+    storage: Arc<dyn kiln_store::Storage>,
     datasets: Arc<DatasetStore>,
     models: Arc<ModelRegistry>,
     catalog: Arc<ModelCatalog>,
@@ -177,7 +188,7 @@ fn open_state(config: &Config) -> anyhow::Result<State> {
     let catalog = Arc::new(ModelCatalog::new(db.clone()));
     let sweep_records = Arc::new(SweepRecords::new(db.clone()));
     let store = Arc::new(
-        JobStore::with_db(db)
+        JobStore::with_db(db.clone())
             .with_context(|| format!("loading jobs from {}", db_path.display()))?,
     );
     let models = Arc::new(
@@ -191,6 +202,7 @@ fn open_state(config: &Config) -> anyhow::Result<State> {
     );
     Ok(State {
         store,
+        storage: db,
         datasets,
         models,
         catalog,

@@ -12,6 +12,7 @@ pub fn invalid(e: FieldError) -> Status {
 pub fn job(e: JobError) -> Status {
     match e {
         JobError::NotFound(_) => Status::not_found(e.to_string()),
+        JobError::Unrecorded(fault) => crate::durability::unrecorded(&fault),
     }
 }
 
@@ -19,6 +20,12 @@ pub fn dataset(e: DatasetError) -> Status {
     match e {
         DatasetError::NotFound(_) => Status::not_found(e.to_string()),
         DatasetError::Invalid(f) => invalid(f),
+        DatasetError::Io(_) | DatasetError::Db(_) if e.is_out_of_space() => {
+            crate::durability::unrecorded(&kiln_store::WriteFault {
+                out_of_space: true,
+                message: e.to_string(),
+            })
+        }
         DatasetError::Io(_) | DatasetError::Db(_) => Status::internal(e.to_string()),
         DatasetError::Corrupt { .. } => Status::data_loss(e.to_string()),
     }

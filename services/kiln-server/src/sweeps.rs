@@ -92,13 +92,15 @@ impl Entry {
         f(&mut self.record.lock().unwrap())
     }
 
-    /// Writes the record to the database (a failure is logged: the sweep
-    /// goes on, and would not come back after a restart).
-    fn persist(&self) {
+    /// Writes the record to the database. A failure is logged and returned:
+    /// the sweep goes on, and its next write records where it stands.
+    fn persist(&self) -> Result<(), kiln_store::DbError> {
         let sweep = self.with(|r| r.sweep.clone());
-        if let Err(e) = self.records.save(&sweep) {
+        let saved = self.records.save(&sweep);
+        if let Err(e) = &saved {
             tracing::error!(sweep = %sweep.id, error = %e, "sweep not persisted");
         }
+        saved
     }
 
     fn snapshot(&self) -> pb::Sweep {
@@ -118,7 +120,7 @@ impl Entry {
             r.events.push(event);
         });
         if started_or_ended {
-            self.persist();
+            let _ = self.persist();
         }
     }
 
@@ -176,11 +178,18 @@ impl SweepService for SweepSvc {
         request: Request<pb::SubmitSweepRequest>,
     ) -> Result<Response<pb::Sweep>, Status> {
         let request = request.into_inner();
+        crate::durability::refuse_writes(&self.0)?;
         let id = format!("sweep-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let plan = plan(&request, &id).map_err(status::invalid)?;
         let sweep = plan.new_sweep(&id, request, now());
         let entry = Entry::new(sweep, plan.goal, self.0.sweep_records.clone());
-        entry.persist();
+        // Accepted only once recorded.
+        entry.persist().map_err(|e| {
+            crate::durability::unrecorded(&kiln_store::WriteFault {
+                out_of_space: e.is_out_of_space(),
+                message: e.to_string(),
+            })
+        })?;
         self.0.sweeps.insert(entry.clone(), id.clone());
         tracing::info!(sweep = %id, trials = plan.points.len(), model = %plan.model_name, "sweep started");
         let snapshot = entry.snapshot();
@@ -300,7 +309,7 @@ pub fn resume(kiln: &Arc<Kiln>) {
                     r.sweep.finished_at = Some(now());
                     r.sweep.message = format!("could not resume after a restart: {error}");
                 });
-                entry.persist();
+                let _ = entry.persist();
             }
         }
     }

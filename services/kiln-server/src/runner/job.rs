@@ -4,13 +4,14 @@
 //! published.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use kiln::v1 as pb;
 use kiln_core::spec::JobKind;
 use kiln_store::jobs::LiveProgress;
 use kiln_store::jobs::{cancelled_event, CancelFlag};
+use kiln_store::JobError;
 use kiln_train::{Checkpoint, Control, LrRangeReport, StopReason, TrainError, TrainEvent};
 use pb::job_event::Kind;
 
@@ -61,14 +62,24 @@ impl Context {
         tracing::info!(job = %job.id, device = %job.device_name, "training started");
         let mut tensorboard =
             crate::tensorboard::JobLog::start(self.tensorboard_dir.as_deref(), &job);
-        let ended = self.train(&job, started, &mut tensorboard);
+        let unrecorded = AtomicBool::new(false);
+        let ended = self.train(&job, started, &mut tensorboard, &unrecorded);
+        if unrecorded.load(Ordering::SeqCst) {
+            span.record("outcome", "stalled");
+            self.stall(&job.id, &ended);
+            return;
+        }
         if let Some(checkpoint) = suspension(&ended, &cancel) {
             span.record("outcome", "suspended");
             self.back_to_queue(&job.id, checkpoint);
             return;
         }
-        self.checkpoints.remove(&job.id);
-        let final_event = self.final_event(&job, ended);
+        let Some(final_event) = self.final_event(&job, ended) else {
+            // Its model could not be written: it runs again once there is space.
+            span.record("outcome", "stalled");
+            self.store.stall(&job.id);
+            return;
+        };
         span.record(
             "outcome",
             match &final_event {
@@ -79,7 +90,25 @@ impl Context {
         );
         tracing::info!(job = %job.id, event = ?final_event, "job ended");
         tensorboard.end(&final_event);
-        let _ = self.store.append(&job.id, final_event);
+        match self.store.append(&job.id, final_event) {
+            Err(JobError::Unrecorded(_)) => self.store.stall(&job.id),
+            _ => self.checkpoints.remove(&job.id),
+        }
+    }
+
+    /// The job's events could not be recorded (the disk is full): it stops
+    /// where it stands and goes back to the queue once writes succeed
+    /// (`JobStore::resume_stalled`). Its checkpoint is kept only up to the
+    /// epochs its recorded events reach, so that the curve has no gap.
+    fn stall(&self, id: &str, ended: &Ended) {
+        let recorded = self.store.get(id).map_or(0, |j| j.epochs_completed);
+        if let Ok(Err(TrainError::Suspended(c))) = ended {
+            if c.epochs_completed() <= recorded {
+                self.checkpoints.save(id, c);
+            }
+        }
+        tracing::warn!(job = %id, recorded_epochs = recorded, "job stopped: its events cannot be recorded");
+        self.store.stall(id);
     }
 
     /// Marks the job RUNNING, unless it was cancelled while queued (or is
@@ -96,14 +125,24 @@ impl Context {
         }
         let resume = self.resume_point(job);
         let reported = self.store.get(id).map_or(0, |j| j.epochs_completed);
-        let running = self.store.append(
-            id,
-            Kind::StateChanged(pb::StateChanged {
-                state: pb::JobState::Running as i32,
-                device: job.device_name.clone(),
-                ..Default::default()
-            }),
-        );
+        let running = loop {
+            let running = self.store.append(
+                id,
+                Kind::StateChanged(pb::StateChanged {
+                    state: pb::JobState::Running as i32,
+                    device: job.device_name.clone(),
+                    ..Default::default()
+                }),
+            );
+            // A job starts only once that is recorded: while the disk is
+            // full it waits here, QUEUED (a shutdown leaves it so).
+            match running {
+                Err(JobError::Unrecorded(_)) if !self.suspend.load(Ordering::SeqCst) => {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+                running => break running,
+            }
+        };
         // A cancel can land between the check above and this append.
         if !running.is_ok_and(|j| j.state() == pb::JobState::Running) {
             return None;
@@ -118,7 +157,15 @@ impl Context {
 
     /// Trains (or runs the LR range test), recording each event as it comes;
     /// a panic inside (libtorch's errors among them) is caught and returned.
-    fn train(&self, job: &QueuedJob, started: Started, tensorboard: &mut JobLog) -> Ended {
+    /// An event that cannot be recorded sets `unrecorded` and stops the
+    /// run at its next poll, as a shutdown does.
+    fn train(
+        &self,
+        job: &QueuedJob,
+        started: Started,
+        tensorboard: &mut JobLog,
+        unrecorded: &AtomicBool,
+    ) -> Ended {
         let Started {
             cancel,
             progress,
@@ -129,6 +176,11 @@ impl Context {
         catch_unwind(AssertUnwindSafe(|| {
             // An epoch's gradient health arrives just before it and travels in its event.
             let mut health = None;
+            let record = |kind| {
+                if let Err(JobError::Unrecorded(_)) = self.store.append(id, kind) {
+                    unrecorded.store(true, Ordering::SeqCst);
+                }
+            };
             let mut on_event = |event| match event {
                 TrainEvent::Health(h) if h.epoch <= reported => {}
                 TrainEvent::Epoch(r) if r.epoch <= reported => {}
@@ -140,17 +192,18 @@ impl Context {
                     tensorboard.epoch(&report, health.as_ref());
                     let mut metrics = epoch_metrics(&report);
                     metrics.gradient_health = health.map(|h| gradient_health(&h));
-                    let _ = self.store.append(id, Kind::Epoch(metrics));
+                    record(Kind::Epoch(metrics));
                 }
                 event => {
                     if let Some(kind) = event_kind(event) {
-                        let _ = self.store.append(id, kind);
+                        record(kind);
                     }
                 }
             };
             let (spec, data, device) = (&job.spec, &job.data, &job.device);
             let cancelled = || cancel.is_set();
-            let suspended = || self.suspend.load(Ordering::SeqCst);
+            let suspended =
+                || self.suspend.load(Ordering::SeqCst) || unrecorded.load(Ordering::SeqCst);
             match spec.kind {
                 JobKind::Train => {
                     let control = Control {
@@ -188,7 +241,7 @@ impl Context {
             }
         };
         tracing::info!(job = %id, resume_after_epoch, "job suspended by the shutdown");
-        let _ = self.store.append(
+        let queued = self.store.append(
             id,
             Kind::StateChanged(pb::StateChanged {
                 state: pb::JobState::Queued as i32,
@@ -197,13 +250,17 @@ impl Context {
                 ..Default::default()
             }),
         );
+        if let Err(JobError::Unrecorded(_)) = queued {
+            self.store.stall(id); // recorded RUNNING: recovered as interrupted
+        }
     }
 
     /// The job's final event; a trained model is published first, so that it
-    /// answers Predict once the job is seen SUCCEEDED.
-    fn final_event(&self, job: &QueuedJob, ended: Ended) -> Kind {
+    /// answers Predict once the job is seen SUCCEEDED. `None`: its model could
+    /// not be written for lack of space.
+    fn final_event(&self, job: &QueuedJob, ended: Ended) -> Option<Kind> {
         let id = &job.id;
-        match ended {
+        Some(match ended {
             Ok(Ok(Outcome::LrRangeTest(report))) => {
                 let _ = self
                     .store
@@ -237,7 +294,8 @@ impl Context {
                         .map(|d| d.confusion.to_proto(&job.data.class_labels)),
                     decision_threshold: trained.decisions.as_ref().and_then(|d| d.threshold),
                 }),
-                Err(message) => failed(pb::StopReason::Error, message),
+                Err((true, _)) => return None,
+                Err((false, message)) => failed(pb::StopReason::Error, message),
             },
             Ok(Err(e @ TrainError::Cancelled { .. })) => cancelled_event(&e.to_string()),
             Ok(Err(
@@ -265,7 +323,7 @@ impl Context {
                     failed(pb::StopReason::Error, format!("training failed: {message}"))
                 }
             }
-        }
+        })
     }
 
     /// The checkpoint a job continues from. One that cannot continue this
@@ -275,10 +333,14 @@ impl Context {
         if job.spec.kind != JobKind::Train {
             return None;
         }
+        // A checkpoint past the epochs whose events were recorded (written
+        // after an event that could not be) would leave a gap in the curve.
+        let recorded = self.store.get(&job.id).map_or(0, |j| j.epochs_completed);
         let checkpoint = self
             .checkpoints
             .load(&job.id)
-            .filter(|c| c.matches(&job.spec, &job.data));
+            .filter(|c| c.matches(&job.spec, &job.data))
+            .filter(|c| c.epochs_completed() <= recorded);
         if checkpoint.is_none() {
             self.checkpoints.remove(&job.id);
             let progressed = self

@@ -193,25 +193,43 @@ impl Context {
         self.run_job(job);
     }
 
-    /// Writes the best model to `<data_dir>/models/<job id>` and serves it.
-    fn publish(&self, job: &QueuedJob, trained: &kiln_train::Trained) -> Result<(), String> {
+    /// Writes the best model to `<data_dir>/models/<job id>` and serves it;
+    /// on failure nothing of it is left. `Err(true)`: for lack of space.
+    fn publish(
+        &self,
+        job: &QueuedJob,
+        trained: &kiln_train::Trained,
+    ) -> Result<(), (bool, String)> {
         let artifact =
-            ModelArtifact::from_trained(trained, &job.data).map_err(|e| e.to_string())?;
-        artifact
-            .save(&self.models_dir.join(&job.id))
-            .map_err(|e| e.to_string())?;
+            ModelArtifact::from_trained(trained, &job.data).map_err(|e| (false, e.to_string()))?;
+        let dir = self.models_dir.join(&job.id);
         // Registered under its files' folder, models/<job id>; the registry
         // saves the version so that a restart serves it again.
-        self.models
-            .register(
-                &job.model_name,
-                &job.id,
-                &job.id,
-                artifact,
-                job.device.clone(),
-                &job.device_name,
-            )
-            .map_err(|e| e.to_string())?;
-        Ok(())
+        let published = match artifact.save(&dir) {
+            Err(kiln_train::ArtifactError::Io(e)) if kiln_store::io_out_of_space(&e) => {
+                Err((true, e.to_string()))
+            }
+            Err(e) => Err((false, e.to_string())),
+            Ok(()) => self
+                .models
+                .register(
+                    &job.model_name,
+                    &job.id,
+                    &job.id,
+                    artifact,
+                    job.device.clone(),
+                    &job.device_name,
+                )
+                .map(|_| ())
+                .map_err(|e| {
+                    let full = matches!(e, kiln_serve::ServeError::NotSaved(_))
+                        && self.store.write_fault().is_some_and(|f| f.out_of_space);
+                    (full, e.to_string())
+                }),
+        };
+        if published.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        published
     }
 }

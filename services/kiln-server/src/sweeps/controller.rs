@@ -278,7 +278,7 @@ async fn finish(kiln: &Arc<Kiln>, entry: &Arc<Entry>, plan: &Plan) {
         };
         r.events.push(event);
     });
-    entry.persist();
+    let _ = entry.persist();
 }
 
 /// Registers `best`'s model under the sweep's model name: the version, or

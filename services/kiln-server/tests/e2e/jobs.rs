@@ -633,18 +633,7 @@ async fn a_job_over_the_memory_budget_is_refused_before_it_allocates() {
         st.message()
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
-    assert_eq!(
-        server
-            .jobs()
-            .await
-            .list_jobs(pb::ListJobsRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .jobs
-            .len(),
-        0
-    );
+    assert_eq!(list_jobs(&server).await.len(), 0);
 
     let tight = Server::start_with(&[("KILN_MAX_JOB_MEMORY_BYTES", "10000")]);
     let st = submit_err(&tight, quick_job()).await;

@@ -44,17 +44,6 @@ fn regression(rows: usize, epochs: u32, model: &str) -> pb::JobSpec {
     }
 }
 
-async fn list(server: &Server) -> Vec<pb::Job> {
-    server
-        .jobs()
-        .await
-        .list_jobs(pb::ListJobsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs
-}
-
 async fn predict(
     server: &Server,
     model: &str,
@@ -118,7 +107,7 @@ async fn a_finished_job_and_its_model_survive_a_kill() {
         }]))
         .await
         .unwrap();
-    let before = (get_job(&server, &job.id).await, list(&server).await);
+    let before = (get_job(&server, &job.id).await, list_jobs(&server).await);
     let answers = predict(&server, "persisted", "").await.unwrap();
 
     let server = Server::start_in(server.kill_keeping_data(), &[]);
@@ -127,7 +116,7 @@ async fn a_finished_job_and_its_model_survive_a_kill() {
         before.0,
         "GetJob after restart"
     );
-    assert_eq!(list(&server).await, before.1, "ListJobs after restart");
+    assert_eq!(list_jobs(&server).await, before.1, "ListJobs after restart");
     let replayed = watch_all(&server, &job.id).await;
     assert_eq!(replayed, events, "the same events, sequences and times");
     assert_eq!(predict(&server, "persisted", "").await.unwrap(), answers);

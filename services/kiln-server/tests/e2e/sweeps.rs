@@ -604,15 +604,7 @@ async fn bad_search_spaces_are_invalid_argument_naming_the_parameter() {
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     // Nothing was submitted.
-    assert!(server
-        .jobs()
-        .await
-        .list_jobs(pb::ListJobsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs
-        .is_empty());
+    assert!(list_jobs(&server).await.is_empty());
 }
 
 async fn get_sweep(server: &Server, id: &str) -> pb::Sweep {
