@@ -3,7 +3,7 @@
 //! removed when dropped.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -123,6 +123,36 @@ impl Server {
             addr,
             data_dir,
         }
+    }
+
+    /// Starts a server on `data_dir` that must refuse to start: waits (at
+    /// most 30 s) for it to exit, checks it never listened and failed, and
+    /// returns what it wrote on stderr.
+    pub fn fails_to_start(data_dir: &Path, env: &[(&str, &str)]) -> String {
+        let mut child = Command::new(server_binary())
+            .env("KILN_LISTEN", "127.0.0.1:0")
+            .env("KILN_DATA_DIR", data_dir)
+            .env("KILN_LOG", "warn")
+            .env("KILN_METRICS_LISTEN", "")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start kiln-server");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let output = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            !output.status.success() && !stdout.contains("listening on"),
+            "kiln-server started on {}: {stdout}{stderr}",
+            data_dir.display()
+        );
+        stderr
     }
 
     /// Its address as a URL (`http://host:port`).

@@ -12,6 +12,11 @@ pub fn cuda_available() -> bool {
     Active::cuda_device_count() > 0
 }
 
+/// The CUDA devices the backend sees (those `CUDA_VISIBLE_DEVICES` leaves).
+pub fn cuda_device_count() -> usize {
+    Active::cuda_device_count()
+}
+
 /// Caps the backend's intra-op threads for the whole process.
 pub fn set_threads(threads: usize) {
     Active::set_threads(threads)

@@ -21,8 +21,13 @@ pub struct Config {
     pub torch_threads: usize,
     /// Jobs that train at once on each device (trainer threads sharing the
     /// device's queue); the rest wait QUEUED. Sweeps need more than 1 to run
-    /// trials concurrently.
+    /// trials concurrently. A job with DEVICE_AUTO goes to the visible GPU
+    /// with the fewest jobs queued or running (the CPU when there is none).
     pub max_concurrent_jobs: usize,
+    /// Where models are served (trained, imported, restored): "auto" (CUDA
+    /// device 0 when there is one, else the CPU), "cpu", or "cuda:N". Not
+    /// where they trained, so that serving does not take training's memory.
+    pub serve_device: String,
     /// Largest gRPC message accepted, in bytes (requests and upload chunks).
     pub max_message_bytes: usize,
     /// Largest dataset an upload may create, in bytes.
@@ -90,6 +95,7 @@ impl Default for Config {
             tensorboard_dir: None,
             torch_threads: 2,
             max_concurrent_jobs: 1,
+            serve_device: "auto".into(),
             max_message_bytes: 64 << 20,
             max_dataset_bytes: 1 << 30,
             max_queued_jobs: 1000,

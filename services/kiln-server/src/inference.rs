@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use kiln::v1 as pb;
 use kiln_core::encoding::{InputColumn, InputEncoding};
-use kiln_core::spec::{check_model_name, DeviceChoice};
+use kiln_core::spec::check_model_name;
 use kiln_serve::{ModelRegistry, ServeError, ServedModel, VersionInfo};
 use kiln_train::{ModelArtifact, Output};
 use pb::inference_service_server::InferenceService;
@@ -267,8 +267,7 @@ impl InferenceService for Inference {
             .models
             .check_task(&name, artifact.meta.arch.task)
             .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
-        let (device, device_name) =
-            kiln_train::device::resolve(DeviceChoice::Auto).map_err(Status::failed_precondition)?;
+        let serve = self.0.serve_device.clone();
         // Kept like a trained model's files, so a restart serves it again.
         let dir_name = format!("import-{}", uuid::Uuid::new_v4().simple());
         let dir = self.0.config.data_dir.join("models").join(&dir_name);
@@ -276,7 +275,7 @@ impl InferenceService for Inference {
         let model = tokio::task::spawn_blocking(move || {
             let stored = crate::durability::save_artifact(&artifact, &dir).and_then(|()| {
                 kiln.models
-                    .register(&name, "", &dir_name, artifact, device, &device_name)
+                    .register(&name, "", &dir_name, artifact, serve.device, &serve.name)
                     .map_err(|e| crate::durability::serve_status(&kiln, e))
             });
             if stored.is_err() {

@@ -222,7 +222,12 @@ fn check_budget(kiln: &Kiln, spec: &JobSpec, train_rows: usize) -> Result<(), St
 
 /// RESOURCE_EXHAUSTED when the job's estimated memory is over
 /// `max_job_memory_bytes`: refused before anything is allocated.
-fn check_memory(kiln: &Kiln, spec: &JobSpec, data: &Prepared) -> Result<(), Status> {
+fn check_memory(
+    kiln: &Kiln,
+    spec: &JobSpec,
+    data: &Prepared,
+    device_name: &str,
+) -> Result<(), Status> {
     let limit = kiln.config.max_job_memory_bytes;
     let outputs = ModelArch::output_units(spec.task, data.outputs);
     let e = MemoryEstimate::for_job(
@@ -232,6 +237,17 @@ fn check_memory(kiln: &Kiln, spec: &JobSpec, data: &Prepared) -> Result<(), Stat
         data.train.rows,
         data.validation.rows,
     );
+    if let Some(gpu) = crate::placement::gpu_memory_bytes(device_name) {
+        if e.total() > gpu {
+            return Err(Status::resource_exhausted(format!(
+                "spec.model: the job needs an estimated {} ({} parameters), more than the {} \
+                 of {device_name}; use fewer or narrower layers, a smaller batch_size or less data",
+                human_bytes(e.total()),
+                e.parameters,
+                human_bytes(gpu),
+            )));
+        }
+    }
     if limit == 0 || e.total() <= limit {
         return Ok(());
     }
@@ -273,7 +289,9 @@ async fn submit_checked(
 ) -> Result<pb::Job, Status> {
     check_model_task(kiln, &spec)?;
     resolve_dataset_name(kiln, &mut proto, &mut spec)?;
-    let (device, device_name) = kiln_train::device::resolve(spec.device)
+    let (device, device_name) = kiln
+        .runner
+        .place(spec.device)
         .map_err(|m| status::invalid(FieldError::new("spec.device", m)))?;
     // Reading and checking the data is CPU work: keep it off the async workers.
     let (shared, spec_for_data) = (kiln.clone(), spec.clone());
@@ -281,7 +299,7 @@ async fn submit_checked(
         .await
         .map_err(|e| Status::internal(format!("data preparation panicked: {e}")))??;
     check_budget(kiln, &spec, data.train.rows)?;
-    check_memory(kiln, &spec, &data)?;
+    check_memory(kiln, &spec, &data, &device_name)?;
 
     let _gate = if limit_queue {
         let gate = QUEUE_GATE.lock().unwrap_or_else(|e| e.into_inner());

@@ -11,6 +11,7 @@ mod inference;
 mod jobs;
 mod metrics;
 mod oip;
+mod placement;
 mod queued_job;
 mod recovery;
 mod runner;
@@ -43,6 +44,8 @@ pub struct Kiln {
     /// Sweeps' saved records (each sweep's controller writes its own).
     pub sweep_records: Arc<SweepRecords>,
     pub runner: runner::Runner,
+    /// Where models are served (`serve_device`).
+    pub serve_device: placement::ServeDevice,
     pub sweeps: sweeps::Sweeps,
     /// Turns true when a shutdown begins: new calls are refused, open
     /// watch streams end.

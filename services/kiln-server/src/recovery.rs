@@ -95,14 +95,7 @@ fn restore_models(kiln: &crate::Kiln) -> Option<HashSet<String>> {
         }
         kept.insert(row.artifact.clone());
         let artifact = ModelArtifact::load(&models_dir.join(&row.artifact));
-        let (device, device_name) =
-            match kiln_train::device::resolve(kiln_core::spec::DeviceChoice::Auto) {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::error!(error = %e, "no device to serve models on");
-                    return None;
-                }
-            };
+        let serve = &kiln.serve_device;
         let artifact = match artifact {
             Ok(artifact) => Ok(artifact),
             Err(e) => {
@@ -118,8 +111,8 @@ fn restore_models(kiln: &crate::Kiln) -> Option<HashSet<String>> {
             row.version,
             &row.job_id,
             artifact,
-            device,
-            &device_name,
+            serve.device.clone(),
+            &serve.name,
         ) {
             tracing::error!(model = %row.name, version = row.version, error = %e, "model not served");
         }
@@ -170,7 +163,7 @@ fn remove_leftovers(data_dir: &Path, kept: &Option<HashSet<String>>) {
 fn requeue(kiln: &crate::Kiln, job: &pb::Job) -> Result<QueuedJob, String> {
     let proto = job.spec.as_ref().ok_or("its spec was not stored")?;
     let spec = JobSpec::from_proto(proto).map_err(|e| e.to_string())?;
-    let (device, device_name) = kiln_train::device::resolve(spec.device)?;
+    let (device, device_name) = kiln.runner.place(spec.device)?;
     let data = crate::jobs::prepare_data(kiln, &spec).map_err(|s| s.message().to_string())?;
     Ok(QueuedJob {
         id: job.id.clone(),

@@ -18,8 +18,8 @@ use tower_layer::{Identity, Stack};
 use crate::catalog::CatalogJournal;
 use crate::config::Config;
 use crate::{
-    auth, datasets, durability, inference, jobs, metrics, oip, recovery, runner, sweeps, telemetry,
-    Kiln,
+    auth, datasets, durability, inference, jobs, metrics, oip, placement, recovery, runner, sweeps,
+    telemetry, Kiln,
 };
 
 /// Serves until a shutdown signal, then drains (see [`on_shutdown_signal`]).
@@ -35,9 +35,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         catalog,
         sweep_records,
     } = open_state(&config)?;
+    let serve_device =
+        placement::ServeDevice::from_config(&config.serve_device).map_err(anyhow::Error::msg)?;
     let runner = runner::Runner::new(
         store.clone(),
         models.clone(),
+        serve_device.clone(),
         config.data_dir.join("models"),
         config.tensorboard_dir(),
         runner::Checkpoints {
@@ -67,6 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         catalog,
         sweep_records,
         runner,
+        serve_device,
         sweeps: sweeps::Sweeps::default(),
         stopping: stop_rx.clone(),
     });

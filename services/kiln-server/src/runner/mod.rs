@@ -16,9 +16,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use kiln_core::spec::DeviceChoice;
 use kiln_serve::ModelRegistry;
 use kiln_store::JobStore;
-use kiln_train::{Checkpoint, ModelArtifact};
+use kiln_train::{Checkpoint, Device, ModelArtifact};
+
+use crate::placement::{self, DeviceLoad, ServeDevice};
 
 pub use crate::queued_job::QueuedJob;
 pub use events::failed;
@@ -33,6 +36,10 @@ pub struct Runner {
 struct Context {
     store: Arc<JobStore>,
     models: Arc<ModelRegistry>,
+    /// Where finished jobs' models are served.
+    serve_device: ServeDevice,
+    /// Jobs queued or running on each device, for DEVICE_AUTO's placement.
+    load: DeviceLoad,
     models_dir: PathBuf,
     /// Root of the jobs' TensorBoard logs; `None`: off.
     tensorboard_dir: Option<PathBuf>,
@@ -94,6 +101,7 @@ impl Runner {
     pub fn new(
         store: Arc<JobStore>,
         models: Arc<ModelRegistry>,
+        serve_device: ServeDevice,
         models_dir: PathBuf,
         tensorboard_dir: Option<PathBuf>,
         checkpoints: Checkpoints,
@@ -104,6 +112,8 @@ impl Runner {
             context: Arc::new(Context {
                 store,
                 models,
+                serve_device,
+                load: DeviceLoad::default(),
                 models_dir,
                 tensorboard_dir,
                 checkpoints,
@@ -139,8 +149,16 @@ impl Runner {
         self.context.checkpoints.clone()
     }
 
+    /// The device a job with `choice` trains on and its name: for
+    /// DEVICE_AUTO the least busy visible GPU (see [`crate::placement`]).
+    pub fn place(&self, choice: DeviceChoice) -> Result<(Device, String), String> {
+        let gpus = kiln_train::device::cuda_device_count();
+        kiln_train::device::resolve(placement::place(choice, gpus, &self.context.load))
+    }
+
     /// Queues a job on its device's trainer threads (started on first use).
     pub fn submit(&self, job: QueuedJob) {
+        self.context.load.add(&job.device_name);
         let mut queues = self.queues.lock().unwrap();
         let queue = queues.entry(job.device_name.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel::<QueuedJob>();
@@ -160,7 +178,11 @@ impl Runner {
                         // Hold the lock only while taking a job, not while training it.
                         let next = rx.lock().unwrap().recv();
                         match next {
-                            Ok(job) => context.run(job),
+                            Ok(job) => {
+                                let device = job.device_name.clone();
+                                context.run(job);
+                                context.load.done(&device);
+                            }
                             Err(_) => return,
                         }
                     })
@@ -217,8 +239,8 @@ impl Context {
                     &job.id,
                     &job.id,
                     artifact,
-                    job.device.clone(),
-                    &job.device_name,
+                    self.serve_device.device.clone(),
+                    &self.serve_device.name,
                 )
                 .map(|_| ())
                 .map_err(|e| {

@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use kiln::v1 as pb;
-use kiln_core::spec::JobSpec;
 use kiln_store::jobs::{is_terminal, now, ListFilter};
 use kiln_sweep::{leaderboard, outcome, Adoption, Controller, Plan, Resume, Start};
 use pb::sweep_event::Kind as E;
@@ -287,17 +286,15 @@ async fn register(kiln: &Arc<Kiln>, plan: &Plan, best: &pb::Trial) -> Result<u32
     let models = kiln.models.clone();
     let trial_model = format!("{}-trial-{}", plan.model_name, best.number);
     let name = plan.model_name.clone();
-    let device_choice = JobSpec::from_proto(&plan.base).map(|s| s.device);
+    let serve = kiln.serve_device.clone();
     let trial_job = best.job_id.clone();
     tokio::task::spawn_blocking(move || -> Result<u32, String> {
         let (_, artifact) = models
             .artifact(&trial_model, "")
             .map_err(|e| e.to_string())?;
-        let choice = device_choice.map_err(|e| e.to_string())?;
-        let (device, device_name) = kiln_train::device::resolve(choice)?;
         // The version's files are the best trial's (models/<its job id>).
         let model = models
-            .register(&name, "", &trial_job, artifact, device, &device_name)
+            .register(&name, "", &trial_job, artifact, serve.device, &serve.name)
             .map_err(|e| e.to_string())?;
         Ok(model.version)
     })

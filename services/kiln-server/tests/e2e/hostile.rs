@@ -2,9 +2,6 @@
 //! id, one name holding models of two tasks, two servers on one data
 //! directory, and huge inputs echoed back in error messages.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use kiln::v1 as pb;
 use kiln_testkit::*;
 use tonic::Code;
@@ -181,28 +178,7 @@ async fn one_server_per_data_directory() {
     let pid = pid.trim();
     assert!(pid.parse::<u32>().is_ok(), "{pid:?}");
 
-    let mut second = Command::new(server_binary())
-        .env("KILN_LISTEN", "127.0.0.1:0")
-        .env("KILN_DATA_DIR", &dir)
-        .env("KILN_LOG", "warn")
-        .env("KILN_METRICS_LISTEN", "")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while second.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = second.kill();
-    let output = second.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success() && !stdout.contains("listening on"),
-        "a second server started on {}: {stdout}{stderr}",
-        dir.display()
-    );
+    let stderr = Server::fails_to_start(&dir, &[]);
     assert!(
         stderr.contains("in use by another kiln-server") && stderr.contains(&format!("pid {pid}")),
         "{stderr}"

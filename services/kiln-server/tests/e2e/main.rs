@@ -5,6 +5,7 @@
 //! One test binary, so the workspace links the server's dependencies once for
 //! all of them; `cargo test -p kiln-server --test e2e MODULE::` runs one area.
 
+mod devices;
 mod full_disk;
 mod grpcurl;
 mod hostile;
