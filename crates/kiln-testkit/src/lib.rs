@@ -9,12 +9,14 @@
 
 pub mod disk;
 pub mod paths;
+pub mod postgres;
 pub mod rpc;
 pub mod server;
 pub mod specs;
 
 pub use disk::SmallDisk;
 pub use paths::*;
+pub use postgres::PgServer;
 pub use rpc::*;
 pub use server::{cli_binary, server_binary, temp_dir, Server};
 pub use specs::*;

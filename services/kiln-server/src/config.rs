@@ -13,6 +13,12 @@ pub struct Config {
     /// Where everything is kept: the database `kiln.db` (jobs, events,
     /// dataset metadata, the model registry), datasets and model artifacts.
     pub data_dir: PathBuf,
+    /// PostgreSQL URL for kiln's state (jobs, events, sweeps, datasets'
+    /// metadata, the model registry) instead of `<data_dir>/kiln.db`, e.g.
+    /// `postgres://kiln:secret@db:5432/kiln`; empty: the SQLite file. Files
+    /// (datasets, models, checkpoints) stay under `data_dir`. One server per
+    /// database (a lock in the database sees to it).
+    pub database_url: String,
     /// Root of every job's TensorBoard event log
     /// (`<tensorboard_dir>/<model_name>/<job id>`). Unset: `<data_dir>/tensorboard`;
     /// an empty string turns logging off.
@@ -92,6 +98,7 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:50051".into(),
             data_dir: "data".into(),
+            database_url: String::new(),
             tensorboard_dir: None,
             torch_threads: 2,
             max_concurrent_jobs: 1,

@@ -84,15 +84,47 @@ async fn main() -> anyhow::Result<()> {
     result
 }
 
+/// A URL with its password (`user:password@`) shown as `<redacted>`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or_default();
+            format!("{scheme}://{name}:<redacted>@{host}")
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// The effective configuration, one `key = value` a line.
 fn toml_like(config: &Config) -> String {
     let mut value = serde_json::to_value(config).expect("config serializes");
     if !config.auth_token.is_empty() {
         value["auth_token"] = "<redacted>".into();
     }
+    value["database_url"] = redact_password(&config.database_url).into();
     let mut out = String::new();
     for (k, v) in value.as_object().expect("config is a struct") {
         out.push_str(&format!("{k} = {v}\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_database_password_is_never_printed() {
+        use super::redact_password;
+        assert_eq!(
+            redact_password("postgres://kiln:s3cret@db:5432/kiln"),
+            "postgres://kiln:<redacted>@db:5432/kiln"
+        );
+        assert_eq!(
+            redact_password("postgres://kiln@db/kiln"),
+            "postgres://kiln@db/kiln"
+        );
+        assert_eq!(redact_password(""), "");
+    }
 }

@@ -181,20 +181,24 @@ fn open_state(config: &Config) -> anyhow::Result<State> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let db_path = config.data_dir.join("kiln.db");
-    let db = Arc::new(
-        kiln_store::Db::open(&db_path)
-            .with_context(|| format!("opening the database {}", db_path.display()))?,
-    );
+    let db: Arc<dyn kiln_store::Storage> = if config.database_url.is_empty() {
+        Arc::new(
+            kiln_store::Db::open(&db_path)
+                .with_context(|| format!("opening the database {}", db_path.display()))?,
+        )
+    } else {
+        Arc::new(
+            kiln_store::PgStorage::open(&config.database_url, true)
+                .context("opening the PostgreSQL database (database_url)")?,
+        )
+    };
     let datasets = Arc::new(DatasetStore::open_with_db(
         config.data_dir.join("datasets"),
         db.clone(),
     )?);
     let catalog = Arc::new(ModelCatalog::new(db.clone()));
     let sweep_records = Arc::new(SweepRecords::new(db.clone()));
-    let store = Arc::new(
-        JobStore::with_db(db.clone())
-            .with_context(|| format!("loading jobs from {}", db_path.display()))?,
-    );
+    let store = Arc::new(JobStore::with_db(db.clone()).context("loading the jobs")?);
     let models = Arc::new(
         ModelRegistry::new(BatcherConfig {
             max_batch_rows: config.max_batch_rows,

@@ -13,6 +13,7 @@ mod jobs;
 mod malformed;
 mod oip;
 mod persistence;
+mod postgres;
 mod preprocessing;
 mod python_sdk;
 mod real_tables;

@@ -1,0 +1,238 @@
+//! PostgreSQL as kiln's storage, against a real server started for the
+//! test ([`PgServer`]; skipped, saying so, where PostgreSQL is not
+//! installed). The same contract runs on the SQLite file, so the two
+//! backends are held to one behaviour.
+
+use std::sync::Arc;
+
+use kiln::v1 as pb;
+use kiln_store::{Db, JobStore, ModelRow, PgStorage, Storage};
+use kiln_testkit::{temp_dir, PgServer};
+use pb::job_event::Kind;
+
+fn job(id: &str, state: pb::JobState) -> pb::Job {
+    pb::Job {
+        id: id.into(),
+        model_name: format!("m-{id}"),
+        state: state as i32,
+        ..Default::default()
+    }
+}
+
+fn event(id: &str, sequence: u64, state: pb::JobState) -> pb::JobEvent {
+    pb::JobEvent {
+        job_id: id.into(),
+        sequence,
+        time: None,
+        kind: Some(Kind::StateChanged(pb::StateChanged {
+            state: state as i32,
+            ..Default::default()
+        })),
+    }
+}
+
+/// What every backend must do, on an empty store.
+fn contract(s: &dyn Storage) {
+    let spec = pb::JobSpec {
+        model_name: "m-b".into(),
+        ..Default::default()
+    };
+    s.append_event(
+        &job("b", pb::JobState::Queued),
+        Some(&spec),
+        &event("b", 0, pb::JobState::Queued),
+    )
+    .unwrap();
+    s.append_event(
+        &job("a", pb::JobState::Queued),
+        None,
+        &event("a", 0, pb::JobState::Queued),
+    )
+    .unwrap();
+    s.append_event(
+        &job("b", pb::JobState::Running),
+        Some(&spec),
+        &event("b", 1, pb::JobState::Running),
+    )
+    .unwrap();
+    // A sequence number is stored once; the failed write changes nothing.
+    assert!(s
+        .append_event(
+            &job("b", pb::JobState::Failed),
+            None,
+            &event("b", 1, pb::JobState::Failed),
+        )
+        .is_err());
+    let jobs = s.jobs().unwrap();
+    let ids: Vec<_> = jobs.iter().map(|j| j.job.id.as_str()).collect();
+    assert_eq!(ids, ["b", "a"], "submission order");
+    assert_eq!(jobs[0].job.state(), pb::JobState::Running);
+    assert_eq!(jobs[0].job.spec.as_ref().unwrap().model_name, "m-b");
+    let sequences: Vec<u64> = jobs[0].events.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, [0, 1]);
+    assert!(jobs[1].job.spec.is_none());
+
+    s.put_dataset("ds-2", "second", 20, "{\"id\":\"ds-2\"}")
+        .unwrap();
+    s.put_dataset("ds-1", "first", 10, "{\"id\":\"ds-1\"}")
+        .unwrap();
+    s.put_dataset("ds-1", "first", 10, "{\"id\":\"ds-1\",\"v\":2}")
+        .unwrap();
+    assert_eq!(
+        s.datasets().unwrap(),
+        ["{\"id\":\"ds-1\",\"v\":2}", "{\"id\":\"ds-2\"}"]
+    );
+
+    let row = |name: &str, version| ModelRow {
+        name: name.into(),
+        version,
+        job_id: format!("job-{version}"),
+        artifact: format!("job-{version}"),
+        meta: "{}".into(),
+    };
+    for (name, version) in [("z", 1), ("m", 2), ("m", 1)] {
+        s.put_model(&row(name, version)).unwrap();
+    }
+    s.set_alias("m", "prod", 1).unwrap();
+    s.set_alias("m", "prod", 2).unwrap();
+    s.set_alias("m", "old", 1).unwrap();
+    let listed: Vec<_> = s
+        .models()
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.name, m.version))
+        .collect();
+    assert_eq!(listed, [("m".into(), 1), ("m".into(), 2), ("z".into(), 1)]);
+    assert_eq!(
+        s.aliases().unwrap(),
+        [
+            ("m".into(), "old".into(), 1),
+            ("m".into(), "prod".into(), 2)
+        ]
+    );
+    s.delete_model("m", 1).unwrap();
+    assert_eq!(s.aliases().unwrap(), [("m".into(), "prod".into(), 2)]);
+    assert_eq!(s.models().unwrap().len(), 2);
+
+    for (id, state) in [("s2", 1), ("s1", 1), ("s2", 3)] {
+        s.put_sweep(&pb::Sweep {
+            id: id.into(),
+            state,
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    let sweeps: Vec<_> = s
+        .sweeps()
+        .unwrap()
+        .into_iter()
+        .map(|w| (w.id, w.state))
+        .collect();
+    assert_eq!(sweeps, [("s2".into(), 3), ("s1".into(), 1)]);
+
+    s.probe().unwrap();
+    assert_eq!(s.write_fault(), None);
+}
+
+#[test]
+fn sqlite_keeps_the_storage_contract() {
+    let dir = temp_dir("contract-sqlite");
+    contract(&Db::open(&dir.join("kiln.db")).unwrap());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn postgres_keeps_the_storage_contract_and_reopens_with_everything() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let url = server.database("contract");
+    {
+        let owner = PgStorage::open(&url, true).unwrap();
+        contract(&owner);
+        // One server per database: a second is refused while it holds it.
+        let second = PgStorage::open(&url, true)
+            .err()
+            .expect("a second owner refused");
+        assert!(
+            second.to_string().contains("in use by another kiln-server"),
+            "{second}"
+        );
+    }
+    // A job store on it: what one process wrote, the next loads.
+    let store = JobStore::with_db(Arc::new(PgStorage::open(&url, true).unwrap())).unwrap();
+    store
+        .create(pb::Job {
+            id: "job-1".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    store
+        .append(
+            "job-1",
+            Kind::StateChanged(pb::StateChanged {
+                state: pb::JobState::Running as i32,
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+    drop(store);
+    let again = JobStore::with_db(Arc::new(PgStorage::open(&url, true).unwrap())).unwrap();
+    assert_eq!(again.get("job-1").unwrap().state(), pb::JobState::Running);
+    assert_eq!(again.events("job-1").unwrap().len(), 2);
+}
+
+#[test]
+fn replicas_starting_together_create_the_schema_once() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let url = server.database("migrate");
+    let opened: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || PgStorage::open(&url, false).map(|_| ()))
+        })
+        .collect();
+    for replica in opened {
+        replica.join().unwrap().expect("every replica opens");
+    }
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM kiln_schema", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "one schema version row");
+}
+
+#[test]
+fn a_restarted_postgres_is_reconnected_and_a_down_one_is_unavailable() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let url = server.database("restart");
+    let storage = PgStorage::open(&url, true).unwrap();
+    storage.put_dataset("ds-1", "one", 1, "{}").unwrap();
+    // Every connection cut (as a restart does): the next call reconnects.
+    let mut admin = postgres::Client::connect(&server.url(), postgres::NoTls).unwrap();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = 'restart' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap();
+    // The first call may see the cut; the one after reconnects.
+    let _ = storage.datasets();
+    assert_eq!(storage.datasets().unwrap(), ["{}"]);
+    drop(server);
+    let down = storage.put_dataset("ds-2", "two", 2, "{}").unwrap_err();
+    assert!(!down.is_out_of_space(), "{down}");
+    let fault = storage
+        .write_fault()
+        .expect("the failed write is remembered");
+    assert!(
+        !fault.out_of_space && fault.message.contains("postgres"),
+        "{fault:?}"
+    );
+}
