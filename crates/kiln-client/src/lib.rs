@@ -396,11 +396,18 @@ impl Client {
 
     /// Every event of the job from the first, then the live ones until it ends.
     pub async fn watch(&self, job_id: &str) -> Result<JobEvents> {
+        self.watch_from(job_id, 0).await
+    }
+
+    /// The job's events from sequence `from` on (after a broken stream: the
+    /// sequence after the last event seen), then the live ones until it ends.
+    pub async fn watch_from(&self, job_id: &str, from: u64) -> Result<JobEvents> {
         let stream = self
             .jobs
             .clone()
             .watch_job(pb::WatchJobRequest {
                 job_id: job_id.to_string(),
+                from_sequence: from,
             })
             .await?
             .into_inner();
@@ -503,6 +510,7 @@ impl Client {
             .clone()
             .watch_sweep(pb::WatchSweepRequest {
                 sweep_id: sweep_id.to_string(),
+                from_sequence: 0,
             })
             .await?
             .into_inner();

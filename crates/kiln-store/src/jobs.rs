@@ -559,6 +559,11 @@ impl JobStore {
 
     /// Follows a job's events from the first one.
     pub fn watch(&self, id: &str) -> Result<EventCursor<'_>, JobError> {
+        self.watch_from(id, 0)
+    }
+
+    /// Follows a job's events from sequence number `from`.
+    pub fn watch_from(&self, id: &str, from: u64) -> Result<EventCursor<'_>, JobError> {
         let inner = self.inner.lock().unwrap();
         let entry = inner
             .jobs
@@ -567,7 +572,7 @@ impl JobStore {
         Ok(EventCursor {
             store: self,
             id: id.to_string(),
-            follower: entry.events.follow(),
+            follower: entry.events.follow_from(from as usize),
         })
     }
 

@@ -47,8 +47,14 @@ impl<E: Clone> EventLog<E> {
 
     /// A reader standing at the first event.
     pub fn follow(&self) -> Follower {
+        self.follow_from(0)
+    }
+
+    /// A reader standing at position `from` (past the end: it waits for
+    /// events up to there and reads from then on).
+    pub fn follow_from(&self, from: usize) -> Follower {
         Follower {
-            next: 0,
+            next: from,
             published: self.published.subscribe(),
         }
     }
@@ -127,5 +133,20 @@ mod tests {
         writer.await.unwrap();
         assert_eq!(seen, [2, 3, 4]);
         assert_eq!(log.lock().unwrap().0.events(), [0, 1, 2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn a_follower_from_a_position_replays_only_what_comes_after() {
+        let log = Arc::new(Mutex::new((EventLog::new(vec![0, 1, 2]), false)));
+        let read = |from: usize| {
+            let guard = log.lock().unwrap();
+            (guard.0.events_from(from), guard.1)
+        };
+        let mut follower = log.lock().unwrap().0.follow_from(2);
+        assert_eq!(follower.next_batch(read).await, Some(vec![2]));
+        log.lock().unwrap().1 = true; // ended
+        assert_eq!(follower.next_batch(read).await, None);
+        let mut past = log.lock().unwrap().0.follow_from(9);
+        assert_eq!(past.next_batch(read).await, None);
     }
 }

@@ -57,22 +57,37 @@ pub async fn export_model(server: &Server, model: &str) -> Vec<u8> {
 
 /// Every event of a job until it ends.
 pub async fn watch_all(server: &Server, job_id: &str) -> Vec<pb::JobEvent> {
+    watch_from(server, job_id, 0, usize::MAX).await
+}
+
+/// A job's events from sequence `from`: at most `take` of them, or all
+/// until it ends (then the stream is dropped, as a watcher that goes away).
+pub async fn watch_from(
+    server: &Server,
+    job_id: &str,
+    from: u64,
+    take: usize,
+) -> Vec<pb::JobEvent> {
     let mut stream = server
         .jobs()
         .await
         .watch_job(pb::WatchJobRequest {
             job_id: job_id.to_string(),
+            from_sequence: from,
         })
         .await
         .expect("watch")
         .into_inner();
     let mut events = Vec::new();
-    while let Some(event) = tokio::time::timeout(Duration::from_secs(600), stream.message())
-        .await
-        .expect("a job event within 10 minutes")
-        .expect("stream ok")
-    {
-        events.push(event);
+    while events.len() < take {
+        let next = tokio::time::timeout(Duration::from_secs(600), stream.message())
+            .await
+            .expect("a job event within 10 minutes")
+            .expect("stream ok");
+        match next {
+            Some(event) => events.push(event),
+            None => break,
+        }
     }
     events
 }

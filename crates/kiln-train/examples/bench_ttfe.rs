@@ -170,6 +170,7 @@ async fn run(addr: &str, jobs: usize) -> (f64, Vec<f64>, Vec<f64>) {
         let mut stream = client
             .watch_job(pb::WatchJobRequest {
                 job_id: job.id.clone(),
+                ..Default::default()
             })
             .await
             .expect("WatchJob")

@@ -283,16 +283,21 @@ class Client:
         """Stops a queued or running job (it ends CANCELLED); returns the ``pb.Job``."""
         return self._call(self.jobs_stub.CancelJob, pb.CancelJobRequest(job_id=job_id))
 
-    def watch(self, job_id: str, *, timeout: Optional[float] = None) -> Iterator["pb.JobEvent"]:
+    def watch(
+        self, job_id: str, *, from_sequence: int = 0, timeout: Optional[float] = None
+    ) -> Iterator["pb.JobEvent"]:
         """Yields the job's events as generated ``pb.JobEvent`` messages.
 
-        Every event from the first, then live ones; the iterator ends when the
-        job has ended. ``event.WhichOneof("kind")`` is ``"state_changed"``,
-        ``"epoch"``, ``"early_stopped"``, ``"finished"``, ``"failed"``, or for
-        an LR range test ``"lr_range_point"`` and ``"lr_range_result"``.
-        ``timeout`` bounds the whole stream (DEADLINE_EXCEEDED past it).
+        Every event from the first (or from ``from_sequence``: after a broken
+        stream, the sequence after the last event seen), then live ones; the
+        iterator ends when the job has ended. ``event.WhichOneof("kind")`` is
+        ``"state_changed"``, ``"epoch"``, ``"early_stopped"``, ``"finished"``,
+        ``"failed"``, or for an LR range test ``"lr_range_point"`` and
+        ``"lr_range_result"``. ``timeout`` bounds the whole stream
+        (DEADLINE_EXCEEDED past it).
         """
-        yield from _follow(self.jobs_stub.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=timeout))
+        request = pb.WatchJobRequest(job_id=job_id, from_sequence=from_sequence)
+        yield from _follow(self.jobs_stub.WatchJob(request, timeout=timeout))
 
     def wait(
         self,
@@ -668,11 +673,12 @@ class Client:
         return self._call(self.sweeps_stub.CancelSweep, pb.CancelSweepRequest(sweep_id=sweep_id))
 
     def watch_sweep(
-        self, sweep_id: str, *, timeout: Optional[float] = None
+        self, sweep_id: str, *, from_sequence: int = 0, timeout: Optional[float] = None
     ) -> Iterator["pb.SweepEvent"]:
-        """Yields the sweep's ``pb.SweepEvent`` messages, from the first, until
-        it ends (``sweep_finished`` is the last)."""
-        yield from _follow(self.sweeps_stub.WatchSweep(pb.WatchSweepRequest(sweep_id=sweep_id), timeout=timeout))
+        """Yields the sweep's ``pb.SweepEvent`` messages, from the first (or
+        from ``from_sequence``), until it ends (``sweep_finished`` is the last)."""
+        request = pb.WatchSweepRequest(sweep_id=sweep_id, from_sequence=from_sequence)
+        yield from _follow(self.sweeps_stub.WatchSweep(request, timeout=timeout))
 
     def wait_sweep(
         self,

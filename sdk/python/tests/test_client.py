@@ -62,6 +62,10 @@ def test_watch_streams_epochs_then_finished(client, rings):
     assert finished.reason == pb.STOP_REASON_COMPLETED
     assert finished.epochs_completed == EPOCHS and finished.model_name == name
 
+    # A watcher whose stream broke resumes after the last event it saw.
+    resumed = list(client.watch(job.id, from_sequence=3, timeout=120))
+    assert resumed == events[3:]
+
     final = client.wait(job.id)  # a finished job: its events replay, then the job
     assert final.state == pb.JOB_STATE_SUCCEEDED
     assert final.epochs_completed == EPOCHS

@@ -94,13 +94,14 @@ impl JobService for Jobs {
         &self,
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let id = request.into_inner().job_id;
+        let request = request.into_inner();
+        let (id, from) = (request.job_id, request.from_sequence);
         self.0.store.get(&id).map_err(status::job)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let store = self.0.store.clone();
         let mut stopping = self.0.stopping.clone();
         tokio::spawn(async move {
-            let Ok(mut cursor) = store.watch(&id) else {
+            let Ok(mut cursor) = store.watch_from(&id, from) else {
                 return;
             };
             loop {

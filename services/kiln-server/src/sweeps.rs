@@ -240,11 +240,13 @@ impl SweepService for SweepSvc {
         &self,
         request: Request<pb::WatchSweepRequest>,
     ) -> Result<Response<Self::WatchSweepStream>, Status> {
-        let entry = self.0.sweeps.get(&request.into_inner().sweep_id)?;
+        let request = request.into_inner();
+        let entry = self.0.sweeps.get(&request.sweep_id)?;
+        let from = request.from_sequence as usize;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let mut stopping = self.0.stopping.clone();
         tokio::spawn(async move {
-            let mut follower = entry.with(|r| r.events.follow());
+            let mut follower = entry.with(|r| r.events.follow_from(from));
             loop {
                 let events = tokio::select! {
                     batch = follower.next_batch(|from| entry.events_from(from)) => match batch {

@@ -357,6 +357,7 @@ async fn train_and_export(server: &Server, args: &Args) -> Result<Vec<u8>, BoxEr
     let mut events = jobs
         .watch_job(pb::WatchJobRequest {
             job_id: submitted.id.clone(),
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -223,6 +223,7 @@ async fn long_inputs_come_back_bounded() {
     let status = jobs
         .watch_job(pb::WatchJobRequest {
             job_id: huge.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

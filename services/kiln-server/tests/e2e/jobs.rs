@@ -664,3 +664,22 @@ async fn a_job_over_the_memory_budget_is_refused_before_it_allocates() {
         st.message()
     );
 }
+
+#[tokio::test]
+async fn a_watcher_that_reconnects_resumes_at_its_last_sequence() {
+    let server = Server::start();
+    let job = submit(&server, inline_regression(64, 8, 20, 8))
+        .await
+        .unwrap();
+    // Five events, then the stream is dropped mid-job (a network cut).
+    let first = watch_from(&server, &job.id, 0, 5).await;
+    let next = first.last().unwrap().sequence + 1;
+    let rest = watch_from(&server, &job.id, next, usize::MAX).await;
+    let all = watch_all(&server, &job.id).await;
+    finished(&all);
+    let resumed: Vec<_> = first.into_iter().chain(rest).collect();
+    assert_eq!(resumed, all, "every event once, in order");
+    // Past the end: nothing, and the stream ends with the job.
+    let after = watch_from(&server, &job.id, all.len() as u64 + 10, usize::MAX).await;
+    assert!(after.is_empty());
+}

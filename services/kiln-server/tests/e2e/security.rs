@@ -367,6 +367,7 @@ async fn each_limit_answers_its_status() {
     let mut watch = JobServiceClient::new(channel.clone())
         .watch_job(pb::WatchJobRequest {
             job_id: running.id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()

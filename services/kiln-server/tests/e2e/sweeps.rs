@@ -82,6 +82,7 @@ async fn watch_sweep(server: &Server, id: &str) -> Vec<pb::SweepEvent> {
         .await
         .watch_sweep(pb::WatchSweepRequest {
             sweep_id: id.to_string(),
+            ..Default::default()
         })
         .await
         .expect("WatchSweep")
