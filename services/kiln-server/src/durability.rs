@@ -25,9 +25,24 @@ pub const HEALTH_NAME: &str = "kiln.storage";
 /// How often a failing store is probed.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-/// The fault that makes every write fail now, if any.
+/// Why files cannot be written in the data directory, as the last probe
+/// found (the database's own fault is the storage's).
+#[derive(Default)]
+pub struct FileFault(std::sync::Mutex<Option<WriteFault>>);
+
+impl FileFault {
+    fn get(&self) -> Option<WriteFault> {
+        self.0.lock().unwrap().clone()
+    }
+    fn set(&self, fault: Option<WriteFault>) {
+        *self.0.lock().unwrap() = fault;
+    }
+}
+
+/// The fault that makes writes fail now, if any: the database's, or the
+/// data directory's files'.
 pub fn write_fault(kiln: &Kiln) -> Option<WriteFault> {
-    kiln.storage.write_fault()
+    kiln.storage.write_fault().or_else(|| kiln.file_fault.get())
 }
 
 /// For calls that write: refused while writes fail, before any work.
@@ -102,11 +117,18 @@ async fn report(kiln: &Kiln, health: &HealthReporter, writable: bool) {
     }
 }
 
-/// A small durable write to a file, then to the database, whose fault is
-/// cleared once its write succeeds: both succeed once there is space again.
+/// A small durable write to a file, then to the database: both succeed
+/// once there is space again. Each clears its own fault when it does.
 fn probe(kiln: &Kiln) {
-    if probe_file(&kiln.config.data_dir).is_ok() {
-        let _ = kiln.storage.probe();
+    match probe_file(&kiln.config.data_dir) {
+        Ok(()) => {
+            kiln.file_fault.set(None);
+            let _ = kiln.storage.probe();
+        }
+        Err(e) => kiln.file_fault.set(Some(WriteFault {
+            out_of_space: kiln_store::io_out_of_space(&e),
+            message: format!("writing a file in the data directory: {e}"),
+        })),
     }
 }
 

@@ -34,8 +34,10 @@ use crate::config::Config;
 pub struct Kiln {
     pub config: Config,
     pub store: Arc<JobStore>,
-    /// Where every store writes through (SQLite): its write health.
+    /// Where every store writes through (SQLite or PostgreSQL): its write health.
     pub storage: Arc<dyn kiln_store::Storage>,
+    /// Whether files can be written in the data directory (the probe's finding).
+    pub file_fault: durability::FileFault,
     pub datasets: Arc<DatasetStore>,
     pub models: Arc<ModelRegistry>,
     /// The registry's saved versions and aliases (the registry writes them

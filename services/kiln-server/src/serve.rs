@@ -65,6 +65,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config,
         store,
         storage,
+        file_fault: Default::default(),
         datasets,
         models,
         catalog,
