@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,25 +308,57 @@ class Client:
         on_event: Optional[Callable[["pb.JobEvent"], None]] = None,
         progress: bool = False,
         check: bool = False,
+        reconnect_seconds: float = 120.0,
     ):
         """Waits for the job to end (SUCCEEDED, FAILED or CANCELLED) and returns
-        its final ``pb.Job``; ``on_event`` sees each event on the way.
+        its final ``pb.Job``; ``on_event`` sees each event on the way, once.
         ``check=True`` raises :class:`JobFailed` unless it SUCCEEDED;
-        ``progress=True`` shows a tqdm bar advancing per epoch (needs tqdm)."""
-        bar = _EpochBar(self.get(job_id)) if progress else None
-        try:
-            for event in self.watch(job_id, timeout=timeout):
+        ``progress=True`` shows a tqdm bar advancing per epoch (needs tqdm).
+
+        A server that goes away meanwhile (UNAVAILABLE: a restart, a rollout, a
+        network cut) is waited for, up to ``reconnect_seconds`` at a stretch,
+        and the watch resumes after the last event seen (``from_sequence``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = _EpochBar(self._reconnecting(lambda: self.get(job_id), reconnect_seconds)) if progress else None
+        next_sequence = 0
+
+        def follow():
+            nonlocal next_sequence
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            for event in self.watch(job_id, from_sequence=next_sequence, timeout=remaining):
+                next_sequence = event.sequence + 1
                 if bar is not None:
                     bar.event(event)
                 if on_event is not None:
                     on_event(event)
+
+        try:
+            self._reconnecting(follow, reconnect_seconds, progressed=lambda: next_sequence)
         finally:
             if bar is not None:
                 bar.close()
-        job = self.get(job_id)
+        job = self._reconnecting(lambda: self.get(job_id), reconnect_seconds)
         if check and job.state != pb.JOB_STATE_SUCCEEDED:
             raise JobFailed(job)
         return job
+
+    @staticmethod
+    def _reconnecting(call, seconds: float, progressed=lambda: None):
+        """``call()``, again after each UNAVAILABLE until one succeeds or the
+        server has been unreachable for ``seconds`` without ``progressed()``
+        changing (then the last error is raised)."""
+        since, seen = time.monotonic(), progressed()
+        while True:
+            try:
+                return call()
+            except KilnError as err:
+                if err.code != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                if progressed() != seen:
+                    since, seen = time.monotonic(), progressed()
+                if time.monotonic() - since > seconds:
+                    raise
+                time.sleep(0.2)
 
     # Datasets
 
