@@ -120,6 +120,9 @@ pub struct Guards {
     pub max_message_bytes: usize,
     /// True once a shutdown began: new calls get UNAVAILABLE.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// A serving replica (`roles = "serve"`): calls that write or need the
+    /// job runner get FAILED_PRECONDITION.
+    pub serve_only: bool,
 }
 
 impl Guards {
@@ -129,6 +132,7 @@ impl Guards {
             auth: self.auth.clone(),
             max_message_bytes: self.max_message_bytes,
             stopping: self.stopping.clone(),
+            serve_only: self.serve_only,
         }
     }
 }
@@ -152,6 +156,7 @@ pub struct Guard<S> {
     auth: Auth,
     max_message_bytes: usize,
     stopping: tokio::sync::watch::Receiver<bool>,
+    serve_only: bool,
 }
 
 impl<S: NamedService> NamedService for Guard<S> {
@@ -180,6 +185,14 @@ where
         }
         if *self.stopping.borrow() {
             let status = crate::status::shutting_down();
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        if self.serve_only && crate::roles::refused_when_serving_only(request.uri().path()) {
+            let status = Status::failed_precondition(format!(
+                "{}: this replica only serves (roles = serve); send it to a replica \
+                 with the api role",
+                kiln_core::brief(request.uri().path())
+            ));
             return Box::pin(async move { Ok(status.into_http()) });
         }
         if crate::deadline::already_due(request.headers()) {

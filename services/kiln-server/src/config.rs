@@ -13,6 +13,11 @@ pub struct Config {
     /// Where everything is kept: the database `kiln.db` (jobs, events,
     /// dataset metadata, the model registry), datasets and model artifacts.
     pub data_dir: PathBuf,
+    /// What this process does: "api,serve,trainer" (everything, the
+    /// default) or "serve" (a serving replica: it follows the registry in
+    /// `database_url`, reading model files from the `data_dir` it shares
+    /// with the process that trains, and refuses calls that write).
+    pub roles: String,
     /// PostgreSQL URL for kiln's state (jobs, events, sweeps, datasets'
     /// metadata, the model registry) instead of `<data_dir>/kiln.db`, e.g.
     /// `postgres://kiln:secret@db:5432/kiln`; empty: the SQLite file. Files
@@ -99,6 +104,7 @@ impl Default for Config {
             listen: "127.0.0.1:50051".into(),
             data_dir: "data".into(),
             database_url: String::new(),
+            roles: "api,serve,trainer".into(),
             tensorboard_dir: None,
             torch_threads: 2,
             max_concurrent_jobs: 1,

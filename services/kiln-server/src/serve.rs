@@ -17,16 +17,27 @@ use tower_layer::{Identity, Stack};
 
 use crate::catalog::CatalogJournal;
 use crate::config::Config;
+use crate::roles::Roles;
 use crate::{
-    auth, datasets, durability, inference, jobs, metrics, oip, placement, recovery, runner, sweeps,
-    telemetry, Kiln,
+    auth, datasets, durability, follower, inference, jobs, metrics, oip, placement, recovery,
+    runner, sweeps, telemetry, Kiln,
 };
 
 /// Serves until a shutdown signal, then drains (see [`on_shutdown_signal`]).
 pub async fn run(config: Config) -> anyhow::Result<()> {
     kiln_train::device::set_threads(config.torch_threads);
-    // Held until the process exits (the kernel releases it then, kill -9 too).
-    let _lock = lock_data_dir(&config.data_dir)?;
+    let serve_only = Roles::parse(&config.roles).map_err(anyhow::Error::msg)? == Roles::Serve;
+    if serve_only && config.database_url.is_empty() {
+        anyhow::bail!(
+            "roles = \"serve\" follows the registry of a shared database: set database_url"
+        );
+    }
+    // Held until the process exits (the kernel releases it then, kill -9
+    // too). A serving replica shares the directory with its writer.
+    let _lock = match serve_only {
+        true => None,
+        false => Some(lock_data_dir(&config.data_dir)?),
+    };
     let State {
         store,
         storage,
@@ -34,7 +45,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         models,
         catalog,
         sweep_records,
-    } = open_state(&config)?;
+    } = open_state(&config, !serve_only)?;
     let serve_device =
         placement::ServeDevice::from_config(&config.serve_device).map_err(anyhow::Error::msg)?;
     let runner = runner::Runner::new(
@@ -59,6 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         auth: auth::Auth::from_config(&config.auth_token, config.auth_token_file.as_deref())?,
         max_message_bytes: config.max_message_bytes,
         stopping: stop_rx.clone(),
+        serve_only,
     };
     let (transport, tls) = transport(&config)?;
     let kiln = Arc::new(Kiln {
@@ -76,16 +88,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         stopping: stop_rx.clone(),
     });
     // Before anything listens: serve the models kept from before, and run
-    // again the jobs the previous process left queued or running.
-    recovery::recover(&kiln);
-    sweeps::resume(&kiln);
+    // again the jobs the previous process left queued or running; a serving
+    // replica loads what the shared registry holds, and follows it.
+    if serve_only {
+        follower::sync(&kiln);
+        follower::follow(kiln.clone());
+    } else {
+        recovery::recover(&kiln);
+        sweeps::resume(&kiln);
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     for service in SERVICES {
         health
             .set_service_status(service, tonic_health::ServingStatus::Serving)
             .await;
     }
-    durability::watch(kiln.clone(), health.clone()).await;
+    if !serve_only {
+        durability::watch(kiln.clone(), health.clone()).await;
+    }
 
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -178,7 +198,8 @@ struct State {
 /// recovery" in the README): the database with jobs, sweeps and the
 /// registry's catalog of versions and aliases, the dataset files, and the
 /// (still empty) registry of served models, which saves itself in the catalog.
-fn open_state(config: &Config) -> anyhow::Result<State> {
+/// `exclusive`: the only server on its database (not a serving replica).
+fn open_state(config: &Config, exclusive: bool) -> anyhow::Result<State> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let db_path = config.data_dir.join("kiln.db");
@@ -189,7 +210,7 @@ fn open_state(config: &Config) -> anyhow::Result<State> {
         )
     } else {
         Arc::new(
-            kiln_store::PgStorage::open(&config.database_url, true)
+            kiln_store::PgStorage::open(&config.database_url, exclusive)
                 .context("opening the PostgreSQL database (database_url)")?,
         )
     };

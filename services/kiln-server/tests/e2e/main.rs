@@ -17,6 +17,7 @@ mod postgres;
 mod preprocessing;
 mod python_sdk;
 mod real_tables;
+mod replicas;
 mod scoring;
 mod security;
 mod serving;

@@ -1,0 +1,99 @@
+//! A serving replica (`roles = "serve"`) follows the registry in the shared
+//! database: every [`SYNC_EVERY`] it loads (and warms up) the versions it
+//! does not have yet from the shared model files, and moves its aliases to
+//! where the database has them. The first sync runs before the server
+//! listens, so a replica is ready only once it serves what the registry
+//! held then. A model it has not loaded yet answers NOT_FOUND at once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_train::ModelArtifact;
+
+use crate::Kiln;
+
+/// How often the registry is read: a version registered or an alias moved
+/// elsewhere is served here within this, plus the version's load.
+pub const SYNC_EVERY: Duration = Duration::from_millis(250);
+
+/// Brings the registry here up to the database: the versions and aliases
+/// changed. Errors are logged; the next sync tries again.
+pub fn sync(kiln: &Kiln) -> usize {
+    let saved = match kiln.catalog.load() {
+        Ok(saved) => saved,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the registry to follow it");
+            return 0;
+        }
+    };
+    let here = kiln.models.list();
+    let have: HashSet<(String, u32)> = here.iter().map(|v| (v.name.clone(), v.version)).collect();
+    let aliases: HashMap<(String, String), u32> = here
+        .iter()
+        .flat_map(|v| {
+            v.aliases
+                .iter()
+                .map(|a| ((v.name.clone(), a.clone()), v.version))
+        })
+        .collect();
+    let mut changed = 0;
+    let serve = &kiln.serve_device;
+    for row in saved.versions {
+        if have.contains(&(row.name.clone(), row.version)) {
+            continue;
+        }
+        let artifact = ModelArtifact::load(
+            &kiln.config.data_dir.join("models").join(&row.artifact),
+        )
+        .map_err(|e| match serde_json::from_str(&row.meta) {
+            Ok(meta) => Ok((meta, e.to_string())),
+            Err(_) => Err(e.to_string()),
+        });
+        let artifact = match artifact {
+            Ok(a) => Ok(a),
+            Err(Ok(unservable)) => Err(unservable),
+            Err(Err(why)) => {
+                tracing::warn!(model = %row.name, version = row.version, %why, "version not followed");
+                continue;
+            }
+        };
+        match kiln.models.restore(
+            &row.name,
+            row.version,
+            &row.job_id,
+            artifact,
+            serve.device.clone(),
+            &serve.name,
+        ) {
+            Ok(()) => tracing::info!(model = %row.name, version = row.version, "version followed"),
+            Err(e) => {
+                tracing::warn!(model = %row.name, version = row.version, error = %e, "version listed, not served")
+            }
+        }
+        changed += 1;
+    }
+    for (name, alias, version) in saved.aliases {
+        if aliases.get(&(name.clone(), alias.clone())) == Some(&version) {
+            continue;
+        }
+        match kiln.models.restore_alias(&name, &alias, version) {
+            Ok(()) => changed += 1,
+            Err(e) => {
+                tracing::warn!(model = %name, %alias, version, error = %e, "alias not followed")
+            }
+        }
+    }
+    changed
+}
+
+/// Syncs every [`SYNC_EVERY`] for as long as the server runs.
+pub fn follow(kiln: Arc<Kiln>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(SYNC_EVERY).await;
+            let syncing = kiln.clone();
+            let _ = tokio::task::spawn_blocking(move || sync(&syncing)).await;
+        }
+    });
+}
