@@ -32,6 +32,10 @@ const MIGRATION_LOCK: i64 = 0x6b69_6c6e;
 /// connected ("kiln-own").
 const OWNER_LOCK: i64 = 0x6b69_6c6e_2d6f_776e;
 
+/// How long a connection attempt waits, unless the URL says
+/// (`connect_timeout`).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How long an exclusive opener waits for the lock before it is refused.
 const OWNER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -101,7 +105,13 @@ struct Connection {
 impl Connection {
     fn client(&mut self) -> Result<&mut Client, DbError> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            let mut client = Client::connect(&self.url, NoTls)?;
+            let mut config: postgres::Config = self.url.parse()?;
+            // A database that does not answer must not hang a call (or a
+            // shutdown) for the operating system's TCP timeout.
+            if config.get_connect_timeout().is_none() {
+                config.connect_timeout(CONNECT_TIMEOUT);
+            }
+            let mut client = config.connect(NoTls)?;
             if self.exclusive {
                 // A server killed a moment ago may still hold it until its
                 // backend sees the connection gone.
