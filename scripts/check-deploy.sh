@@ -9,7 +9,9 @@
 #      are the server's (it refuses unknown ones), the termination grace period
 #      covers the preStop sleep plus shutdown_grace_seconds, the probes are
 #      gRPC on the server's port, the gpu overlay asks for a GPU and the cpu
-#      overlay does not.
+#      overlay does not; with serving replicas (KILN_ROLES=serve), every server
+#      has KILN_DATABASE_URL from a Secret and the shared volume is
+#      ReadWriteMany.
 # The tools are in the venv that scripts/setup.sh fills ($KILN_CACHE/venv).
 # KILN_K8S_VERSION picks the Kubernetes version to validate against.
 set -euo pipefail
@@ -80,99 +82,143 @@ for name in overlays:
             failures.append(f"{name}: {what}")
 
     deployments = by_kind.get("Deployment", [])
-    check(len(deployments) == 1, f"expected one Deployment, got {len(deployments)}")
-    if len(deployments) != 1:
-        continue
-    dep = deployments[0]
-    spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
-    check(spec.get("replicas") == 1, "replicas must be 1 (jobs and models are in memory)")
-    check(spec.get("strategy", {}).get("type") == "Recreate",
-          "strategy must be Recreate (ReadWriteOnce data volume)")
-    containers = [c for c in pod["containers"] if c["name"] == "kiln-server"]
-    check(len(containers) == 1, "no container named kiln-server")
-    if not containers:
-        continue
-    c = containers[0]
-    env = {e["name"]: e.get("value") for e in c.get("env", [])}
-    port = int(env.get("KILN_LISTEN", "0.0.0.0:50051").rsplit(":", 1)[1])
-    check(any(p["containerPort"] == port and p.get("name") == "grpc" for p in c.get("ports", [])),
-          f"no container port named grpc on {port}")
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        check(c.get(probe, {}).get("grpc", {}).get("port") == port,
-              f"{probe} must be a gRPC probe on port {port}")
 
-    # --config FILE must be a key of a mounted ConfigMap that this overlay renders.
-    args = c.get("args", [])
-    check("--config" in args, "kiln-server is not given --config")
-    if "--config" not in args:
-        continue
-    config_path = args[args.index("--config") + 1]
-    mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
-    volumes = {v["name"]: v for v in pod.get("volumes", [])}
-    volume = volumes.get(mounts.get(os.path.dirname(config_path)), {})
-    cm_name = volume.get("configMap", {}).get("name")
-    cms = {d["metadata"]["name"]: d for d in by_kind.get("ConfigMap", [])}
-    toml_text = cms.get(cm_name, {}).get("data", {}).get(os.path.basename(config_path))
-    check(toml_text is not None,
-          f"{config_path} is not a key of a ConfigMap mounted at {os.path.dirname(config_path)}")
-    if toml_text is None:
-        continue
-    config = tomllib.loads(toml_text)
-    unknown = sorted(set(config) - keys)
-    check(not unknown, f"kiln.toml has keys kiln-server does not know: {unknown}")
+    def roles(dep):
+        for c in dep["spec"]["template"]["spec"]["containers"]:
+            for e in c.get("env", []):
+                if e["name"] == "KILN_ROLES":
+                    return e.get("value")
+        return None
 
-    # The data directory is on the PersistentVolumeClaim that this overlay renders.
-    data_dir = env.get("KILN_DATA_DIR") or config.get("data_dir")
-    claim = volumes.get(mounts.get(data_dir), {}).get("persistentVolumeClaim", {}).get("claimName")
-    pvcs = {d["metadata"]["name"] for d in by_kind.get("PersistentVolumeClaim", [])}
-    check(claim in pvcs, f"data_dir {data_dir} is not mounted from a rendered PersistentVolumeClaim")
+    # One server that trains (every role); any others are serving replicas
+    # (roles = serve) that follow its registry in the shared database.
+    writers = [d for d in deployments if roles(d) is None]
+    serving = [d for d in deployments if roles(d) == "serve"]
+    check(len(writers) == 1, f"expected one Deployment with every role, got {len(writers)}")
+    check(len(writers) + len(serving) == len(deployments),
+          "a Deployment's KILN_ROLES is neither unset nor serve")
+    pvcs = {d["metadata"]["name"]: d for d in by_kind.get("PersistentVolumeClaim", [])}
+    hpa_targets = {h["spec"]["scaleTargetRef"]["name"] for h in by_kind.get("HorizontalPodAutoscaler", [])}
+    summary = []
+    for dep in deployments:
+        dname = dep["metadata"]["name"]
+        replica = dep in serving
 
-    # Shutdown: preStop sleep + shutdown_grace_seconds < terminationGracePeriodSeconds.
-    pre_stop = c.get("lifecycle", {}).get("preStop", {})
-    if "exec" in pre_stop:
-        command = pre_stop["exec"]["command"]
-        sleep = float(command[1]) if command[0] == "sleep" else 0.0
-    else:
-        sleep = float(pre_stop.get("sleep", {}).get("seconds", 0))
-    check(sleep > 0, "no preStop sleep (endpoints need a moment to drain)")
-    grace = float(config.get("shutdown_grace_seconds", 10))
-    period = pod.get("terminationGracePeriodSeconds", 30)
-    check(period > sleep + grace,
-          f"terminationGracePeriodSeconds {period} must exceed preStop {sleep:g} s "
-          f"+ shutdown_grace_seconds {grace:g} s")
+        def dcheck(ok, what):
+            check(ok, f"{dname}: {what}")
 
-    # Security: non-root, read-only root filesystem with /tmp writable.
-    check(pod.get("securityContext", {}).get("runAsNonRoot") is True, "runAsNonRoot must be true")
-    check(c.get("securityContext", {}).get("readOnlyRootFilesystem") is True,
-          "readOnlyRootFilesystem must be true")
-    check("/tmp" in mounts, "/tmp must be a volume (read-only root filesystem)")
+        spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
+        if replica:
+            dcheck(spec.get("strategy", {}).get("type") == "RollingUpdate",
+                   "a serving replica rolls (RollingUpdate): it holds no lock")
+        else:
+            dcheck(spec.get("replicas") == 1, "replicas must be 1 (jobs run in its memory)")
+            dcheck(spec.get("strategy", {}).get("type") == "Recreate",
+                   "strategy must be Recreate (it holds the data directory's lock)")
+        containers = [c for c in pod["containers"] if c["name"] == "kiln-server"]
+        dcheck(len(containers) == 1, "no container named kiln-server")
+        if not containers:
+            continue
+        c = containers[0]
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        secret_env = {e["name"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+        if serving:
+            dcheck("KILN_DATABASE_URL" in secret_env,
+                   "with serving replicas every server needs KILN_DATABASE_URL from a Secret")
+        port = int(env.get("KILN_LISTEN", "0.0.0.0:50051").rsplit(":", 1)[1])
+        dcheck(any(p["containerPort"] == port and p.get("name") == "grpc" for p in c.get("ports", [])),
+               f"no container port named grpc on {port}")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            dcheck(c.get(probe, {}).get("grpc", {}).get("port") == port,
+                   f"{probe} must be a gRPC probe on port {port}")
 
-    # Resources: GPU for the gpu overlay only; torch_threads within the CPU request.
-    resources = c.get("resources", {})
-    gpus = resources.get("limits", {}).get("nvidia.com/gpu", 0)
-    if name == "gpu":
-        check(int(gpus) >= 1, "the gpu overlay must limit nvidia.com/gpu")
-        check("nvidia.com/gpu" in {t.get("key") for t in pod.get("tolerations", [])},
-              "the gpu overlay must tolerate the nvidia.com/gpu taint")
-    else:
-        check(not gpus, f"the {name} overlay must not ask for a GPU")
-    request = resources.get("requests", {}).get("cpu")
-    threads = config.get("torch_threads", 2)
-    check(request is not None and threads <= cpu(request),
-          f"torch_threads {threads} exceeds the CPU request {request}")
+        # --config FILE must be a key of a mounted ConfigMap that this overlay renders.
+        args = c.get("args", [])
+        dcheck("--config" in args, "kiln-server is not given --config")
+        if "--config" not in args:
+            continue
+        config_path = args[args.index("--config") + 1]
+        mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        volume = volumes.get(mounts.get(os.path.dirname(config_path)), {})
+        cm_name = volume.get("configMap", {}).get("name")
+        cms = {d["metadata"]["name"]: d for d in by_kind.get("ConfigMap", [])}
+        toml_text = cms.get(cm_name, {}).get("data", {}).get(os.path.basename(config_path))
+        dcheck(toml_text is not None,
+               f"{config_path} is not a key of a ConfigMap mounted at {os.path.dirname(config_path)}")
+        if toml_text is None:
+            continue
+        config = tomllib.loads(toml_text)
+        unknown = sorted(set(config) - keys)
+        dcheck(not unknown, f"kiln.toml has keys kiln-server does not know: {unknown}")
 
-    # The Service reaches the pod's grpc port.
-    for svc in by_kind.get("Service", []):
+        # The data directory is on a PersistentVolumeClaim that this overlay
+        # renders; one that serving replicas share is ReadWriteMany.
+        data_dir = env.get("KILN_DATA_DIR") or config.get("data_dir")
+        claim = volumes.get(mounts.get(data_dir), {}).get("persistentVolumeClaim", {}).get("claimName")
+        dcheck(claim in pvcs, f"data_dir {data_dir} is not mounted from a rendered PersistentVolumeClaim")
+        if serving and claim in pvcs:
+            dcheck("ReadWriteMany" in pvcs[claim]["spec"].get("accessModes", []),
+                   f"{claim} is shared with serving replicas: it must be ReadWriteMany")
+
+        # Shutdown: preStop sleep + shutdown_grace_seconds < terminationGracePeriodSeconds.
+        pre_stop = c.get("lifecycle", {}).get("preStop", {})
+        if "exec" in pre_stop:
+            command = pre_stop["exec"]["command"]
+            sleep = float(command[1]) if command[0] == "sleep" else 0.0
+        else:
+            sleep = float(pre_stop.get("sleep", {}).get("seconds", 0))
+        dcheck(sleep > 0, "no preStop sleep (endpoints need a moment to drain)")
+        grace = float(config.get("shutdown_grace_seconds", 10))
+        period = pod.get("terminationGracePeriodSeconds", 30)
+        dcheck(period > sleep + grace,
+               f"terminationGracePeriodSeconds {period} must exceed preStop {sleep:g} s "
+               f"+ shutdown_grace_seconds {grace:g} s")
+
+        # Security: non-root, read-only root filesystem with /tmp writable.
+        dcheck(pod.get("securityContext", {}).get("runAsNonRoot") is True, "runAsNonRoot must be true")
+        dcheck(c.get("securityContext", {}).get("readOnlyRootFilesystem") is True,
+               "readOnlyRootFilesystem must be true")
+        dcheck("/tmp" in mounts, "/tmp must be a volume (read-only root filesystem)")
+
+        # Resources: GPU for the gpu overlay's trainer only; torch_threads
+        # within the CPU request.
+        resources = c.get("resources", {})
+        gpus = resources.get("limits", {}).get("nvidia.com/gpu", 0)
+        if name == "gpu" and not replica:
+            dcheck(int(gpus) >= 1, "the gpu overlay must limit nvidia.com/gpu")
+            dcheck("nvidia.com/gpu" in {t.get("key") for t in pod.get("tolerations", [])},
+                   "the gpu overlay must tolerate the nvidia.com/gpu taint")
+        else:
+            dcheck(not gpus, f"the {name} overlay must not ask for a GPU here")
+        request = resources.get("requests", {}).get("cpu")
+        threads = config.get("torch_threads", 2)
+        dcheck(request is not None and threads <= cpu(request),
+               f"torch_threads {threads} exceeds the CPU request {request}")
+        scaled = "an autoscaler" if dname in hpa_targets else f"replicas {spec.get('replicas')}"
+        summary.append(f"{dname} ({'serve' if replica else 'every role'}): {scaled}, gRPC probes "
+                       f"on {port}, preStop {sleep:g} s + grace {grace:g} s < {period} s, "
+                       f"torch_threads {threads}, GPUs {gpus}")
+
+    # Each Service reaches one Deployment's grpc port; a PodDisruptionBudget
+    # covers each Deployment.
+    def selects(selector, dep):
         labels = dep["spec"]["template"]["metadata"].get("labels", {})
+        return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+    for svc in by_kind.get("Service", []):
         selector = svc["spec"].get("selector", {})
-        check(selector and all(labels.get(k) == v for k, v in selector.items()),
-              f"Service {svc['metadata']['name']} does not select the kiln pod")
-        check(any(p.get("targetPort") in ("grpc", port) and p.get("appProtocol") == "grpc"
+        check(sum(selects(selector, d) for d in deployments) == 1,
+              f"Service {svc['metadata']['name']} does not select exactly one Deployment's pods")
+        check(any(p.get("targetPort") in ("grpc", 50051) and p.get("appProtocol") == "grpc"
                   for p in svc["spec"]["ports"]),
               f"Service {svc['metadata']['name']} has no grpc port")
-    check(by_kind.get("PodDisruptionBudget"), "no PodDisruptionBudget")
-    print(f"check-deploy: {name}: replicas 1, gRPC probes on {port}, preStop {sleep:g} s + "
-          f"grace {grace:g} s < {period} s, torch_threads {threads}, GPUs {gpus}")
+    budgets = [b["spec"]["selector"]["matchLabels"] for b in by_kind.get("PodDisruptionBudget", [])]
+    for dep in deployments:
+        check(any(selects(b, dep) for b in budgets),
+              f"no PodDisruptionBudget covers {dep['metadata']['name']}")
+    for line in summary:
+        print(f"check-deploy: {name}: {line}")
 
 if failures:
     for f in failures:
