@@ -283,6 +283,48 @@ impl Storage for Db {
         })
     }
 
+    fn job_from(&self, id: &str, from: u64) -> Result<Option<StoredJob>, DbError> {
+        let conn = self.conn.lock().unwrap();
+        let row: Option<(Vec<u8>, Vec<u8>)> = conn
+            .query_row("SELECT record, spec FROM jobs WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let Some((record, spec)) = row else {
+            return Ok(None);
+        };
+        let mut job = pb::Job::decode(record.as_slice()).map_err(|error| DbError::Decode {
+            what: format!("record of job {id}"),
+            error,
+        })?;
+        if !spec.is_empty() {
+            job.spec =
+                Some(
+                    pb::JobSpec::decode(spec.as_slice()).map_err(|error| DbError::Decode {
+                        what: format!("spec of job {id}"),
+                        error,
+                    })?,
+                );
+        }
+        let mut stmt = conn.prepare(
+            "SELECT sequence, event FROM job_events WHERE job_id = ?1 AND sequence >= ?2 ORDER BY sequence",
+        )?;
+        let mut events = Vec::new();
+        let from = from.min(i64::MAX as u64) as i64;
+        for row in stmt.query_map(params![id, from], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })? {
+            let (sequence, bytes) = row?;
+            events.push(pb::JobEvent::decode(bytes.as_slice()).map_err(|error| {
+                DbError::Decode {
+                    what: format!("event {sequence} of job {id}"),
+                    error,
+                }
+            })?);
+        }
+        Ok(Some(StoredJob { job, events }))
+    }
+
     /// Every job in submission order, with its events.
     fn jobs(&self) -> Result<Vec<StoredJob>, DbError> {
         let conn = self.conn.lock().unwrap();

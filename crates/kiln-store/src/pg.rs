@@ -332,6 +332,34 @@ impl Storage for PgStorage {
         })
     }
 
+    fn job_from(&self, id: &str, from: u64) -> Result<Option<StoredJob>, DbError> {
+        let id = id.to_string();
+        self.run(move |client| {
+            let Some(row) =
+                client.query_opt("SELECT record, spec FROM jobs WHERE id = $1", &[&id])?
+            else {
+                return Ok(None);
+            };
+            let mut job: pb::Job = decode(row.get(0), || format!("record of job {id}"))?;
+            let spec: &[u8] = row.get(1);
+            if !spec.is_empty() {
+                job.spec = Some(decode(spec, || format!("spec of job {id}"))?);
+            }
+            let mut events = Vec::new();
+            for row in client.query(
+                "SELECT sequence, event FROM job_events WHERE job_id = $1 AND sequence >= $2 \
+                 ORDER BY sequence",
+                &[&id, &(from.min(i64::MAX as u64) as i64)],
+            )? {
+                let sequence: i64 = row.get(0);
+                events.push(decode(row.get(1), || {
+                    format!("event {sequence} of job {id}")
+                })?);
+            }
+            Ok(Some(StoredJob { job, events }))
+        })
+    }
+
     fn put_dataset(
         &self,
         id: &str,

@@ -104,6 +104,11 @@ pub trait Storage: Send + Sync {
     /// Every job in submission order, with its events.
     fn jobs(&self) -> Result<Vec<StoredJob>, DbError>;
 
+    /// One job's record (with its spec) and its events from sequence
+    /// `from` on; `None` for a job it does not hold. For readers that are
+    /// not the writer (a serving replica following a job).
+    fn job_from(&self, id: &str, from: u64) -> Result<Option<StoredJob>, DbError>;
+
     /// Records a dataset's metadata (JSON).
     fn put_dataset(
         &self,

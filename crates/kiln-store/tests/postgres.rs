@@ -71,6 +71,18 @@ fn contract(s: &dyn Storage) {
     let sequences: Vec<u64> = jobs[0].events.iter().map(|e| e.sequence).collect();
     assert_eq!(sequences, [0, 1]);
     assert!(jobs[1].job.spec.is_none());
+    let b = s.job_from("b", 1).unwrap().expect("job b");
+    assert_eq!(b.job.state(), pb::JobState::Running);
+    assert_eq!(b.events.iter().map(|e| e.sequence).collect::<Vec<_>>(), [1]);
+    assert!(s.job_from("b", 2).unwrap().unwrap().events.is_empty());
+    assert!(s
+        .job_from("b", u64::MAX)
+        .unwrap()
+        .unwrap()
+        .events
+        .is_empty());
+    assert_eq!(b.job.spec.unwrap().model_name, "m-b");
+    assert!(s.job_from("zz", 0).unwrap().is_none());
 
     s.put_dataset("ds-2", "second", 20, "{\"id\":\"ds-2\"}")
         .unwrap();

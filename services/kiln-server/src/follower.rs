@@ -4,12 +4,17 @@
 //! where the database has them. The first sync runs before the server
 //! listens, so a replica is ready only once it serves what the registry
 //! held then. A model it has not loaded yet answers NOT_FOUND at once.
+//! GetJob and WatchJob read the job from the database (WatchJob replays,
+//! then polls for new events), so a job can be followed on any replica.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use kiln::v1 as pb;
+use kiln_core::brief;
 use kiln_train::ModelArtifact;
+use tonic::Status;
 
 use crate::Kiln;
 
@@ -96,4 +101,70 @@ pub fn follow(kiln: Arc<Kiln>) {
             let _ = tokio::task::spawn_blocking(move || sync(&syncing)).await;
         }
     });
+}
+
+/// How often a serving replica reads a followed job's new events.
+pub const POLL_EVENTS_EVERY: Duration = Duration::from_millis(250);
+
+/// GetJob on a serving replica: the job as the shared database holds it.
+pub async fn get_job(kiln: &Arc<Kiln>, id: String) -> Result<pb::Job, Status> {
+    let storage = kiln.storage.clone();
+    let read =
+        tokio::task::spawn_blocking(move || storage.job_from(&id, u64::MAX).map(|j| (id, j)));
+    match read.await.map_err(|e| Status::internal(e.to_string()))? {
+        Ok((_, Some(stored))) => Ok(stored.job),
+        Ok((id, None)) => Err(Status::not_found(format!(
+            "job \"{}\" not found",
+            brief(&id)
+        ))),
+        Err(e) => Err(Status::unavailable(e.to_string())),
+    }
+}
+
+/// WatchJob on a serving replica: the job's events from the shared
+/// database from `from` on, then every [`POLL_EVENTS_EVERY`] the new ones,
+/// until its final event.
+pub async fn watch_job(
+    kiln: &Arc<Kiln>,
+    id: String,
+    from: u64,
+    tx: tokio::sync::mpsc::Sender<Result<pb::JobEvent, Status>>,
+) {
+    let mut next = from;
+    loop {
+        let (storage, job) = (kiln.storage.clone(), id.clone());
+        let read = tokio::task::spawn_blocking(move || storage.job_from(&job, next)).await;
+        let stored = match read {
+            Ok(Ok(Some(stored))) => stored,
+            Ok(Ok(None)) => {
+                let _ = tx
+                    .send(Err(Status::not_found(format!(
+                        "job \"{}\" not found",
+                        brief(&id)
+                    ))))
+                    .await;
+                return;
+            }
+            Ok(Err(e)) => {
+                let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                return;
+            }
+        };
+        for event in stored.events {
+            next = event.sequence + 1;
+            if tx.send(Ok(event)).await.is_err() {
+                return; // the watcher has gone
+            }
+        }
+        // The record is read before the events: once it has ended, every
+        // event is in the batch just sent.
+        if kiln_store::jobs::is_terminal(stored.job.state()) {
+            return;
+        }
+        tokio::time::sleep(POLL_EVENTS_EVERY).await;
+    }
 }

@@ -42,6 +42,11 @@ impl JobService for Jobs {
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().job_id;
+        if self.0.serve_only {
+            return crate::follower::get_job(&self.0, id)
+                .await
+                .map(Response::new);
+        }
         self.0
             .store
             .get(&id)
@@ -96,6 +101,12 @@ impl JobService for Jobs {
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let request = request.into_inner();
         let (id, from) = (request.job_id, request.from_sequence);
+        if self.0.serve_only {
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            let kiln = self.0.clone();
+            tokio::spawn(async move { crate::follower::watch_job(&kiln, id, from, tx).await });
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        }
         self.0.store.get(&id).map_err(status::job)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let store = self.0.store.clone();

@@ -48,6 +48,9 @@ pub struct Kiln {
     /// Sweeps' saved records (each sweep's controller writes its own).
     pub sweep_records: Arc<SweepRecords>,
     pub runner: runner::Runner,
+    /// A serving replica (`roles = "serve"`): it follows jobs and the
+    /// registry in the shared database instead of running them.
+    pub serve_only: bool,
     /// Where models are served (`serve_device`).
     pub serve_device: placement::ServeDevice,
     pub sweeps: sweeps::Sweeps,

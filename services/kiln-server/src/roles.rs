@@ -35,8 +35,13 @@ impl Roles {
 
 /// Whether a serve-only replica refuses the call at `path` (a gRPC path,
 /// `/package.Service/Method`): everything of the job, dataset and sweep
-/// services, and the registry's writes.
+/// services but following a job (GetJob, WatchJob, read from the shared
+/// database), and the registry's writes.
 pub fn refused_when_serving_only(path: &str) -> bool {
+    const FOLLOWED: [&str; 2] = ["/kiln.v1.JobService/GetJob", "/kiln.v1.JobService/WatchJob"];
+    if FOLLOWED.contains(&path) {
+        return false;
+    }
     const WRITERS: [&str; 3] = [
         "/kiln.v1.JobService/",
         "/kiln.v1.DatasetService/",
@@ -70,7 +75,8 @@ mod tests {
     fn a_serving_replica_refuses_writes_and_jobs() {
         for refused in [
             "/kiln.v1.JobService/SubmitJob",
-            "/kiln.v1.JobService/GetJob",
+            "/kiln.v1.JobService/ListJobs",
+            "/kiln.v1.JobService/CancelJob",
             "/kiln.v1.DatasetService/UploadDataset",
             "/kiln.v1.SweepService/SubmitSweep",
             "/kiln.v1.InferenceService/SetAlias",
@@ -80,6 +86,8 @@ mod tests {
         }
         for served in [
             "/kiln.v1.InferenceService/Predict",
+            "/kiln.v1.JobService/GetJob",
+            "/kiln.v1.JobService/WatchJob",
             "/kiln.v1.InferenceService/ListModels",
             "/inference.GRPCInferenceService/ModelInfer",
             "/grpc.health.v1.Health/Check",

@@ -84,6 +84,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sweep_records,
         runner,
         serve_device,
+        serve_only,
         sweeps: sweeps::Sweeps::default(),
         stopping: stop_rx.clone(),
     });

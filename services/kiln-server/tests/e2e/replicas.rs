@@ -3,7 +3,7 @@
 //! so, where PostgreSQL is not installed) and one data directory, as two
 //! pods on a shared database and a ReadWriteMany volume. The replica serves
 //! what the other registers and follows its aliases within a bounded time,
-//! and refuses what it must not do.
+//! follows its jobs (GetJob, WatchJob), and refuses what it must not do.
 
 use std::time::{Duration, Instant};
 
@@ -86,6 +86,25 @@ async fn a_serving_replica_follows_the_registry_of_the_server_that_trains() {
     let alias = served_within(&replica, "prod", 2).await;
     eprintln!("replica served version 2 {version:?} after it was registered, the moved alias {alias:?} after SetAlias");
     assert!(alias < Duration::from_secs(30), "{alias:?}");
+
+    // A job submitted on the writer, followed on the replica while it runs:
+    // the same events, in order, and from a sequence after a broken stream.
+    let job = submit(
+        &writer,
+        pb::JobSpec {
+            model_name: "followed".into(),
+            ..inline_regression(64, 8, 30, 8)
+        },
+    )
+    .await
+    .unwrap();
+    let first = watch_from(&replica, &job.id, 0, 3).await;
+    let rest = watch_from(&replica, &job.id, first.last().unwrap().sequence + 1, usize::MAX).await;
+    let on_writer = watch_all(&writer, &job.id).await;
+    finished(&on_writer);
+    let on_replica: Vec<_> = first.into_iter().chain(rest).collect();
+    assert_eq!(on_replica, on_writer, "the same events on both");
+    assert_eq!(get_job(&replica, &job.id).await, get_job(&writer, &job.id).await);
 
     // What the replica refuses; an unknown model is NOT_FOUND at once.
     let refused = submit(&replica, inline_regression(8, 2, 1, 4))
