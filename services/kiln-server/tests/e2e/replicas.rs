@@ -41,6 +41,42 @@ async fn served_within(server: &Server, version: &str, want: u32) -> Duration {
     }
 }
 
+/// A job's events from `from` to its end, each with how long after its own
+/// timestamp (the writer's clock, the same machine) it arrived.
+async fn watch_timed(
+    server: &Server,
+    job_id: &str,
+    from: u64,
+) -> (Vec<pb::JobEvent>, Vec<Duration>) {
+    let mut stream = server
+        .jobs()
+        .await
+        .watch_job(pb::WatchJobRequest {
+            job_id: job_id.into(),
+            from_sequence: from,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut events, mut lags) = (Vec::new(), Vec::new());
+    while let Some(event) = stream.message().await.unwrap() {
+        let at = std::time::SystemTime::try_from(event.time.unwrap()).unwrap();
+        lags.push(
+            std::time::SystemTime::now()
+                .duration_since(at)
+                .unwrap_or_default(),
+        );
+        events.push(event);
+    }
+    (events, lags)
+}
+
+fn percentiles(mut lags: Vec<Duration>) -> (Duration, Duration) {
+    lags.sort();
+    let at = |q: f64| lags[((lags.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
 async fn train(server: &Server) {
     let spec = pb::JobSpec {
         model_name: "shared".into(),
@@ -99,12 +135,19 @@ async fn a_serving_replica_follows_the_registry_of_the_server_that_trains() {
     .await
     .unwrap();
     let first = watch_from(&replica, &job.id, 0, 3).await;
-    let rest = watch_from(&replica, &job.id, first.last().unwrap().sequence + 1, usize::MAX).await;
+    let (rest, lags) = watch_timed(&replica, &job.id, first.last().unwrap().sequence + 1).await;
+    let (p50, p99) = percentiles(lags);
+    eprintln!(
+        "event latency from the writer to a watcher on the replica: p50 {p50:?}, p99 {p99:?}"
+    );
     let on_writer = watch_all(&writer, &job.id).await;
     finished(&on_writer);
     let on_replica: Vec<_> = first.into_iter().chain(rest).collect();
     assert_eq!(on_replica, on_writer, "the same events on both");
-    assert_eq!(get_job(&replica, &job.id).await, get_job(&writer, &job.id).await);
+    assert_eq!(
+        get_job(&replica, &job.id).await,
+        get_job(&writer, &job.id).await
+    );
 
     // What the replica refuses; an unknown model is NOT_FOUND at once.
     let refused = submit(&replica, inline_regression(8, 2, 1, 4))
