@@ -90,9 +90,13 @@ impl Context {
         );
         tracing::info!(job = %job.id, event = ?final_event, "job ended");
         tensorboard.end(&final_event);
-        match self.store.append(&job.id, final_event) {
-            Err(JobError::Unrecorded(_)) => self.store.stall(&job.id),
-            _ => self.checkpoints.remove(&job.id),
+        // Gone before the final event is published: a watcher that sees the
+        // job end finds no checkpoint left. Should that event not be
+        // recorded (a full disk), the job runs again from the start once
+        // there is space.
+        self.checkpoints.remove(&job.id);
+        if let Err(JobError::Unrecorded(_)) = self.store.append(&job.id, final_event) {
+            self.store.stall(&job.id);
         }
     }
 
