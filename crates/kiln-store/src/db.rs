@@ -195,10 +195,7 @@ impl Db {
     }
 
     fn note<T>(&self, result: &Result<T, DbError>) {
-        *self.fault.lock().unwrap() = result.as_ref().err().map(|e| WriteFault {
-            out_of_space: e.is_out_of_space(),
-            message: e.to_string(),
-        });
+        *self.fault.lock().unwrap() = result.as_ref().err().map(WriteFault::from);
     }
 }
 

@@ -390,10 +390,7 @@ impl JobStore {
             let spec = job.spec.take();
             if let Err(e) = db.append_event(&job, spec.as_ref(), &event) {
                 tracing::error!(job = %id, sequence = event.sequence, error = %e, "event not recorded");
-                return Err(JobError::Unrecorded(WriteFault {
-                    out_of_space: e.is_out_of_space(),
-                    message: e.to_string(),
-                }));
+                return Err(JobError::Unrecorded(WriteFault::from(&e)));
             }
             job.spec = spec;
         }

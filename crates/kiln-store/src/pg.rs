@@ -201,10 +201,7 @@ impl PgStorage {
         op: impl FnOnce(&mut Client) -> Result<(), DbError> + Send + 'static,
     ) -> Result<(), DbError> {
         let result = self.run(op);
-        *self.fault.lock().unwrap() = result.as_ref().err().map(|e| WriteFault {
-            out_of_space: e.is_out_of_space(),
-            message: e.to_string(),
-        });
+        *self.fault.lock().unwrap() = result.as_ref().err().map(WriteFault::from);
         result
     }
 }

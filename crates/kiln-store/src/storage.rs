@@ -54,13 +54,18 @@ pub struct WriteFault {
     pub message: String,
 }
 
-/// Whether a file operation failed for lack of space (ENOSPC, or EDQUOT
-/// for a quota).
-pub fn io_out_of_space(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::StorageFull
-        || e.kind() == std::io::ErrorKind::QuotaExceeded
-        || e.raw_os_error() == Some(28)
+impl From<&DbError> for WriteFault {
+    fn from(e: &DbError) -> Self {
+        WriteFault {
+            out_of_space: e.is_out_of_space(),
+            message: e.to_string(),
+        }
+    }
 }
+
+/// Whether a file operation failed for lack of space (kiln-core's, here
+/// where the stores' callers look for it).
+pub use kiln_core::files::is_out_of_space as io_out_of_space;
 
 /// A job as stored: its record and its whole event log, in sequence order.
 #[derive(Debug, Clone, PartialEq)]

@@ -76,6 +76,20 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// kiln-server on `data_dir` with the test defaults, then `env`.
+fn command(data_dir: &Path, env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(server_binary());
+    command
+        .env("KILN_LISTEN", "127.0.0.1:0")
+        .env("KILN_DATA_DIR", data_dir)
+        .env("KILN_TORCH_THREADS", "1")
+        .env("KILN_LOG", "warn")
+        // Many test servers run at once: no Prometheus listener unless a test asks.
+        .env("KILN_METRICS_LISTEN", "")
+        .envs(env.iter().copied());
+    command
+}
+
 impl Server {
     /// Starts a server with the test defaults.
     pub fn start() -> Server {
@@ -89,14 +103,7 @@ impl Server {
 
     /// Starts a server on `data_dir` (e.g. one a killed server left behind).
     pub fn start_in(data_dir: PathBuf, env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(server_binary())
-            .env("KILN_LISTEN", "127.0.0.1:0")
-            .env("KILN_DATA_DIR", &data_dir)
-            .env("KILN_TORCH_THREADS", "1")
-            .env("KILN_LOG", "warn")
-            // Many test servers run at once: no Prometheus listener unless a test asks.
-            .env("KILN_METRICS_LISTEN", "")
-            .envs(env.iter().copied())
+        let mut child = command(&data_dir, env)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -129,12 +136,7 @@ impl Server {
     /// most 30 s) for it to exit, checks it never listened and failed, and
     /// returns what it wrote on stderr.
     pub fn fails_to_start(data_dir: &Path, env: &[(&str, &str)]) -> String {
-        let mut child = Command::new(server_binary())
-            .env("KILN_LISTEN", "127.0.0.1:0")
-            .env("KILN_DATA_DIR", data_dir)
-            .env("KILN_LOG", "warn")
-            .env("KILN_METRICS_LISTEN", "")
-            .envs(env.iter().copied())
+        let mut child = command(data_dir, env)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

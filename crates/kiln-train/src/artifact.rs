@@ -95,6 +95,13 @@ pub enum ArtifactError {
     Corrupt(String),
 }
 
+impl ArtifactError {
+    /// Whether writing failed for lack of space.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, ArtifactError::Io(e) if kiln_core::files::is_out_of_space(e))
+    }
+}
+
 impl ModelArtifact {
     /// The artifact of a finished run on `data` (its encoding and scalers).
     pub fn from_trained(trained: &Trained, data: &Prepared) -> Result<Self, ArtifactError> {

@@ -169,13 +169,11 @@ pub fn serve_status(kiln: &Kiln, e: kiln_serve::ServeError) -> Status {
 
 /// Writes a model's files; running out of space is RESOURCE_EXHAUSTED.
 pub fn save_artifact(artifact: &kiln_train::ModelArtifact, dir: &Path) -> Result<(), Status> {
-    artifact.save(dir).map_err(|e| match &e {
-        kiln_train::ArtifactError::Io(io) if kiln_store::io_out_of_space(io) => {
-            unrecorded(&WriteFault {
-                out_of_space: true,
-                message: e.to_string(),
-            })
-        }
-        _ => Status::internal(e.to_string()),
+    artifact.save(dir).map_err(|e| match e.is_out_of_space() {
+        true => unrecorded(&WriteFault {
+            out_of_space: true,
+            message: e.to_string(),
+        }),
+        false => Status::internal(e.to_string()),
     })
 }

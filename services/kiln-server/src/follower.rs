@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use kiln::v1 as pb;
 use kiln_core::brief;
-use kiln_train::ModelArtifact;
+use kiln_store::StoredJob;
 use tonic::Status;
 
 use crate::Kiln;
@@ -43,40 +43,13 @@ pub fn sync(kiln: &Kiln) -> usize {
         })
         .collect();
     let mut changed = 0;
-    let serve = &kiln.serve_device;
     for row in saved.versions {
-        if have.contains(&(row.name.clone(), row.version)) {
-            continue;
+        if !have.contains(&(row.name.clone(), row.version))
+            && crate::recovery::restore_version(kiln, &row)
+        {
+            tracing::info!(model = %row.name, version = row.version, "version followed");
+            changed += 1;
         }
-        let artifact = ModelArtifact::load(
-            &kiln.config.data_dir.join("models").join(&row.artifact),
-        )
-        .map_err(|e| match serde_json::from_str(&row.meta) {
-            Ok(meta) => Ok((meta, e.to_string())),
-            Err(_) => Err(e.to_string()),
-        });
-        let artifact = match artifact {
-            Ok(a) => Ok(a),
-            Err(Ok(unservable)) => Err(unservable),
-            Err(Err(why)) => {
-                tracing::warn!(model = %row.name, version = row.version, %why, "version not followed");
-                continue;
-            }
-        };
-        match kiln.models.restore(
-            &row.name,
-            row.version,
-            &row.job_id,
-            artifact,
-            serve.device.clone(),
-            &serve.name,
-        ) {
-            Ok(()) => tracing::info!(model = %row.name, version = row.version, "version followed"),
-            Err(e) => {
-                tracing::warn!(model = %row.name, version = row.version, error = %e, "version listed, not served")
-            }
-        }
-        changed += 1;
     }
     for (name, alias, version) in saved.aliases {
         if aliases.get(&(name.clone(), alias.clone())) == Some(&version) {
@@ -106,19 +79,23 @@ pub fn follow(kiln: Arc<Kiln>) {
 /// How often a serving replica reads a followed job's new events.
 pub const POLL_EVENTS_EVERY: Duration = Duration::from_millis(250);
 
+/// The job as the shared database holds it, with its events from `from`.
+async fn read_job(kiln: &Arc<Kiln>, id: &str, from: u64) -> Result<StoredJob, Status> {
+    let (storage, job) = (kiln.storage.clone(), id.to_string());
+    match tokio::task::spawn_blocking(move || storage.job_from(&job, from)).await {
+        Ok(Ok(Some(stored))) => Ok(stored),
+        Ok(Ok(None)) => Err(Status::not_found(format!(
+            "job \"{}\" not found",
+            brief(id)
+        ))),
+        Ok(Err(e)) => Err(Status::unavailable(e.to_string())),
+        Err(e) => Err(Status::internal(e.to_string())),
+    }
+}
+
 /// GetJob on a serving replica: the job as the shared database holds it.
 pub async fn get_job(kiln: &Arc<Kiln>, id: String) -> Result<pb::Job, Status> {
-    let storage = kiln.storage.clone();
-    let read =
-        tokio::task::spawn_blocking(move || storage.job_from(&id, u64::MAX).map(|j| (id, j)));
-    match read.await.map_err(|e| Status::internal(e.to_string()))? {
-        Ok((_, Some(stored))) => Ok(stored.job),
-        Ok((id, None)) => Err(Status::not_found(format!(
-            "job \"{}\" not found",
-            brief(&id)
-        ))),
-        Err(e) => Err(Status::unavailable(e.to_string())),
-    }
+    read_job(kiln, &id, u64::MAX).await.map(|stored| stored.job)
 }
 
 /// WatchJob on a serving replica: the job's events from the shared
@@ -132,25 +109,10 @@ pub async fn watch_job(
 ) {
     let mut next = from;
     loop {
-        let (storage, job) = (kiln.storage.clone(), id.clone());
-        let read = tokio::task::spawn_blocking(move || storage.job_from(&job, next)).await;
-        let stored = match read {
-            Ok(Ok(Some(stored))) => stored,
-            Ok(Ok(None)) => {
-                let _ = tx
-                    .send(Err(Status::not_found(format!(
-                        "job \"{}\" not found",
-                        brief(&id)
-                    ))))
-                    .await;
-                return;
-            }
-            Ok(Err(e)) => {
-                let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
-                return;
-            }
-            Err(e) => {
-                let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+        let stored = match read_job(kiln, &id, next).await {
+            Ok(stored) => stored,
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
                 return;
             }
         };

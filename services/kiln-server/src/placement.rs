@@ -101,9 +101,20 @@ impl ServeDevice {
 
 /// The memory of GPU `cuda:N` in bytes, from `nvidia-smi` (libtorch does
 /// not say); `None` for the CPU (its budget is `max_job_memory_bytes`) or
-/// when `nvidia-smi` cannot tell.
+/// when `nvidia-smi` cannot tell. Asked once per GPU: a GPU's memory does
+/// not change while the server runs, and SubmitJob should not fork a process.
 pub fn gpu_memory_bytes(device_name: &str) -> Option<u64> {
+    static KNOWN: Mutex<Option<HashMap<usize, Option<u64>>>> = Mutex::new(None);
     let index: usize = device_name.strip_prefix("cuda:")?.parse().ok()?;
+    *KNOWN
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .entry(index)
+        .or_insert_with(|| query_gpu_memory(index))
+}
+
+fn query_gpu_memory(index: usize) -> Option<u64> {
     let out = std::process::Command::new("nvidia-smi")
         .args(["--query-gpu=memory.total", "--format=csv,noheader,nounits"])
         .arg(format!("--id={index}"))

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use kiln::v1 as pb;
 use kiln_core::spec::JobSpec;
+use kiln_store::ModelRow;
 use kiln_train::{Checkpoint, ModelArtifact};
 
 use crate::queued_job::QueuedJob;
@@ -73,7 +74,6 @@ fn remove_stale_checkpoints(kiln: &crate::Kiln, dir: &Path) {
 /// Puts the registry back; the model directories its versions use (`None`
 /// when the registry could not be read: then nothing counts as left over).
 fn restore_models(kiln: &crate::Kiln) -> Option<HashSet<String>> {
-    let models_dir = kiln.config.data_dir.join("models");
     let (rows, aliases) = match kiln.catalog.load() {
         Ok(saved) => (saved.versions, saved.aliases),
         Err(e) => {
@@ -94,28 +94,7 @@ fn restore_models(kiln: &crate::Kiln) -> Option<HashSet<String>> {
             continue;
         }
         kept.insert(row.artifact.clone());
-        let artifact = ModelArtifact::load(&models_dir.join(&row.artifact));
-        let serve = &kiln.serve_device;
-        let artifact = match artifact {
-            Ok(artifact) => Ok(artifact),
-            Err(e) => {
-                tracing::error!(model = %row.name, version = row.version, error = %e, "model not served");
-                match serde_json::from_str(&row.meta) {
-                    Ok(meta) => Err((meta, e.to_string())),
-                    Err(_) => continue,
-                }
-            }
-        };
-        if let Err(e) = kiln.models.restore(
-            &row.name,
-            row.version,
-            &row.job_id,
-            artifact,
-            serve.device.clone(),
-            &serve.name,
-        ) {
-            tracing::error!(model = %row.name, version = row.version, error = %e, "model not served");
-        }
+        restore_version(kiln, &row);
     }
     for (name, alias, version) in aliases {
         if let Err(e) = kiln.models.restore_alias(&name, &alias, version) {
@@ -123,6 +102,37 @@ fn restore_models(kiln: &crate::Kiln) -> Option<HashSet<String>> {
         }
     }
     Some(kept)
+}
+
+/// Serves a saved version from its files under `<data_dir>/models` on
+/// `serve_device`; one whose files fail to load (their checksums, say) is
+/// listed with the reason and never served. Whether it is in the registry
+/// now. At start, and for a serving replica whenever the database has a
+/// version it does not.
+pub fn restore_version(kiln: &crate::Kiln, row: &ModelRow) -> bool {
+    let path = kiln.config.data_dir.join("models").join(&row.artifact);
+    let artifact = match ModelArtifact::load(&path) {
+        Ok(artifact) => Ok(artifact),
+        Err(e) => {
+            tracing::error!(model = %row.name, version = row.version, error = %e, "model not served");
+            match serde_json::from_str(&row.meta) {
+                Ok(meta) => Err((meta, e.to_string())),
+                Err(_) => return false,
+            }
+        }
+    };
+    let serve = &kiln.serve_device;
+    if let Err(e) = kiln.models.restore(
+        &row.name,
+        row.version,
+        &row.job_id,
+        artifact,
+        serve.device.clone(),
+        &serve.name,
+    ) {
+        tracing::error!(model = %row.name, version = row.version, error = %e, "model not served");
+    }
+    true
 }
 
 /// What a crash can leave behind, removed before anything listens: the

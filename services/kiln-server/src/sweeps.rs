@@ -184,12 +184,9 @@ impl SweepService for SweepSvc {
         let sweep = plan.new_sweep(&id, request, now());
         let entry = Entry::new(sweep, plan.goal, self.0.sweep_records.clone());
         // Accepted only once recorded.
-        entry.persist().map_err(|e| {
-            crate::durability::unrecorded(&kiln_store::WriteFault {
-                out_of_space: e.is_out_of_space(),
-                message: e.to_string(),
-            })
-        })?;
+        entry
+            .persist()
+            .map_err(|e| crate::durability::unrecorded(&(&e).into()))?;
         self.0.sweeps.insert(entry.clone(), id.clone());
         tracing::info!(sweep = %id, trials = plan.points.len(), model = %plan.model_name, "sweep started");
         let snapshot = entry.snapshot();

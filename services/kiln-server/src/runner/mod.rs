@@ -228,10 +228,7 @@ impl Context {
         // Registered under its files' folder, models/<job id>; the registry
         // saves the version so that a restart serves it again.
         let published = match artifact.save(&dir) {
-            Err(kiln_train::ArtifactError::Io(e)) if kiln_store::io_out_of_space(&e) => {
-                Err((true, e.to_string()))
-            }
-            Err(e) => Err((false, e.to_string())),
+            Err(e) => Err((e.is_out_of_space(), e.to_string())),
             Ok(()) => self
                 .models
                 .register(

@@ -72,24 +72,6 @@ async fn import(
         .map(|r| r.into_inner())
 }
 
-async fn export(server: &Server, model: &str) -> Vec<u8> {
-    let mut stream = server
-        .inference()
-        .await
-        .export_model(pb::ModelRef {
-            model: model.into(),
-            version: String::new(),
-        })
-        .await
-        .expect("export")
-        .into_inner();
-    let mut file = Vec::new();
-    while let Some(chunk) = stream.message().await.expect("export stream") {
-        file.extend(chunk.chunk);
-    }
-    file
-}
-
 async fn serving(server: &Server) {
     let status = HealthClient::new(server.channel().await)
         .check(HealthCheckRequest::default())
@@ -114,7 +96,7 @@ async fn model_names_cannot_take_over_job_ids() {
             status.message().starts_with("spec.model_name: "),
             "{status:?}"
         );
-        let status = import(&server, name, export(&server, &first).await)
+        let status = import(&server, name, export_model(&server, &first).await)
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
@@ -153,18 +135,26 @@ async fn one_model_name_holds_one_task() {
             && status.message().contains("TASK_REGRESSION"),
         "{status:?}"
     );
-    let status = import(&server, "one-task", export(&server, &binary_job).await)
-        .await
-        .unwrap_err();
+    let status = import(
+        &server,
+        "one-task",
+        export_model(&server, &binary_job).await,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(
         status.message().starts_with("name: ") && status.message().contains("TASK_REGRESSION"),
         "{status:?}"
     );
     // Same task: a new version.
-    let info = import(&server, "two-classes", export(&server, &binary_job).await)
-        .await
-        .unwrap();
+    let info = import(
+        &server,
+        "two-classes",
+        export_model(&server, &binary_job).await,
+    )
+    .await
+    .unwrap();
     assert_eq!(info.version, 2);
     let models = list_models(&server).await;
     assert_eq!(models.iter().filter(|m| m.name == "one-task").count(), 1);
