@@ -22,7 +22,7 @@ use pb::job_event::Kind;
 
 use crate::db::{Db, DbError, WriteFault};
 use crate::log::{EventLog, Follower};
-use crate::storage::Storage;
+use crate::storage::{Storage, StoredJob};
 
 /// Why a job store call failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -33,6 +33,10 @@ pub enum JobError {
     /// The change could not be made durable, so it was not made.
     #[error("not recorded: {}", .0.message)]
     Unrecorded(WriteFault),
+    /// This process's lease on the job ended (the shared mode): another
+    /// trainer may run it, so nothing this one writes for it counts.
+    #[error("job \"{}\": its lease is no longer held here", kiln_core::brief(.0))]
+    Fenced(String),
 }
 
 /// What the scheduler needs to know to stop a job.
@@ -133,12 +137,22 @@ pub const ORDER_BY_NAMES: [&str; Metric::ALL.len() + 2] = {
 };
 
 /// Every job with its event log, in memory, written through to storage.
+/// On a shared database ([`Storage::shared`]) other processes write too:
+/// [`JobStore::sync`] takes in what they recorded, and an append whose
+/// sequence number another process stored first reads the job again and
+/// decides anew.
 #[derive(Default)]
 pub struct JobStore {
     inner: Mutex<Inner>,
     /// The durable copy; `None`: in memory only (unit tests).
     db: Option<Arc<dyn Storage>>,
+    /// When the last [`sync`](Self::sync) that succeeded began.
+    synced: Mutex<Option<std::time::Instant>>,
 }
+
+/// How far back a sync looks before the previous one began: covers a
+/// write that committed a while after its record's timestamp was taken.
+const SYNC_OVERLAP: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Default)]
 struct Inner {
@@ -199,7 +213,56 @@ impl JobStore {
         Ok(Self {
             inner: Mutex::new(inner),
             db: Some(db),
+            synced: Mutex::new(Some(std::time::Instant::now())),
         })
+    }
+
+    /// Whether other processes write to the same database (the shared mode).
+    pub fn shared(&self) -> bool {
+        self.db.as_ref().is_some_and(|db| db.shared())
+    }
+
+    /// Takes in the jobs and events other processes recorded since the last
+    /// sync (the shared mode; nothing otherwise); how many jobs changed.
+    /// Watchers of those jobs are woken as if the events were appended here.
+    pub fn sync(&self) -> Result<usize, DbError> {
+        let Some(db) = self.db.as_ref().filter(|db| db.shared()) else {
+            return Ok(0);
+        };
+        let began = std::time::Instant::now();
+        let within = self
+            .synced
+            .lock()
+            .unwrap()
+            .map(|last| last.elapsed() + SYNC_OVERLAP);
+        let mut changed = 0;
+        for (id, events) in db.job_heads(within)? {
+            let have = self.read(&id, |e| e.events.len() as u64).unwrap_or(0);
+            if have < events {
+                if let Some(stored) = db.job_from(&id, have)? {
+                    let mut inner = self.inner.lock().unwrap();
+                    catch_up(&mut inner, stored);
+                    changed += 1;
+                }
+            }
+        }
+        *self.synced.lock().unwrap() = Some(began);
+        Ok(changed)
+    }
+
+    /// Gives up this process's lease on the job (the shared mode).
+    pub fn release_lease(&self, id: &str) {
+        if let Some(db) = &self.db {
+            if let Err(e) = db.release_lease(id) {
+                tracing::warn!(job = %id, error = %e, "lease not released; it expires by itself");
+            }
+        }
+    }
+
+    /// Sets the job's cancel flag here, for its trainer to stop at the
+    /// next batch: a cancel asked for on another replica.
+    pub fn cancel_here(&self, id: &str) {
+        let _ = self.read(id, |e| e.cancel.set());
     }
 
     /// What becomes of the jobs a previous process left unfinished (call once,
@@ -353,12 +416,49 @@ impl JobStore {
     /// made durable is not appended either ([`JobError::Unrecorded`]): what
     /// watchers and GetJob see is always what a restart would load.
     pub fn append(&self, id: &str, kind: Kind) -> Result<pb::Job, JobError> {
+        self.append_when(id, kind, |_| true)
+    }
+
+    /// [`append`](Self::append) if `when` holds for the job as it stands
+    /// (else the job is returned unchanged). On a shared database, when
+    /// another process recorded an event first, the job is read again and
+    /// `when` asked again.
+    fn append_when(
+        &self,
+        id: &str,
+        kind: Kind,
+        when: impl Fn(&pb::Job) -> bool,
+    ) -> Result<pb::Job, JobError> {
         let mut inner = self.inner.lock().unwrap();
+        loop {
+            match self.try_append(&mut inner, id, kind.clone(), &when) {
+                Err(AppendError::Conflict) => {
+                    let db = self.db.as_ref().expect("a conflict comes from a database");
+                    let from = inner.jobs.get(id).map_or(0, |e| e.events.len() as u64);
+                    match db.job_from(id, from) {
+                        Ok(Some(stored)) => catch_up(&mut inner, stored),
+                        Ok(None) => return Err(JobError::NotFound(id.to_string())),
+                        Err(e) => return Err(JobError::Unrecorded(WriteFault::from(&e))),
+                    }
+                }
+                Err(AppendError::Job(e)) => return Err(e),
+                Ok(job) => return Ok(job),
+            }
+        }
+    }
+
+    fn try_append(
+        &self,
+        inner: &mut Inner,
+        id: &str,
+        kind: Kind,
+        when: &impl Fn(&pb::Job) -> bool,
+    ) -> Result<pb::Job, AppendError> {
         let entry = inner
             .jobs
             .get_mut(id)
             .ok_or_else(|| JobError::NotFound(id.to_string()))?;
-        if is_terminal(entry.job.state()) {
+        if is_terminal(entry.job.state()) || !when(&entry.job) {
             return Ok(entry.job.clone());
         }
         let kind = match (kind, &entry.stop) {
@@ -388,9 +488,14 @@ impl JobStore {
         if let Some(db) = &self.db {
             // Durable first: memory only ever holds what the database does.
             let spec = job.spec.take();
-            if let Err(e) = db.append_event(&job, spec.as_ref(), &event) {
-                tracing::error!(job = %id, sequence = event.sequence, error = %e, "event not recorded");
-                return Err(JobError::Unrecorded(WriteFault::from(&e)));
+            match db.append_event(&job, spec.as_ref(), &event) {
+                Ok(()) => {}
+                Err(DbError::Conflict(_)) => return Err(AppendError::Conflict),
+                Err(DbError::Fenced(_)) => return Err(JobError::Fenced(id.to_string()).into()),
+                Err(e) => {
+                    tracing::error!(job = %id, sequence = event.sequence, error = %e, "event not recorded");
+                    return Err(JobError::Unrecorded(WriteFault::from(&e)).into());
+                }
             }
             job.spec = spec;
         }
@@ -534,6 +639,20 @@ impl JobStore {
             entry.cancel.set();
             (entry.job.clone(), entry.cancel.clone())
         };
+        if let Some(db) = self.db.as_ref().filter(|db| db.shared()) {
+            if is_terminal(job.state()) {
+                return Ok(job);
+            }
+            // Whichever trainer holds the job (or takes it next) stops it;
+            // a queued one ends here, unless a trainer took it meanwhile.
+            if let Err(e) = db.request_cancel(id) {
+                flag.clear();
+                return Err(JobError::Unrecorded(WriteFault::from(&e)));
+            }
+            return self.append_when(id, cancelled_event("cancelled while queued"), |j| {
+                j.state() == pb::JobState::Queued
+            });
+        }
         if job.state() == pb::JobState::Queued {
             let cancelled = self.append(id, cancelled_event("cancelled while queued"));
             if matches!(cancelled, Err(JobError::Unrecorded(_))) {
@@ -581,6 +700,54 @@ impl JobStore {
             entry.events.events_from(from),
             is_terminal(entry.job.state()),
         )
+    }
+}
+
+/// Why [`JobStore::try_append`] did not append.
+enum AppendError {
+    /// Another process stored that sequence number first.
+    Conflict,
+    Job(JobError),
+}
+
+impl From<JobError> for AppendError {
+    fn from(e: JobError) -> Self {
+        AppendError::Job(e)
+    }
+}
+
+/// Brings a job in memory up to `stored` (read from the shared database):
+/// a job not seen before is added; events already here are skipped.
+fn catch_up(inner: &mut Inner, stored: StoredJob) {
+    let id = stored.job.id.clone();
+    if !inner.jobs.contains_key(&id) {
+        inner.order.push(id.clone());
+    }
+    let entry = inner.jobs.entry(id.clone()).or_insert_with(|| Entry {
+        job: stored.job.clone(),
+        events: EventLog::new(Vec::new()),
+        cancel: Arc::default(),
+        progress: Arc::default(),
+        stop: None,
+        stalled: false,
+    });
+    let mut latest = false;
+    for event in stored.events {
+        if event.sequence == entry.events.len() as u64 {
+            if matches!(event.kind, Some(Kind::StateChanged(_))) {
+                entry.progress.clear();
+            }
+            entry.events.push(event);
+            latest = true;
+        }
+    }
+    if latest {
+        // The record as of the last event taken in: the database's.
+        let spec = entry.job.spec.take();
+        entry.job = stored.job;
+        if entry.job.spec.is_none() {
+            entry.job.spec = spec;
+        }
     }
 }
 

@@ -19,5 +19,5 @@ pub use jobs::{CancelFlag, EventCursor, JobError, JobStore, ListFilter};
 pub use log::{EventLog, Follower};
 pub use models::{ModelCatalog, SavedRegistry};
 pub use pg::PgStorage;
-pub use storage::{io_out_of_space, Storage, StoredJob, WriteFault};
+pub use storage::{io_out_of_space, Claim, LeaseState, Storage, StoredJob, WriteFault};
 pub use sweeps::SweepRecords;

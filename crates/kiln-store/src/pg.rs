@@ -1,9 +1,17 @@
-//! kiln's state in PostgreSQL: the same [`Storage`] as the SQLite file,
-//! for when the state must outlive one machine (the shared mode of several
-//! replicas builds on it). Tables and semantics match [`crate::db`]: an
-//! event and the job record it produced commit in one transaction, and
-//! `(job_id, sequence)` is the primary key, so a sequence number is never
-//! stored twice.
+//! kiln's state in PostgreSQL: the shared mode, where several kiln
+//! processes (api, serve and trainer replicas) keep one state. Tables and
+//! semantics match [`crate::db`]: an event and the job record it produced
+//! commit in one transaction, and `(job_id, sequence)` is the primary key,
+//! so a sequence number is stored once: a second process that tries gets
+//! [`DbError::Conflict`], reads the job again and decides anew.
+//!
+//! Trainers take jobs by lease (`job_leases`: owner, attempt, expiry):
+//! [`Storage::claim_job`] picks the oldest job no live lease holds with
+//! `FOR UPDATE SKIP LOCKED`, and from then on every write this process
+//! makes for that job (its events, its model version) commits only while
+//! the lease with that attempt is still this process's and unexpired,
+//! checked in the write's own transaction. A trainer that was paused or cut
+//! off past its lease can therefore write nothing that counts.
 //!
 //! The synchronous `postgres` client runs on a thread of its own, which
 //! callers hand each operation to and wait on, so it can be called from
@@ -20,24 +28,18 @@ use postgres::error::SqlState;
 use postgres::{Client, NoTls};
 use prost::Message;
 
-use crate::storage::{DbError, ModelRow, Storage, StoredJob, WriteFault};
+use crate::storage::{Claim, DbError, LeaseState, ModelRow, Storage, StoredJob, WriteFault};
 
 /// The schema version this build writes; a newer database is refused.
-const SCHEMA_VERSION: i32 = 1;
+/// 2: job heads (`events`, `updated_at`), `needs_gpu`, and leases.
+const SCHEMA_VERSION: i32 = 2;
 
 /// The advisory lock key schema changes hold ("kiln" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6b69_6c6e;
 
-/// The advisory lock key an exclusive server holds for as long as it is
-/// connected ("kiln-own").
-const OWNER_LOCK: i64 = 0x6b69_6c6e_2d6f_776e;
-
 /// How long a connection attempt waits, unless the URL says
 /// (`connect_timeout`).
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// How long an exclusive opener waits for the lock before it is refused.
-const OWNER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS kiln_schema (version INTEGER NOT NULL);
@@ -81,7 +83,22 @@ CREATE TABLE IF NOT EXISTS sweeps (
     id     TEXT NOT NULL UNIQUE,
     record BYTEA NOT NULL
 );
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS events BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS updated_at TIMESTAMPTZ NOT NULL DEFAULT now();
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS needs_gpu BOOLEAN NOT NULL DEFAULT false;
+CREATE INDEX IF NOT EXISTS jobs_updated_at ON jobs (updated_at);
+CREATE TABLE IF NOT EXISTS job_leases (
+    job_id     TEXT PRIMARY KEY REFERENCES jobs(id),
+    owner      TEXT NOT NULL,
+    attempt    BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL,
+    cancel     BOOLEAN NOT NULL DEFAULT false
+);
 ";
+
+/// Job states as the `jobs.state` column holds them.
+const QUEUED: i32 = pb::JobState::Queued as i32;
+const RUNNING: i32 = pb::JobState::Running as i32;
 
 type Op = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -92,14 +109,17 @@ pub struct PgStorage {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Why the last write failed; cleared by the next that succeeds.
     fault: Mutex<Option<WriteFault>>,
+    /// This process in `job_leases.owner`: host, pid and a random part.
+    owner: String,
+    /// The leases this process holds: job id → attempt. Every write for one
+    /// of these jobs is fenced by it.
+    leases: Mutex<HashMap<String, i64>>,
 }
 
 /// The connection the storage thread holds, opened again when lost.
 struct Connection {
     url: String,
     client: Option<Client>,
-    /// Hold [`OWNER_LOCK`] on every connection: one server per database.
-    exclusive: bool,
 }
 
 impl Connection {
@@ -111,28 +131,7 @@ impl Connection {
             if config.get_connect_timeout().is_none() {
                 config.connect_timeout(CONNECT_TIMEOUT);
             }
-            let mut client = config.connect(NoTls)?;
-            if self.exclusive {
-                // A server killed a moment ago may still hold it until its
-                // backend sees the connection gone.
-                let deadline = std::time::Instant::now() + OWNER_WAIT;
-                let owned = loop {
-                    let owned: bool = client
-                        .query_one("SELECT pg_try_advisory_lock($1)", &[&OWNER_LOCK])?
-                        .get(0);
-                    if owned || std::time::Instant::now() >= deadline {
-                        break owned;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                };
-                if !owned {
-                    return Err(DbError::Other(
-                        "the database is in use by another kiln-server: one server per \
-                         database (its state is held in memory)"
-                            .into(),
-                    ));
-                }
-            }
+            let client = config.connect(NoTls)?;
             self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("connected above"))
@@ -141,16 +140,12 @@ impl Connection {
 
 impl PgStorage {
     /// Connects to `url` (`postgres://user:password@host:port/database`, or
-    /// any libpq-style string) and creates or checks the schema. `exclusive`:
-    /// holds a session advisory lock, so that a second exclusive opener of
-    /// the same database is refused (a server keeps its state in memory and
-    /// must be the database's only writer).
-    pub fn open(url: &str, exclusive: bool) -> Result<PgStorage, DbError> {
+    /// any libpq-style string) and creates or checks the schema.
+    pub fn open(url: &str) -> Result<PgStorage, DbError> {
         let (tx, rx) = mpsc::channel::<Op>();
         let mut connection = Connection {
             url: url.to_string(),
             client: None,
-            exclusive,
         };
         let thread = std::thread::Builder::new()
             .name("kiln-postgres".into())
@@ -164,6 +159,8 @@ impl PgStorage {
             ops: Mutex::new(Some(tx)),
             thread: Some(thread),
             fault: Mutex::new(None),
+            owner: owner_name(),
+            leases: Mutex::default(),
         };
         storage.run(migrate)?;
         Ok(storage)
@@ -196,14 +193,69 @@ impl PgStorage {
 
     /// [`run`](Self::run) for a write: its outcome is remembered for
     /// [`Storage::write_fault`].
-    fn write(
+    fn write<T: Send + 'static>(
         &self,
-        op: impl FnOnce(&mut Client) -> Result<(), DbError> + Send + 'static,
-    ) -> Result<(), DbError> {
+        op: impl FnOnce(&mut Client) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, DbError> {
         let result = self.run(op);
-        *self.fault.lock().unwrap() = result.as_ref().err().map(WriteFault::from);
+        // A conflict or a fenced write is refused for what it said: the
+        // database itself is fine.
+        *self.fault.lock().unwrap() = result
+            .as_ref()
+            .err()
+            .filter(|e| !e.is_refusal())
+            .map(WriteFault::from);
         result
     }
+
+    /// The lease this process holds on `job_id`, if any: (owner, attempt).
+    fn fence(&self, job_id: &str) -> Option<(String, i64)> {
+        let attempt = *self.leases.lock().unwrap().get(job_id)?;
+        Some((self.owner.clone(), attempt))
+    }
+
+    /// This process's name in `job_leases.owner`.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+}
+
+/// `host:pid:random`: unique per process, readable in the table.
+fn owner_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{host}:{}:{nanos:08x}", std::process::id())
+}
+
+/// Checks, inside `tx`, that `fence` (owner, attempt) still holds the
+/// job's lease and it has not expired; locks the lease row until commit so
+/// that no trainer takes the job meanwhile.
+fn check_fence(
+    tx: &mut postgres::Transaction<'_>,
+    job_id: &str,
+    fence: &Option<(String, i64)>,
+) -> Result<(), DbError> {
+    let Some((owner, attempt)) = fence else {
+        return Ok(());
+    };
+    let held = tx.query_opt(
+        "SELECT 1 FROM job_leases WHERE job_id = $1 AND owner = $2 AND attempt = $3 \
+         AND expires_at > now() FOR SHARE",
+        &[&job_id, owner, attempt],
+    )?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(DbError::Fenced(job_id.to_string())),
+    }
+}
+
+/// A lease of `lease` from now, as SQL takes it (seconds).
+fn seconds(lease: std::time::Duration) -> f64 {
+    lease.as_secs_f64()
 }
 
 impl Drop for PgStorage {
@@ -223,12 +275,10 @@ impl Drop for PgStorage {
 
 impl From<postgres::Error> for DbError {
     fn from(e: postgres::Error) -> Self {
-        let full = e
-            .as_db_error()
-            .is_some_and(|d| *d.code() == SqlState::DISK_FULL);
-        match full {
-            true => DbError::OutOfSpace(format!("postgres: {e}")),
-            false => DbError::Other(format!("postgres: {e}")),
+        match e.as_db_error().map(|d| d.code().clone()) {
+            Some(SqlState::DISK_FULL) => DbError::OutOfSpace(format!("postgres: {e}")),
+            Some(SqlState::UNIQUE_VIOLATION) => DbError::Conflict(format!("postgres: {e}")),
+            _ => DbError::Other(format!("postgres: {e}")),
         }
     }
 }
@@ -247,7 +297,14 @@ fn migrate(client: &mut Client) -> Result<(), DbError> {
                 "schema version {v} is newer than this kiln-server's ({SCHEMA_VERSION})"
             )))
         }
-        Some(_) => {}
+        Some(SCHEMA_VERSION) => {}
+        Some(_) => {
+            // Version 1 had no event counts: they are counted once.
+            tx.batch_execute(
+                "UPDATE jobs j SET events = (SELECT count(*) FROM job_events e WHERE e.job_id = j.id);
+                 UPDATE kiln_schema SET version = 2;",
+            )?;
+        }
         None => {
             tx.execute(
                 "INSERT INTO kiln_schema (version) VALUES ($1)",
@@ -284,15 +341,28 @@ impl Storage for PgStorage {
             _ => None,
         }
         .unwrap_or_default();
+        let needs_gpu = spec_needs_gpu(&spec);
         let (id, model_name, state) = (record.id.clone(), record.model_name.clone(), record.state);
         let record = record.encode_to_vec();
         let (sequence, event) = (event.sequence as i64, event.encode_to_vec());
+        let fence = self.fence(&id);
         self.write(move |client| {
             let mut tx = client.transaction()?;
+            check_fence(&mut tx, &id, &fence)?;
             tx.execute(
-                "INSERT INTO jobs (id, model_name, state, spec, record) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, record = excluded.record",
-                &[&id, &model_name, &state, &spec, &record],
+                "INSERT INTO jobs (id, model_name, state, spec, record, events, needs_gpu)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, record = excluded.record,
+                     events = excluded.events, updated_at = now()",
+                &[
+                    &id,
+                    &model_name,
+                    &state,
+                    &spec,
+                    &record,
+                    &(sequence + 1),
+                    &needs_gpu,
+                ],
             )?;
             tx.execute(
                 "INSERT INTO job_events (job_id, sequence, event) VALUES ($1, $2, $3)",
@@ -332,6 +402,12 @@ impl Storage for PgStorage {
     fn job_from(&self, id: &str, from: u64) -> Result<Option<StoredJob>, DbError> {
         let id = id.to_string();
         self.run(move |client| {
+            // One snapshot: the record is the one its events produced.
+            let mut client = client
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
             let Some(row) =
                 client.query_opt("SELECT record, spec FROM jobs WHERE id = $1", &[&id])?
             else {
@@ -353,6 +429,7 @@ impl Storage for PgStorage {
                     format!("event {sequence} of job {id}")
                 })?);
             }
+            client.commit()?;
             Ok(Some(StoredJob { job, events }))
         })
     }
@@ -383,15 +460,20 @@ impl Storage for PgStorage {
         })
     }
 
+    /// A version another process stored under the same number is a
+    /// [`DbError::Conflict`] (saving the same row again is not); a job's
+    /// version is fenced by the job's lease.
     fn put_model(&self, model: &ModelRow) -> Result<(), DbError> {
         let m = model.clone();
+        let fence = self.fence(&m.job_id);
         self.write(move |client| {
-            client.execute(
+            let mut tx = client.transaction()?;
+            check_fence(&mut tx, &m.job_id, &fence)?;
+            let stored = tx.execute(
                 "INSERT INTO models (name, version, job_id, artifact, meta, created_unix)
                  VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (name, version) DO UPDATE SET job_id = excluded.job_id,
-                     artifact = excluded.artifact, meta = excluded.meta,
-                     created_unix = excluded.created_unix",
+                 ON CONFLICT (name, version) DO UPDATE SET meta = excluded.meta
+                 WHERE models.job_id = excluded.job_id AND models.artifact = excluded.artifact",
                 &[
                     &m.name,
                     &(m.version as i64),
@@ -401,6 +483,13 @@ impl Storage for PgStorage {
                     &unix_now(),
                 ],
             )?;
+            if stored == 0 {
+                return Err(DbError::Conflict(format!(
+                    "version {} of model {} is another's",
+                    m.version, m.name
+                )));
+            }
+            tx.commit()?;
             Ok(())
         })
     }
@@ -504,4 +593,152 @@ impl Storage for PgStorage {
             Ok(())
         })
     }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn job_heads(
+        &self,
+        within: Option<std::time::Duration>,
+    ) -> Result<Vec<(String, u64)>, DbError> {
+        let within = within.map_or(f64::INFINITY, seconds);
+        self.run(move |client| {
+            let rows = client.query(
+                "SELECT id, events FROM jobs \
+                 WHERE $1 = 'Infinity'::float8 OR updated_at > now() - make_interval(secs => $1) \
+                 ORDER BY seq",
+                &[&within],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+                .collect())
+        })
+    }
+
+    fn claim_job(&self, lease: std::time::Duration, gpu: bool) -> Result<Option<Claim>, DbError> {
+        let (owner, lease) = (self.owner.clone(), seconds(lease));
+        let claim = self.write(move |client| {
+            let mut tx = client.transaction()?;
+            // Skips jobs another trainer is taking (or writing) right now.
+            let Some(row) = tx.query_opt(
+                "SELECT j.id FROM jobs j LEFT JOIN job_leases l ON l.job_id = j.id \
+                 WHERE j.state IN ($1, $2) AND (l.job_id IS NULL OR l.expires_at <= now()) \
+                   AND (NOT j.needs_gpu OR $3) \
+                 ORDER BY j.seq LIMIT 1 FOR UPDATE OF j SKIP LOCKED",
+                &[&QUEUED, &RUNNING, &gpu],
+            )?
+            else {
+                return Ok(None);
+            };
+            let job_id: String = row.get(0);
+            let row = tx.query_one(
+                "INSERT INTO job_leases (job_id, owner, attempt, expires_at) \
+                 VALUES ($1, $2, 1, now() + make_interval(secs => $3)) \
+                 ON CONFLICT (job_id) DO UPDATE SET owner = excluded.owner, \
+                     attempt = job_leases.attempt + 1, expires_at = excluded.expires_at \
+                 RETURNING attempt, cancel",
+                &[&job_id, &owner, &lease],
+            )?;
+            tx.commit()?;
+            Ok(Some((job_id, row.get::<_, i64>(0), row.get::<_, bool>(1))))
+        })?;
+        Ok(claim.map(|(job_id, attempt, cancel_requested)| {
+            self.leases.lock().unwrap().insert(job_id.clone(), attempt);
+            Claim {
+                job_id,
+                attempt: attempt as u64,
+                cancel_requested,
+            }
+        }))
+    }
+
+    fn renew_leases(&self, lease: std::time::Duration) -> Result<Vec<LeaseState>, DbError> {
+        let held: Vec<(String, i64)> = self
+            .leases
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, attempt)| (id.clone(), *attempt))
+            .collect();
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (owner, lease) = (self.owner.clone(), seconds(lease));
+        let (ids, attempts): (Vec<String>, Vec<i64>) = held.iter().cloned().unzip();
+        let renewed: HashMap<String, bool> = self.run(move |client| {
+            // An expired lease is not renewed: another trainer may be
+            // taking the job, so this one has lost it.
+            let rows = client.query(
+                "UPDATE job_leases l SET expires_at = now() + make_interval(secs => $3) \
+                 FROM unnest($1::text[], $2::bigint[]) AS h(job_id, attempt) \
+                 WHERE l.job_id = h.job_id AND l.attempt = h.attempt AND l.owner = $4 \
+                   AND l.expires_at > now() \
+                 RETURNING l.job_id, l.cancel",
+                &[&ids, &attempts, &lease, &owner],
+            )?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })?;
+        // A lost lease stays known until released: the job's writes from
+        // here go on being refused.
+        Ok(held
+            .into_iter()
+            .map(|(job_id, _)| {
+                let cancel = renewed.get(&job_id).copied();
+                LeaseState {
+                    held: cancel.is_some(),
+                    cancel_requested: cancel.unwrap_or(false),
+                    job_id,
+                }
+            })
+            .collect())
+    }
+
+    fn release_lease(&self, job_id: &str) -> Result<(), DbError> {
+        let Some((owner, attempt)) = self.fence(job_id) else {
+            return Ok(());
+        };
+        self.leases.lock().unwrap().remove(job_id);
+        let job_id = job_id.to_string();
+        // Expired now rather than deleted: the attempt count (and a cancel
+        // asked for) stay with the job.
+        self.run(move |client| {
+            client.execute(
+                "UPDATE job_leases SET expires_at = now() \
+                 WHERE job_id = $1 AND owner = $2 AND attempt = $3",
+                &[&job_id, &owner, &attempt],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn request_cancel(&self, job_id: &str) -> Result<(), DbError> {
+        let job_id = job_id.to_string();
+        self.write(move |client| {
+            client.execute(
+                "INSERT INTO job_leases (job_id, owner, attempt, expires_at, cancel) \
+                 VALUES ($1, '', 0, now(), true) \
+                 ON CONFLICT (job_id) DO UPDATE SET cancel = true",
+                &[&job_id],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn next_model_version(&self, name: &str) -> Result<Option<u32>, DbError> {
+        let name = name.to_string();
+        self.run(move |client| {
+            let row = client.query_one(
+                "SELECT COALESCE(max(version), 0) + 1 FROM models WHERE name = $1",
+                &[&name],
+            )?;
+            Ok(Some(row.get::<_, i64>(0) as u32))
+        })
+    }
+}
+
+/// Whether a job's spec (as stored with its first event) asks for CUDA.
+fn spec_needs_gpu(spec: &[u8]) -> bool {
+    !spec.is_empty() && pb::JobSpec::decode(spec).is_ok_and(|s| s.device() == pb::Device::Cuda)
 }

@@ -24,6 +24,14 @@ pub enum DbError {
     /// The disk (or the filesystem's quota) is full: nothing was written.
     #[error("database: out of space: {0}")]
     OutOfSpace(String),
+    /// Another process stored that job event's sequence number first
+    /// (the shared mode): read the job again, then decide.
+    #[error("database: conflict: {0}")]
+    Conflict(String),
+    /// This process no longer holds the job's lease (it expired, and
+    /// another trainer may run the job): its write was refused.
+    #[error("database: the lease on job {0} is no longer held by this process")]
+    Fenced(String),
     /// Anything else, said in words.
     #[error("database: {0}")]
     Other(String),
@@ -41,6 +49,12 @@ impl DbError {
             }
             _ => false,
         }
+    }
+
+    /// A write refused for what it said, not for the store's health: the
+    /// store is fine, and nothing was written.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, DbError::Conflict(_) | DbError::Fenced(_))
     }
 }
 
@@ -90,6 +104,30 @@ pub struct ModelRow {
     /// The artifact's `ModelMeta` as JSON (kept here too, so a version whose
     /// files are damaged can still be listed).
     pub meta: String,
+}
+
+/// A job a trainer took from the shared queue ([`Storage::claim_job`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The job.
+    pub job_id: String,
+    /// Its lease's attempt number: 1 for the first trainer, one more for
+    /// each that took it after a lease ended.
+    pub attempt: u64,
+    /// A cancel was asked for while nobody held it.
+    pub cancel_requested: bool,
+}
+
+/// What renewing a held lease found ([`Storage::renew_leases`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseState {
+    /// The job.
+    pub job_id: String,
+    /// Still held (renewed); `false`: it expired or another trainer took
+    /// it, and every write for the job is refused from now on.
+    pub held: bool,
+    /// A cancel was asked for (CancelJob on any replica).
+    pub cancel_requested: bool,
 }
 
 /// Durable, transactional storage of kiln's state. Every method returns
@@ -155,4 +193,61 @@ pub trait Storage: Send + Sync {
     /// Makes a small durable write now, to learn whether writes succeed
     /// again (a full disk that got space back).
     fn probe(&self) -> Result<(), DbError>;
+
+    // The shared mode: several processes on one database. The defaults are
+    // the embedded store's, which one process owns.
+
+    /// Whether other processes write to this storage too: then the stores
+    /// above it read back what they did not write themselves
+    /// ([`job_heads`](Self::job_heads)) and trainers take jobs by lease.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// The jobs whose record changed in the last `within` (every job when
+    /// `None`), in submission order, each with how many events it has.
+    fn job_heads(
+        &self,
+        within: Option<std::time::Duration>,
+    ) -> Result<Vec<(String, u64)>, DbError> {
+        let _ = within;
+        Ok(Vec::new())
+    }
+
+    /// Takes the oldest job no live lease holds (QUEUED, or RUNNING on a
+    /// trainer whose lease ended) for `lease`; only a trainer with a GPU
+    /// (`gpu`) takes one that asks for CUDA. From then on every write for
+    /// the job is fenced by this lease.
+    fn claim_job(&self, lease: std::time::Duration, gpu: bool) -> Result<Option<Claim>, DbError> {
+        let _ = (lease, gpu);
+        Ok(None)
+    }
+
+    /// Extends every lease this process holds by `lease` from now; one that
+    /// ended is reported not held (and its job's writes stay refused until
+    /// [`release_lease`](Self::release_lease)).
+    fn renew_leases(&self, lease: std::time::Duration) -> Result<Vec<LeaseState>, DbError> {
+        let _ = lease;
+        Ok(Vec::new())
+    }
+
+    /// Gives up this process's lease on a job (it ended, or went back to
+    /// the queue for another trainer).
+    fn release_lease(&self, job_id: &str) -> Result<(), DbError> {
+        let _ = job_id;
+        Ok(())
+    }
+
+    /// Asks whichever trainer holds (or next takes) the job to cancel it.
+    fn request_cancel(&self, job_id: &str) -> Result<(), DbError> {
+        let _ = job_id;
+        Ok(())
+    }
+
+    /// The number the next version of model `name` gets, as the database
+    /// sees it (`None`: the registry in memory knows best).
+    fn next_model_version(&self, name: &str) -> Result<Option<u32>, DbError> {
+        let _ = name;
+        Ok(None)
+    }
 }

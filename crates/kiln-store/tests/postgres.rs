@@ -4,9 +4,10 @@
 //! backends are held to one behaviour.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kiln::v1 as pb;
-use kiln_store::{Db, JobStore, ModelRow, PgStorage, Storage};
+use kiln_store::{Db, JobError, JobStore, ModelRow, PgStorage, Storage};
 use kiln_testkit::{temp_dir, PgServer};
 use pb::job_event::Kind;
 
@@ -159,20 +160,9 @@ fn postgres_keeps_the_storage_contract_and_reopens_with_everything() {
         return;
     };
     let url = server.database("contract");
-    {
-        let owner = PgStorage::open(&url, true).unwrap();
-        contract(&owner);
-        // One server per database: a second is refused while it holds it.
-        let second = PgStorage::open(&url, true)
-            .err()
-            .expect("a second owner refused");
-        assert!(
-            second.to_string().contains("in use by another kiln-server"),
-            "{second}"
-        );
-    }
+    contract(&PgStorage::open(&url).unwrap());
     // A job store on it: what one process wrote, the next loads.
-    let store = JobStore::with_db(Arc::new(PgStorage::open(&url, true).unwrap())).unwrap();
+    let store = JobStore::with_db(Arc::new(PgStorage::open(&url).unwrap())).unwrap();
     store
         .create(pb::Job {
             id: "job-1".into(),
@@ -189,7 +179,7 @@ fn postgres_keeps_the_storage_contract_and_reopens_with_everything() {
         )
         .unwrap();
     drop(store);
-    let again = JobStore::with_db(Arc::new(PgStorage::open(&url, true).unwrap())).unwrap();
+    let again = JobStore::with_db(Arc::new(PgStorage::open(&url).unwrap())).unwrap();
     assert_eq!(again.get("job-1").unwrap().state(), pb::JobState::Running);
     assert_eq!(again.events("job-1").unwrap().len(), 2);
 }
@@ -203,7 +193,7 @@ fn replicas_starting_together_create_the_schema_once() {
     let opened: Vec<_> = (0..8)
         .map(|_| {
             let url = url.clone();
-            std::thread::spawn(move || PgStorage::open(&url, false).map(|_| ()))
+            std::thread::spawn(move || PgStorage::open(&url).map(|_| ()))
         })
         .collect();
     for replica in opened {
@@ -223,7 +213,7 @@ fn a_restarted_postgres_is_reconnected_and_a_down_one_is_unavailable() {
         return;
     };
     let url = server.database("restart");
-    let storage = PgStorage::open(&url, true).unwrap();
+    let storage = PgStorage::open(&url).unwrap();
     storage.put_dataset("ds-1", "one", 1, "{}").unwrap();
     // Every connection cut (as a restart does): the next call reconnects.
     let mut admin = postgres::Client::connect(&server.url(), postgres::NoTls).unwrap();
@@ -247,4 +237,149 @@ fn a_restarted_postgres_is_reconnected_and_a_down_one_is_unavailable() {
         !fault.out_of_space && fault.message.contains("postgres"),
         "{fault:?}"
     );
+}
+
+fn running() -> Kind {
+    Kind::StateChanged(pb::StateChanged {
+        state: pb::JobState::Running as i32,
+        ..Default::default()
+    })
+}
+
+fn epoch(n: u32) -> Kind {
+    Kind::Epoch(pb::EpochMetrics {
+        epoch: n,
+        ..Default::default()
+    })
+}
+
+/// Claims until one is granted (another's lease must expire first); how
+/// long that took.
+fn claim_when_free(storage: &PgStorage, lease: Duration) -> (kiln_store::Claim, Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(claim) = storage.claim_job(lease, false).unwrap() {
+            return (claim, started.elapsed());
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "never granted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Three processes on one database: an api replica (`api`) and two
+/// trainers. One lease per job; a trainer whose lease ended can write
+/// nothing for the job; an event stored first by another process is read
+/// back, not overwritten; a cancel reaches the trainer that holds the job.
+#[test]
+fn leases_give_a_job_to_one_trainer_and_fence_the_one_that_lost_it() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let url = server.database("leases");
+    let open = || Arc::new(PgStorage::open(&url).unwrap());
+    let (api_db, first_db, second_db) = (open(), open(), open());
+    let api = JobStore::with_db(api_db.clone()).unwrap();
+    let first = JobStore::with_db(first_db.clone()).unwrap();
+    let second = JobStore::with_db(second_db.clone()).unwrap();
+    assert!(api.shared());
+    api.create(pb::Job {
+        id: "job-1".into(),
+        ..Default::default()
+    })
+    .unwrap();
+
+    // One trainer gets it; the other finds nothing to take.
+    let lease = Duration::from_millis(1500);
+    let claim = first_db
+        .claim_job(lease, false)
+        .unwrap()
+        .expect("queued job");
+    assert_eq!((claim.job_id.as_str(), claim.attempt), ("job-1", 1));
+    assert_eq!(second_db.claim_job(lease, false).unwrap(), None);
+    assert_eq!(
+        first.sync().unwrap(),
+        1,
+        "the job created on the api replica"
+    );
+    first.append("job-1", running()).unwrap();
+    first.append("job-1", epoch(1)).unwrap();
+
+    // The api replica follows: the events, and a watcher woken by them.
+    assert_eq!(api.sync().unwrap(), 1);
+    assert_eq!(api.get("job-1").unwrap().epochs_completed, 1);
+    assert_eq!(api.events("job-1").unwrap(), first.events("job-1").unwrap());
+
+    // The first trainer stops renewing (paused): once its lease expires
+    // the second takes the job, with the next attempt.
+    let (claim, waited) = claim_when_free(&second_db, lease);
+    assert_eq!(claim.attempt, 2);
+    assert!(waited < lease + Duration::from_secs(5), "{waited:?}");
+    let late = first.append("job-1", epoch(2)).unwrap_err();
+    assert_eq!(
+        late,
+        JobError::Fenced("job-1".into()),
+        "a late write is refused"
+    );
+    let renewed = first_db.renew_leases(lease).unwrap();
+    assert_eq!(renewed.len(), 1);
+    assert!(!renewed[0].held, "{renewed:?}");
+    assert!(
+        first_db.write_fault().is_none(),
+        "a fenced write says nothing of the database's health"
+    );
+    second.sync().unwrap();
+    second.append("job-1", epoch(2)).unwrap();
+    assert_eq!(second.get("job-1").unwrap().epochs_completed, 2);
+
+    // The api replica cancels a job it last saw QUEUED, which a trainer
+    // took meanwhile: its write conflicts, it reads the job again (RUNNING
+    // now), and asks the trainer to stop it instead.
+    api.create(pb::Job {
+        id: "job-2".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let claim = first_db.claim_job(lease, false).unwrap().expect("job-2");
+    assert_eq!(claim.job_id, "job-2");
+    first.sync().unwrap();
+    first.append("job-2", running()).unwrap();
+    let cancelled = api.cancel("job-2").unwrap();
+    assert_eq!(cancelled.state(), pb::JobState::Running);
+    assert_eq!(api.events("job-2").unwrap(), first.events("job-2").unwrap());
+    let renewed = first_db.renew_leases(lease).unwrap();
+    let job_2 = renewed.iter().find(|l| l.job_id == "job-2").unwrap();
+    assert!(job_2.held && job_2.cancel_requested, "{renewed:?}");
+    // job-1's lease is still reported lost to the trainer that had it.
+    assert!(renewed.iter().any(|l| l.job_id == "job-1" && !l.held));
+
+    // Model versions: one number, one owner.
+    let row = |job: &str| ModelRow {
+        name: "m".into(),
+        version: second_db.next_model_version("m").unwrap().unwrap(),
+        job_id: job.into(),
+        artifact: job.into(),
+        meta: "{}".into(),
+    };
+    let mine = row("job-1");
+    second_db.put_model(&mine).unwrap();
+    second_db.put_model(&mine).unwrap(); // the same row again
+    let theirs = ModelRow {
+        version: 1,
+        ..row("job-9")
+    };
+    assert!(matches!(
+        api_db.put_model(&theirs),
+        Err(kiln_store::DbError::Conflict(_))
+    ));
+    assert_eq!(api_db.next_model_version("m").unwrap(), Some(2));
+    // A trainer that lost the job cannot register its model either.
+    let stale = ModelRow {
+        version: 2,
+        ..row("job-1")
+    };
+    assert!(matches!(
+        first_db.put_model(&stale),
+        Err(kiln_store::DbError::Fenced(_))
+    ));
+    assert_eq!(api_db.next_model_version("m").unwrap(), Some(2));
 }
