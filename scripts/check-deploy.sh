@@ -9,9 +9,10 @@
 #      are the server's (it refuses unknown ones), the termination grace period
 #      covers the preStop sleep plus shutdown_grace_seconds, the probes are
 #      gRPC on the server's port, the gpu overlay asks for a GPU and the cpu
-#      overlay does not; with serving replicas (KILN_ROLES=serve), every server
-#      has KILN_DATABASE_URL from a Secret and the shared volume is
-#      ReadWriteMany.
+#      overlay does not; without a database one server has every role; on a
+#      shared database (KILN_DATABASE_URL) the roles are sets kiln-server
+#      runs, with api and trainer somewhere, every server has the URL from a
+#      Secret, the shared volume is ReadWriteMany, and several replicas roll.
 # The tools are in the venv that scripts/setup.sh fills ($KILN_CACHE/venv).
 # KILN_K8S_VERSION picks the Kubernetes version to validate against.
 set -euo pipefail
@@ -83,38 +84,50 @@ for name in overlays:
 
     deployments = by_kind.get("Deployment", [])
 
+    ALL = frozenset({"api", "serve", "trainer"})
+    SETS = [ALL, {"serve"}, {"api", "serve"}, {"trainer"}, {"serve", "trainer"}]
+
     def roles(dep):
         for c in dep["spec"]["template"]["spec"]["containers"]:
             for e in c.get("env", []):
                 if e["name"] == "KILN_ROLES":
-                    return e.get("value")
-        return None
+                    return frozenset(r.strip() for r in e.get("value", "").split(","))
+        return ALL
 
-    # One server that trains (every role); any others are serving replicas
-    # (roles = serve) that follow its registry in the shared database.
-    writers = [d for d in deployments if roles(d) is None]
-    serving = [d for d in deployments if roles(d) == "serve"]
-    check(len(writers) == 1, f"expected one Deployment with every role, got {len(writers)}")
-    check(len(writers) + len(serving) == len(deployments),
-          "a Deployment's KILN_ROLES is neither unset nor serve")
+    def database(dep):
+        return any(e["name"] == "KILN_DATABASE_URL"
+                   for c in dep["spec"]["template"]["spec"]["containers"] for e in c.get("env", []))
+
+    # Embedded: one server with every role. Shared (KILN_DATABASE_URL): any
+    # Deployments of the role sets kiln-server runs, with the api and the
+    # trainer role somewhere.
+    shared = any(database(d) for d in deployments)
+    for dep in deployments:
+        check(roles(dep) in SETS, f"{dep['metadata']['name']}: KILN_ROLES {sorted(roles(dep))} "
+              "is not a set kiln-server runs")
+    check(any("api" in roles(d) for d in deployments), "no Deployment has the api role")
+    check(any("trainer" in roles(d) for d in deployments), "no Deployment has the trainer role")
+    if not shared:
+        check(len(deployments) == 1 and roles(deployments[0]) == ALL,
+              "without KILN_DATABASE_URL, one Deployment with every role")
     pvcs = {d["metadata"]["name"]: d for d in by_kind.get("PersistentVolumeClaim", [])}
     hpa_targets = {h["spec"]["scaleTargetRef"]["name"] for h in by_kind.get("HorizontalPodAutoscaler", [])}
     summary = []
     for dep in deployments:
         dname = dep["metadata"]["name"]
-        replica = dep in serving
+        held = roles(dep)
 
         def dcheck(ok, what):
             check(ok, f"{dname}: {what}")
 
         spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
-        if replica:
-            dcheck(spec.get("strategy", {}).get("type") == "RollingUpdate",
-                   "a serving replica rolls (RollingUpdate): it holds no lock")
-        else:
+        if not shared:
             dcheck(spec.get("replicas") == 1, "replicas must be 1 (jobs run in its memory)")
             dcheck(spec.get("strategy", {}).get("type") == "Recreate",
                    "strategy must be Recreate (it holds the data directory's lock)")
+        elif spec.get("replicas", 1) > 1 or dname in hpa_targets:
+            dcheck(spec.get("strategy", {}).get("type") == "RollingUpdate",
+                   "several replicas roll (RollingUpdate): they hold no lock")
         containers = [c for c in pod["containers"] if c["name"] == "kiln-server"]
         dcheck(len(containers) == 1, "no container named kiln-server")
         if not containers:
@@ -122,9 +135,9 @@ for name in overlays:
         c = containers[0]
         env = {e["name"]: e.get("value") for e in c.get("env", [])}
         secret_env = {e["name"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
-        if serving:
+        if shared:
             dcheck("KILN_DATABASE_URL" in secret_env,
-                   "with serving replicas every server needs KILN_DATABASE_URL from a Secret")
+                   "on a shared database every server needs KILN_DATABASE_URL from a Secret")
         port = int(env.get("KILN_LISTEN", "0.0.0.0:50051").rsplit(":", 1)[1])
         dcheck(any(p["containerPort"] == port and p.get("name") == "grpc" for p in c.get("ports", [])),
                f"no container port named grpc on {port}")
@@ -153,13 +166,13 @@ for name in overlays:
         dcheck(not unknown, f"kiln.toml has keys kiln-server does not know: {unknown}")
 
         # The data directory is on a PersistentVolumeClaim that this overlay
-        # renders; one that serving replicas share is ReadWriteMany.
+        # renders; on a shared database it is ReadWriteMany.
         data_dir = env.get("KILN_DATA_DIR") or config.get("data_dir")
         claim = volumes.get(mounts.get(data_dir), {}).get("persistentVolumeClaim", {}).get("claimName")
         dcheck(claim in pvcs, f"data_dir {data_dir} is not mounted from a rendered PersistentVolumeClaim")
-        if serving and claim in pvcs:
+        if shared and claim in pvcs:
             dcheck("ReadWriteMany" in pvcs[claim]["spec"].get("accessModes", []),
-                   f"{claim} is shared with serving replicas: it must be ReadWriteMany")
+                   f"{claim} is shared by every server: it must be ReadWriteMany")
 
         # Shutdown: preStop sleep + shutdown_grace_seconds < terminationGracePeriodSeconds.
         pre_stop = c.get("lifecycle", {}).get("preStop", {})
@@ -181,11 +194,11 @@ for name in overlays:
                "readOnlyRootFilesystem must be true")
         dcheck("/tmp" in mounts, "/tmp must be a volume (read-only root filesystem)")
 
-        # Resources: GPU for the gpu overlay's trainer only; torch_threads
-        # within the CPU request.
+        # Resources: a GPU for the trainers of the gpu and scaled overlays
+        # only; torch_threads within the CPU request.
         resources = c.get("resources", {})
         gpus = resources.get("limits", {}).get("nvidia.com/gpu", 0)
-        if name == "gpu" and not replica:
+        if (name == "gpu" and held == ALL) or (name == "scaled" and held == {"trainer"}):
             dcheck(int(gpus) >= 1, "the gpu overlay must limit nvidia.com/gpu")
             dcheck("nvidia.com/gpu" in {t.get("key") for t in pod.get("tolerations", [])},
                    "the gpu overlay must tolerate the nvidia.com/gpu taint")
@@ -196,7 +209,7 @@ for name in overlays:
         dcheck(request is not None and threads <= cpu(request),
                f"torch_threads {threads} exceeds the CPU request {request}")
         scaled = "an autoscaler" if dname in hpa_targets else f"replicas {spec.get('replicas')}"
-        summary.append(f"{dname} ({'serve' if replica else 'every role'}): {scaled}, gRPC probes "
+        summary.append(f"{dname} ({','.join(sorted(held))}): {scaled}, gRPC probes "
                        f"on {port}, preStop {sleep:g} s + grace {grace:g} s < {period} s, "
                        f"torch_threads {threads}, GPUs {gpus}")
 

@@ -27,4 +27,10 @@ pub trait RegistryJournal: Send + Sync {
     fn version_added(&self, version: &SavedVersion) -> Result<(), String>;
     /// Records that `alias` of `name` now points at `version`.
     fn alias_moved(&self, name: &str, alias: &str, version: u32) -> Result<(), String>;
+    /// The number the next version of `name` gets where the journal is
+    /// shared with other processes (`None`: this registry's own count).
+    fn next_version(&self, name: &str) -> Option<u32> {
+        let _ = name;
+        None
+    }
 }

@@ -167,8 +167,13 @@ impl ModelRegistry {
                 return Err(task_mismatch(name, held, artifact.meta.arch.task));
             }
         }
-        let version = versions.slots.keys().next_back().map_or(1, |v| v + 1);
-        let model = Arc::new(ServedModel {
+        let mut version = versions.slots.keys().next_back().map_or(1, |v| v + 1);
+        let journal = self.journal.as_ref();
+        // A journal shared with other processes numbers versions for all.
+        if let Some(shared) = journal.and_then(|j| j.next_version(name)) {
+            version = version.max(shared);
+        }
+        let mut model = Arc::new(ServedModel {
             name: name.to_string(),
             version,
             job_id: job_id.to_string(),
@@ -178,22 +183,36 @@ impl ModelRegistry {
         });
         // Saved before it is served (under the lock, so versions are saved
         // in order): a version that a restart would not bring back is never
-        // answered for.
-        if let Some(journal) = &self.journal {
-            let saved = SavedVersion {
-                name,
-                version,
-                job_id,
-                files,
-                meta: &model.meta,
-            };
-            if let Err(e) = journal.version_added(&saved) {
-                if versions.slots.is_empty() {
-                    inner.remove(name); // the entry made above, for nothing
+        // answered for. Should another process have taken the number
+        // meanwhile, the next free one is tried (a few times).
+        if let Some(journal) = journal {
+            let mut tries = 0;
+            loop {
+                let saved = SavedVersion {
+                    name,
+                    version,
+                    job_id,
+                    files,
+                    meta: &model.meta,
+                };
+                let Err(e) = journal.version_added(&saved) else {
+                    break;
+                };
+                tries += 1;
+                match journal.next_version(name) {
+                    Some(next) if next > version && tries < 5 => {
+                        version = next;
+                        Arc::get_mut(&mut model).expect("not shared yet").version = next;
+                    }
+                    _ => {
+                        if versions.slots.is_empty() {
+                            inner.remove(name); // the entry made above, for nothing
+                        }
+                        return Err(ServeError::NotSaved(format!(
+                            "model version not saved, so not served: {e}"
+                        )));
+                    }
                 }
-                return Err(ServeError::NotSaved(format!(
-                    "model version not saved, so not served: {e}"
-                )));
             }
         }
         versions.slots.insert(

@@ -177,6 +177,27 @@ impl DatasetStore {
         Ok(store)
     }
 
+    /// Takes in the datasets another process recorded in a shared database
+    /// (their files are in the shared directory); how many were new.
+    pub fn sync(&self) -> Result<usize, DatasetError> {
+        let Some(db) = self.db.as_ref().filter(|db| db.shared()) else {
+            return Ok(0);
+        };
+        let mut new = 0;
+        for json in db.datasets()? {
+            let Ok(meta) = serde_json::from_str::<DatasetMeta>(&json) else {
+                continue;
+            };
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                self.metas.write().unwrap().entry(meta.id.clone())
+            {
+                slot.insert(meta);
+                new += 1;
+            }
+        }
+        Ok(new)
+    }
+
     /// Validates a CSV (header, rectangular rows) and stores it as uploaded.
     pub fn put_csv(&self, name: &str, csv: &[u8]) -> Result<DatasetMeta, DatasetError> {
         let table = Table::from_csv(csv)?;

@@ -274,47 +274,21 @@ impl JobStore {
     /// number `max_restarts + 1`: then it ends FAILED, saying so. Returns the
     /// jobs to run again, in submission order.
     pub fn recover(&self, max_restarts: u32, checkpoint: &dyn Fn(&str) -> u32) -> Vec<pb::Job> {
-        let unfinished: Vec<(String, pb::JobState, u32)> = {
+        let unfinished: Vec<(String, pb::JobState)> = {
             let inner = self.inner.lock().unwrap();
             inner
                 .order
                 .iter()
                 .map(|id| &inner.jobs[id])
                 .filter(|e| !is_terminal(e.job.state()))
-                .map(|e| {
-                    let restarts =
-                        e.events.events().iter().filter(|e| is_restart(e)).count() as u32;
-                    (e.job.id.clone(), e.job.state(), restarts)
-                })
+                .map(|e| (e.job.id.clone(), e.job.state()))
                 .collect()
         };
         let mut again = Vec::new();
-        for (id, state, restarts) in unfinished {
-            let job = if state == pb::JobState::Queued {
-                self.get(&id)
-            } else if restarts + 1 > max_restarts {
-                self.append(
-                    &id,
-                    Kind::Failed(pb::Failed {
-                        reason: pb::StopReason::Error as i32,
-                        state: pb::JobState::Failed as i32,
-                        message: format!(
-                            "interrupted {} times while running (the server stopped); \
-                             max_job_restarts is {max_restarts}, so it is not run again",
-                            restarts + 1
-                        ),
-                        ..Default::default()
-                    }),
-                )
-            } else {
-                self.append(
-                    &id,
-                    Kind::StateChanged(pb::StateChanged {
-                        state: pb::JobState::Queued as i32,
-                        resume_after_epoch: checkpoint(&id),
-                        ..Default::default()
-                    }),
-                )
+        for (id, state) in unfinished {
+            let job = match state {
+                pb::JobState::Queued => self.get(&id),
+                _ => self.interrupted(&id, max_restarts, checkpoint(&id)),
             };
             match job {
                 Ok(job) if job.state() == pb::JobState::Queued => again.push(job),
@@ -323,6 +297,57 @@ impl JobStore {
             }
         }
         again
+    }
+
+    /// A job whose run ended without a word (its process stopped, or its
+    /// trainer's lease ended): QUEUED again to continue after the
+    /// `resume_after` epochs its checkpoint holds (0: from scratch), unless
+    /// that would be its interruption number `max_restarts + 1`: then it
+    /// ends FAILED, saying so.
+    pub fn interrupted(
+        &self,
+        id: &str,
+        max_restarts: u32,
+        resume_after: u32,
+    ) -> Result<pb::Job, JobError> {
+        let restarts = self.read(id, |e| {
+            e.events.events().iter().filter(|e| is_restart(e)).count() as u32
+        })?;
+        if restarts + 1 > max_restarts {
+            return self.append(
+                id,
+                Kind::Failed(pb::Failed {
+                    reason: pb::StopReason::Error as i32,
+                    state: pb::JobState::Failed as i32,
+                    message: format!(
+                        "interrupted {} times while running (the server stopped); \
+                         max_job_restarts is {max_restarts}, so it is not run again",
+                        restarts + 1
+                    ),
+                    ..Default::default()
+                }),
+            );
+        }
+        self.append(
+            id,
+            Kind::StateChanged(pb::StateChanged {
+                state: pb::JobState::Queued as i32,
+                resume_after_epoch: resume_after,
+                ..Default::default()
+            }),
+        )
+    }
+
+    /// Reads one job again from a shared database (nothing otherwise).
+    pub fn refresh(&self, id: &str) -> Result<(), DbError> {
+        let Some(db) = self.db.as_ref().filter(|db| db.shared()) else {
+            return Ok(());
+        };
+        let have = self.read(id, |e| e.events.len() as u64).unwrap_or(0);
+        if let Some(stored) = db.job_from(id, have)? {
+            catch_up(&mut self.inner.lock().unwrap(), stored);
+        }
+        Ok(())
     }
 
     /// Marks a job recorded as RUNNING that no trainer runs any more, because

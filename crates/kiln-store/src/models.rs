@@ -33,6 +33,12 @@ impl ModelCatalog {
         self.db.put_model(version)
     }
 
+    /// The next version number of `name` as a shared database sees it
+    /// (`None` for the embedded one: the registry in memory counts).
+    pub fn next_version(&self, name: &str) -> Result<Option<u32>, DbError> {
+        self.db.next_model_version(name)
+    }
+
     /// Forgets a version and the aliases pointing at it.
     pub fn remove_version(&self, name: &str, version: u32) -> Result<(), DbError> {
         self.db.delete_model(name, version)

@@ -131,7 +131,11 @@ impl Connection {
             if config.get_connect_timeout().is_none() {
                 config.connect_timeout(CONNECT_TIMEOUT);
             }
-            let client = config.connect(NoTls)?;
+            let mut client = config.connect(NoTls)?;
+            // Every transaction here lasts milliseconds: one left open by a
+            // paused or cut-off process must not hold its row locks (and so
+            // its jobs) for long.
+            client.batch_execute("SET idle_in_transaction_session_timeout = 5000")?;
             self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("connected above"))

@@ -196,11 +196,28 @@ impl Server {
 
     /// Sends the server SIGTERM (a graceful shutdown).
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the server signal `name` (`KILL`, `STOP`, `CONT`, …).
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Leaves its data directory in place when dropped: for servers that
+    /// share one (the shared mode), which the test removes itself.
+    pub fn sharing_data_dir(mut self) -> Server {
+        self.data_dir = PathBuf::new();
+        self
     }
 
     /// Waits, at most `limit`, for the server to exit by itself, and returns

@@ -120,9 +120,9 @@ pub struct Guards {
     pub max_message_bytes: usize,
     /// True once a shutdown began: new calls get UNAVAILABLE.
     pub stopping: tokio::sync::watch::Receiver<bool>,
-    /// A serving replica (`roles = "serve"`): calls that write or need the
-    /// job runner get FAILED_PRECONDITION.
-    pub serve_only: bool,
+    /// What this process does: a call for a role it lacks gets
+    /// FAILED_PRECONDITION naming the role.
+    pub roles: crate::roles::Roles,
 }
 
 impl Guards {
@@ -132,7 +132,7 @@ impl Guards {
             auth: self.auth.clone(),
             max_message_bytes: self.max_message_bytes,
             stopping: self.stopping.clone(),
-            serve_only: self.serve_only,
+            roles: self.roles,
         }
     }
 }
@@ -156,7 +156,7 @@ pub struct Guard<S> {
     auth: Auth,
     max_message_bytes: usize,
     stopping: tokio::sync::watch::Receiver<bool>,
-    serve_only: bool,
+    roles: crate::roles::Roles,
 }
 
 impl<S: NamedService> NamedService for Guard<S> {
@@ -187,11 +187,11 @@ where
             let status = crate::status::shutting_down();
             return Box::pin(async move { Ok(status.into_http()) });
         }
-        if self.serve_only && crate::roles::refused_when_serving_only(request.uri().path()) {
+        if let Some(role) = self.roles.missing_for(request.uri().path()) {
             let status = Status::failed_precondition(format!(
-                "{}: this replica only serves (roles = serve); send it to a replica \
-                 with the api role",
-                kiln_core::brief(request.uri().path())
+                "{}: this process runs roles = {}; send it to a replica with the {role} role",
+                kiln_core::brief(request.uri().path()),
+                self.roles
             ));
             return Box::pin(async move { Ok(status.into_http()) });
         }

@@ -26,4 +26,8 @@ impl RegistryJournal for CatalogJournal {
             .set_alias(name, alias, version)
             .map_err(|e| e.to_string())
     }
+
+    fn next_version(&self, name: &str) -> Option<u32> {
+        self.0.next_version(name).ok().flatten()
+    }
 }

@@ -14,16 +14,24 @@ pub struct Config {
     /// dataset metadata, the model registry), datasets and model artifacts.
     pub data_dir: PathBuf,
     /// What this process does: "api,serve,trainer" (everything, the
-    /// default) or "serve" (a serving replica: it follows the registry in
-    /// `database_url`, reading model files from the `data_dir` it shares
-    /// with the process that trains, and refuses calls that write).
+    /// default, and the only set without `database_url`), or on a shared
+    /// database any of `api` (the job, dataset and sweep services; with
+    /// `serve`), `serve` (Predict and OIP, following the registry), and
+    /// `trainer` (takes queued jobs by lease and trains them). See
+    /// roles.rs and deploy/README.md.
     pub roles: String,
     /// PostgreSQL URL for kiln's state (jobs, events, sweeps, datasets'
     /// metadata, the model registry) instead of `<data_dir>/kiln.db`, e.g.
     /// `postgres://kiln:secret@db:5432/kiln`; empty: the SQLite file. Files
-    /// (datasets, models, checkpoints) stay under `data_dir`. One server per
-    /// database (a lock in the database sees to it).
+    /// (datasets, models, checkpoints) stay under `data_dir`, which the
+    /// processes on one database share (a ReadWriteMany volume). Several
+    /// processes may use one database: the shared mode.
     pub database_url: String,
+    /// The shared mode: how long a trainer's lease on a job lasts without a
+    /// renewal (renewed every third of it). A trainer that stops renewing
+    /// (killed, paused, cut off) loses the job after this, and another
+    /// trainer continues it from its checkpoint.
+    pub lease_seconds: f64,
     /// Root of every job's TensorBoard event log
     /// (`<tensorboard_dir>/<model_name>/<job id>`). Unset: `<data_dir>/tensorboard`;
     /// an empty string turns logging off.
@@ -105,6 +113,7 @@ impl Default for Config {
             data_dir: "data".into(),
             database_url: String::new(),
             roles: "api,serve,trainer".into(),
+            lease_seconds: 10.0,
             tensorboard_dir: None,
             torch_threads: 2,
             max_concurrent_jobs: 1,

@@ -135,7 +135,8 @@ fn probe(kiln: &Kiln) {
 /// Writes (synced) and removes a 64 KiB file, about what one epoch's
 /// events and a small checkpoint take.
 fn probe_file(data_dir: &Path) -> std::io::Result<()> {
-    let path = data_dir.join("write-probe");
+    // One per process: processes on a shared database share the directory.
+    let path = data_dir.join(format!("write-probe-{}", std::process::id()));
     kiln_core::files::write_atomically(&path, &[0u8; 64 << 10])?;
     std::fs::remove_file(path)
 }

@@ -76,6 +76,27 @@ pub fn follow(kiln: Arc<Kiln>) {
     });
 }
 
+/// Every [`SYNC_EVERY`], takes in the jobs, events and datasets the other
+/// processes on the shared database recorded, so that GetJob, ListJobs and
+/// WatchJob here show them (a watcher is woken by them as by a local event).
+pub fn follow_jobs(kiln: Arc<Kiln>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(SYNC_EVERY).await;
+            let syncing = kiln.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = syncing.store.sync() {
+                    tracing::warn!(error = %e, "cannot read the other processes' jobs");
+                }
+                if let Err(e) = syncing.datasets.sync() {
+                    tracing::warn!(error = %e, "cannot read the other processes' datasets");
+                }
+            })
+            .await;
+        }
+    });
+}
+
 /// How often a serving replica reads a followed job's new events.
 pub const POLL_EVENTS_EVERY: Duration = Duration::from_millis(250);
 

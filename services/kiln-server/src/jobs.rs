@@ -42,11 +42,12 @@ impl JobService for Jobs {
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().job_id;
-        if self.0.serve_only {
+        if !self.0.roles.api {
             return crate::follower::get_job(&self.0, id)
                 .await
                 .map(Response::new);
         }
+        read_if_unknown(&self.0, &id).await;
         self.0
             .store
             .get(&id)
@@ -86,6 +87,7 @@ impl JobService for Jobs {
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().job_id;
+        read_if_unknown(&self.0, &id).await;
         self.0
             .store
             .cancel(&id)
@@ -101,12 +103,13 @@ impl JobService for Jobs {
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let request = request.into_inner();
         let (id, from) = (request.job_id, request.from_sequence);
-        if self.0.serve_only {
+        if !self.0.roles.api {
             let (tx, rx) = tokio::sync::mpsc::channel(64);
             let kiln = self.0.clone();
             tokio::spawn(async move { crate::follower::watch_job(&kiln, id, from, tx).await });
             return Ok(Response::new(ReceiverStream::new(rx)));
         }
+        read_if_unknown(&self.0, &id).await;
         self.0.store.get(&id).map_err(status::job)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let store = self.0.store.clone();
@@ -182,6 +185,15 @@ impl JobService for Jobs {
             differences,
             curves,
         }))
+    }
+}
+
+/// The shared mode: a job this process has not seen yet (submitted on
+/// another replica since the last sync) is read from the database now.
+async fn read_if_unknown(kiln: &Arc<Kiln>, id: &str) {
+    if kiln.shared && kiln.store.get(id).is_err() {
+        let (kiln, id) = (kiln.clone(), id.to_string());
+        let _ = tokio::task::spawn_blocking(move || kiln.store.refresh(&id)).await;
     }
 }
 
@@ -301,9 +313,15 @@ async fn submit_checked(
 ) -> Result<pb::Job, Status> {
     check_model_task(kiln, &spec)?;
     resolve_dataset_name(kiln, &mut proto, &mut spec)?;
+    // The shared mode: the trainer that takes the job places it on its own
+    // devices (a job asking for CUDA waits for a trainer with a GPU).
+    let choice = match kiln.shared {
+        true => kiln_core::spec::DeviceChoice::Cpu,
+        false => spec.device,
+    };
     let (device, device_name) = kiln
         .runner
-        .place(spec.device)
+        .place(choice)
         .map_err(|m| status::invalid(FieldError::new("spec.device", m)))?;
     // Reading and checking the data is CPU work: keep it off the async workers.
     let (shared, spec_for_data) = (kiln.clone(), spec.clone());
@@ -343,6 +361,9 @@ async fn submit_checked(
         )
         .unwrap_or(job);
     tracing::info!(job = %id, model = %model_name, rows = data.train.rows + data.validation.rows, "job queued");
+    if kiln.shared {
+        return Ok(job); // in the database's queue, for a trainer to take
+    }
     kiln.runner.submit(QueuedJob {
         id,
         model_name,
@@ -351,6 +372,7 @@ async fn submit_checked(
         data,
         device,
         device_name,
+        attempt: 0,
     });
     Ok(job)
 }

@@ -10,6 +10,7 @@ mod durability;
 mod follower;
 mod inference;
 mod jobs;
+mod leases;
 mod metrics;
 mod oip;
 mod placement;
@@ -48,9 +49,11 @@ pub struct Kiln {
     /// Sweeps' saved records (each sweep's controller writes its own).
     pub sweep_records: Arc<SweepRecords>,
     pub runner: runner::Runner,
-    /// A serving replica (`roles = "serve"`): it follows jobs and the
-    /// registry in the shared database instead of running them.
-    pub serve_only: bool,
+    /// What this process does (`roles`).
+    pub roles: roles::Roles,
+    /// On a database other processes share (`database_url`): jobs are
+    /// taken by trainers' leases, and the stores read back what others wrote.
+    pub shared: bool,
     /// Where models are served (`serve_device`).
     pub serve_device: placement::ServeDevice,
     pub sweeps: sweeps::Sweeps,

@@ -39,6 +39,11 @@ impl DeviceLoad {
     pub fn of(&self, device: &str) -> usize {
         self.0.lock().unwrap().get(device).copied().unwrap_or(0)
     }
+
+    /// Jobs queued or running on every device together.
+    pub fn total(&self) -> usize {
+        self.0.lock().unwrap().values().sum()
+    }
 }
 
 /// The device a job with `choice` trains on, given `gpus` visible GPUs and

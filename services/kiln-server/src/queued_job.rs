@@ -16,4 +16,19 @@ pub struct QueuedJob {
     pub data: Prepared,
     pub device: Device,
     pub device_name: String,
+    /// The shared mode: the attempt of this process's lease on the job
+    /// (0: the embedded store, no lease).
+    pub attempt: u64,
+}
+
+impl QueuedJob {
+    /// The folder under the models directory its model is written to: one
+    /// per attempt in the shared mode, so that a trainer that lost the job
+    /// never writes over the files of the one that has it.
+    pub fn model_files(&self) -> String {
+        match self.attempt {
+            0 => self.id.clone(),
+            attempt => format!("{}.{attempt}", self.id),
+        }
+    }
 }

@@ -32,7 +32,12 @@ pub fn recover(kiln: &crate::Kiln) {
 
 /// Queues jobs that went back to QUEUED (after a restart, or once space
 /// came back); one whose data can no longer be prepared fails, saying why.
+/// In the shared mode they are in the database's queue already, for any
+/// trainer to take.
 pub fn run_again(kiln: &crate::Kiln, jobs: Vec<pb::Job>, when: &str) {
+    if kiln.shared {
+        return;
+    }
     for job in jobs {
         match requeue(kiln, &job) {
             Ok(queued) => {
@@ -141,9 +146,15 @@ pub fn restore_version(kiln: &crate::Kiln, row: &ModelRow) -> bool {
 /// job that stopped while it published, an import cut short). With `kept`
 /// unknown (the registry unreadable) model directories stay.
 fn remove_leftovers(data_dir: &Path, kept: &Option<HashSet<String>>) {
-    // The storage probe's file (see durability.rs), if a stop cut it short.
-    for probe in ["write-probe", "write-probe.tmp"] {
-        let _ = std::fs::remove_file(data_dir.join(probe));
+    // The storage probe's files (see durability.rs), if a stop cut one short.
+    for entry in std::fs::read_dir(data_dir).into_iter().flatten().flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("write-probe")
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
     let models = data_dir.join("models");
     let mut dirs = vec![data_dir.join("datasets")];
@@ -170,7 +181,7 @@ fn remove_leftovers(data_dir: &Path, kept: &Option<HashSet<String>>) {
 }
 
 /// Reads and prepares a stored job's data again, as SubmitJob did.
-fn requeue(kiln: &crate::Kiln, job: &pb::Job) -> Result<QueuedJob, String> {
+pub fn requeue(kiln: &crate::Kiln, job: &pb::Job) -> Result<QueuedJob, String> {
     let proto = job.spec.as_ref().ok_or("its spec was not stored")?;
     let spec = JobSpec::from_proto(proto).map_err(|e| e.to_string())?;
     let (device, device_name) = kiln.runner.place(spec.device)?;
@@ -183,5 +194,6 @@ fn requeue(kiln: &crate::Kiln, job: &pb::Job) -> Result<QueuedJob, String> {
         data,
         device,
         device_name,
+        attempt: 0,
     })
 }

@@ -1,79 +1,142 @@
 //! What a process does. `api,serve,trainer` (the default) is the whole of
-//! kiln in one process. `serve` is a serving replica: it shares the
-//! database (`database_url`) and the model files with the process that
-//! trains, follows the registry there ([`crate::follower`]) and answers
-//! Predict, OIP and the registry's reads; calls that write or that need the
-//! job runner are refused with FAILED_PRECONDITION, naming the role to send
-//! them to. Other combinations come with the leases of the shared mode.
+//! kiln in one process, and the only set the embedded store (SQLite, one
+//! process) runs. On a shared database (`database_url`) each process takes
+//! any of:
+//!
+//! - `api`: the job, dataset and sweep services and the registry's writes
+//!   (SetAlias, ImportModel, ScoreDataset), which need the registry the
+//!   `serve` role keeps, so `api` comes with `serve`;
+//! - `serve`: Predict, OIP and the registry's reads, following the registry
+//!   in the database ([`crate::follower`]);
+//! - `trainer`: takes queued jobs by lease and trains them
+//!   ([`crate::leases`]).
+//!
+//! A call for a role the process lacks is refused with FAILED_PRECONDITION
+//! naming the role; GetJob and WatchJob are answered everywhere (a process
+//! without `api` reads the job from the database).
 
 /// The roles a process has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Roles {
-    /// api, serve and trainer: everything.
-    All,
-    /// serve only: a replica that follows the registry.
-    Serve,
+pub struct Roles {
+    pub api: bool,
+    pub serve: bool,
+    pub trainer: bool,
 }
 
 impl Roles {
-    /// `roles` as written: a comma-separated set.
-    pub fn parse(text: &str) -> Result<Roles, String> {
-        let mut roles: Vec<&str> = text.split(',').map(str::trim).collect();
-        roles.sort_unstable();
-        roles.dedup();
-        match roles.as_slice() {
-            ["api", "serve", "trainer"] => Ok(Roles::All),
-            ["serve"] => Ok(Roles::Serve),
-            _ => Err(format!(
-                "roles: \"{text}\" is not one this kiln-server runs; \"api,serve,trainer\" \
-                 (everything in one process) or \"serve\" (a serving replica following the \
-                 shared database)"
-            )),
+    /// `roles` as written: a comma-separated set; `shared`: a shared
+    /// database is configured (else only the whole set runs).
+    pub fn parse(text: &str, shared: bool) -> Result<Roles, String> {
+        let mut roles = Roles {
+            api: false,
+            serve: false,
+            trainer: false,
+        };
+        for role in text.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match role {
+                "api" => roles.api = true,
+                "serve" => roles.serve = true,
+                "trainer" => roles.trainer = true,
+                other => {
+                    return Err(format!(
+                        "roles: \"{other}\" is not a role; any of api, serve, trainer"
+                    ))
+                }
+            }
         }
+        if !(roles.api || roles.serve || roles.trainer) {
+            return Err("roles: empty; any of api, serve, trainer (all three by default)".into());
+        }
+        if roles.api && !roles.serve {
+            return Err(format!(
+                "roles: \"{text}\": api needs serve in the same process (the registry's \
+                 writes are made where it is served)"
+            ));
+        }
+        if !roles.all() && !shared {
+            return Err(format!(
+                "roles: \"{text}\" splits kiln across processes, which share their state in a \
+                 database: set database_url (without it, only \"api,serve,trainer\")"
+            ));
+        }
+        Ok(roles)
+    }
+
+    /// Everything in one process.
+    pub fn all(&self) -> bool {
+        self.api && self.serve && self.trainer
+    }
+
+    /// The role a call at `path` (`/package.Service/Method`) needs that
+    /// this process lacks; `None` when it is answered here.
+    pub fn missing_for(&self, path: &str) -> Option<&'static str> {
+        const FOLLOWED: [&str; 2] = ["/kiln.v1.JobService/GetJob", "/kiln.v1.JobService/WatchJob"];
+        const API: [&str; 3] = [
+            "/kiln.v1.JobService/",
+            "/kiln.v1.DatasetService/",
+            "/kiln.v1.SweepService/",
+        ];
+        const REGISTRY_WRITES: [&str; 3] = ["SetAlias", "ImportModel", "ScoreDataset"];
+        const SERVE: [&str; 2] = [
+            "/kiln.v1.InferenceService/",
+            "/inference.GRPCInferenceService/",
+        ];
+        if FOLLOWED.contains(&path) {
+            return None;
+        }
+        let registry_write = path
+            .strip_prefix("/kiln.v1.InferenceService/")
+            .is_some_and(|method| REGISTRY_WRITES.contains(&method));
+        if !self.api && (registry_write || API.iter().any(|p| path.starts_with(p))) {
+            return Some("api");
+        }
+        if !self.serve && SERVE.iter().any(|p| path.starts_with(p)) {
+            return Some("serve");
+        }
+        None
     }
 }
 
-/// Whether a serve-only replica refuses the call at `path` (a gRPC path,
-/// `/package.Service/Method`): everything of the job, dataset and sweep
-/// services but following a job (GetJob, WatchJob, read from the shared
-/// database), and the registry's writes.
-pub fn refused_when_serving_only(path: &str) -> bool {
-    const FOLLOWED: [&str; 2] = ["/kiln.v1.JobService/GetJob", "/kiln.v1.JobService/WatchJob"];
-    if FOLLOWED.contains(&path) {
-        return false;
+impl std::fmt::Display for Roles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = [
+            (self.api, "api"),
+            (self.serve, "serve"),
+            (self.trainer, "trainer"),
+        ];
+        let held: Vec<&str> = names.iter().filter(|(h, _)| *h).map(|(_, n)| *n).collect();
+        f.write_str(&held.join(","))
     }
-    const WRITERS: [&str; 3] = [
-        "/kiln.v1.JobService/",
-        "/kiln.v1.DatasetService/",
-        "/kiln.v1.SweepService/",
-    ];
-    const REGISTRY_WRITES: [&str; 3] = ["SetAlias", "ImportModel", "ScoreDataset"];
-    WRITERS.iter().any(|p| path.starts_with(p))
-        || path
-            .strip_prefix("/kiln.v1.InferenceService/")
-            .is_some_and(|method| REGISTRY_WRITES.contains(&method))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn roles(text: &str) -> Roles {
+        Roles::parse(text, true).unwrap()
+    }
+
     #[test]
-    fn roles_are_all_or_serve() {
-        assert_eq!(Roles::parse("api,serve,trainer"), Ok(Roles::All));
-        assert_eq!(Roles::parse("trainer, api ,serve"), Ok(Roles::All));
-        assert_eq!(Roles::parse("serve"), Ok(Roles::Serve));
-        for other in ["", "api", "trainer", "api,serve", "serve,gpu"] {
+    fn any_set_on_a_shared_database_and_only_all_without() {
+        assert!(Roles::parse("api,serve,trainer", false).unwrap().all());
+        assert!(Roles::parse("trainer, api ,serve", false).unwrap().all());
+        for split in ["serve", "trainer", "api,serve", "serve,trainer"] {
+            assert_eq!(roles(split).to_string(), split);
+            let alone = Roles::parse(split, false).unwrap_err();
+            assert!(alone.contains("set database_url"), "{alone}");
+        }
+        for wrong in ["", "api", "api,trainer", "serve,gpu"] {
             assert!(
-                Roles::parse(other).unwrap_err().starts_with("roles:"),
-                "{other}"
+                Roles::parse(wrong, true).unwrap_err().starts_with("roles:"),
+                "{wrong}"
             );
         }
     }
 
     #[test]
-    fn a_serving_replica_refuses_writes_and_jobs() {
-        for refused in [
+    fn a_call_is_refused_where_its_role_is_missing() {
+        let api_paths = [
             "/kiln.v1.JobService/SubmitJob",
             "/kiln.v1.JobService/ListJobs",
             "/kiln.v1.JobService/CancelJob",
@@ -81,18 +144,31 @@ mod tests {
             "/kiln.v1.SweepService/SubmitSweep",
             "/kiln.v1.InferenceService/SetAlias",
             "/kiln.v1.InferenceService/ImportModel",
-        ] {
-            assert!(refused_when_serving_only(refused), "{refused}");
-        }
-        for served in [
+        ];
+        let serve_paths = [
             "/kiln.v1.InferenceService/Predict",
-            "/kiln.v1.JobService/GetJob",
-            "/kiln.v1.JobService/WatchJob",
             "/kiln.v1.InferenceService/ListModels",
             "/inference.GRPCInferenceService/ModelInfer",
+        ];
+        let everywhere = [
+            "/kiln.v1.JobService/GetJob",
+            "/kiln.v1.JobService/WatchJob",
             "/grpc.health.v1.Health/Check",
-        ] {
-            assert!(!refused_when_serving_only(served), "{served}");
+        ];
+        let (serve, trainer, all) = (roles("serve"), roles("trainer"), roles("api,serve,trainer"));
+        for path in api_paths {
+            assert_eq!(serve.missing_for(path), Some("api"), "{path}");
+            assert_eq!(trainer.missing_for(path), Some("api"), "{path}");
+            assert_eq!(all.missing_for(path), None, "{path}");
+        }
+        for path in serve_paths {
+            assert_eq!(serve.missing_for(path), None, "{path}");
+            assert_eq!(trainer.missing_for(path), Some("serve"), "{path}");
+        }
+        for path in everywhere {
+            for r in [serve, trainer, all] {
+                assert_eq!(r.missing_for(path), None, "{path}");
+            }
         }
     }
 }

@@ -19,22 +19,18 @@ use crate::catalog::CatalogJournal;
 use crate::config::Config;
 use crate::roles::Roles;
 use crate::{
-    auth, datasets, durability, follower, inference, jobs, metrics, oip, placement, recovery,
-    runner, sweeps, telemetry, Kiln,
+    auth, datasets, durability, follower, inference, jobs, leases, metrics, oip, placement,
+    recovery, runner, sweeps, telemetry, Kiln,
 };
 
 /// Serves until a shutdown signal, then drains (see [`on_shutdown_signal`]).
 pub async fn run(config: Config) -> anyhow::Result<()> {
     kiln_train::device::set_threads(config.torch_threads);
-    let serve_only = Roles::parse(&config.roles).map_err(anyhow::Error::msg)? == Roles::Serve;
-    if serve_only && config.database_url.is_empty() {
-        anyhow::bail!(
-            "roles = \"serve\" follows the registry of a shared database: set database_url"
-        );
-    }
+    let shared = !config.database_url.is_empty();
+    let roles = Roles::parse(&config.roles, shared).map_err(anyhow::Error::msg)?;
     // Held until the process exits (the kernel releases it then, kill -9
-    // too). A serving replica shares the directory with its writer.
-    let _lock = match serve_only {
+    // too). On a shared database the processes share the directory.
+    let _lock = match shared {
         true => None,
         false => Some(lock_data_dir(&config.data_dir)?),
     };
@@ -45,7 +41,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         models,
         catalog,
         sweep_records,
-    } = open_state(&config, !serve_only)?;
+    } = open_state(&config)?;
     let serve_device =
         placement::ServeDevice::from_config(&config.serve_device).map_err(anyhow::Error::msg)?;
     let runner = runner::Runner::new(
@@ -70,7 +66,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         auth: auth::Auth::from_config(&config.auth_token, config.auth_token_file.as_deref())?,
         max_message_bytes: config.max_message_bytes,
         stopping: stop_rx.clone(),
-        serve_only,
+        roles,
     };
     let (transport, tls) = transport(&config)?;
     let kiln = Arc::new(Kiln {
@@ -84,19 +80,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sweep_records,
         runner,
         serve_device,
-        serve_only,
+        roles,
+        shared,
         sweeps: sweeps::Sweeps::default(),
         stopping: stop_rx.clone(),
     });
     // Before anything listens: serve the models kept from before, and run
-    // again the jobs the previous process left queued or running; a serving
-    // replica loads what the shared registry holds, and follows it.
-    if serve_only {
-        follower::sync(&kiln);
-        follower::follow(kiln.clone());
+    // again the jobs the previous process left queued or running. On a
+    // shared database a process loads what the registry holds and follows
+    // it, follows what the other processes record, and (a trainer) takes
+    // queued jobs by lease.
+    if shared {
+        if roles.serve {
+            follower::sync(&kiln);
+            follower::follow(kiln.clone());
+        }
+        if roles.api || roles.trainer {
+            follower::follow_jobs(kiln.clone());
+        }
+        if roles.api {
+            sweeps::resume(&kiln, false);
+        }
+        if roles.trainer {
+            leases::start(kiln.clone());
+        }
     } else {
         recovery::recover(&kiln);
-        sweeps::resume(&kiln);
+        sweeps::resume(&kiln, true);
     }
     let (health, health_service) = tonic_health::server::health_reporter();
     for service in SERVICES {
@@ -104,7 +114,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .set_service_status(service, tonic_health::ServingStatus::Serving)
             .await;
     }
-    if !serve_only {
+    if roles.api || roles.trainer {
         durability::watch(kiln.clone(), health.clone()).await;
     }
 
@@ -199,8 +209,7 @@ struct State {
 /// recovery" in the README): the database with jobs, sweeps and the
 /// registry's catalog of versions and aliases, the dataset files, and the
 /// (still empty) registry of served models, which saves itself in the catalog.
-/// `exclusive`: the only server on its database (not a serving replica).
-fn open_state(config: &Config, exclusive: bool) -> anyhow::Result<State> {
+fn open_state(config: &Config) -> anyhow::Result<State> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let db_path = config.data_dir.join("kiln.db");
@@ -211,7 +220,7 @@ fn open_state(config: &Config, exclusive: bool) -> anyhow::Result<State> {
         )
     } else {
         Arc::new(
-            kiln_store::PgStorage::open(&config.database_url, exclusive)
+            kiln_store::PgStorage::open(&config.database_url)
                 .context("opening the PostgreSQL database (database_url)")?,
         )
     };

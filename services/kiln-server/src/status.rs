@@ -13,6 +13,8 @@ pub fn job(e: JobError) -> Status {
     match e {
         JobError::NotFound(_) => Status::not_found(e.to_string()),
         JobError::Unrecorded(fault) => crate::durability::unrecorded(&fault),
+        // Only a trainer's own writes are fenced; a call never holds a lease.
+        JobError::Fenced(_) => Status::aborted(e.to_string()),
     }
 }
 

@@ -267,9 +267,11 @@ impl SweepService for SweepSvc {
     }
 }
 
-/// At start: puts back every stored sweep, and starts again the controllers
-/// of those that had not ended.
-pub fn resume(kiln: &Arc<Kiln>) {
+/// At start: puts back every stored sweep, and (with `control`) starts again
+/// the controllers of those that had not ended. The shared mode does not:
+/// a sweep's controller is not leased, so two replicas would both run it;
+/// an unfinished sweep is listed as it stood.
+pub fn resume(kiln: &Arc<Kiln>, control: bool) {
     let stored = match kiln.sweep_records.load() {
         Ok(stored) => stored,
         Err(e) => {
@@ -289,6 +291,10 @@ pub fn resume(kiln: &Arc<Kiln>) {
         let entry = Entry::new(sweep, goal, kiln.sweep_records.clone());
         kiln.sweeps.insert(entry.clone(), id.clone());
         if ended {
+            continue;
+        }
+        if !control {
+            tracing::warn!(sweep = %id, "unfinished sweep not resumed: in the shared mode a sweep is controlled by the replica it was submitted to, while that replica runs");
             continue;
         }
         match planned {

@@ -64,9 +64,19 @@ impl Context {
             crate::tensorboard::JobLog::start(self.tensorboard_dir.as_deref(), &job);
         let unrecorded = AtomicBool::new(false);
         let ended = self.train(&job, started, &mut tensorboard, &unrecorded);
+        if self.is_lost(&job.id) {
+            // Another trainer has the job now: nothing of this run counts.
+            span.record("outcome", "lease lost");
+            tracing::warn!(job = %job.id, attempt = job.attempt, "lease lost: the job was stopped here, another trainer continues it");
+            return;
+        }
         if unrecorded.load(Ordering::SeqCst) {
             span.record("outcome", "stalled");
-            self.stall(&job.id, &ended);
+            let checkpoint = match &ended {
+                Ok(Err(TrainError::Suspended(c))) => Some(c.as_ref()),
+                _ => None,
+            };
+            self.stall(&job.id, checkpoint);
             return;
         }
         if let Some(checkpoint) = suspension(&ended, &cancel) {
@@ -77,7 +87,7 @@ impl Context {
         let Some(final_event) = self.final_event(&job, ended) else {
             // Its model could not be written: it runs again once there is space.
             span.record("outcome", "stalled");
-            self.store.stall(&job.id);
+            self.stall(&job.id, None);
             return;
         };
         span.record(
@@ -95,7 +105,16 @@ impl Context {
         // recorded (a full disk), the job runs again from the start once
         // there is space.
         self.checkpoints.remove(&job.id);
-        if let Err(JobError::Unrecorded(_)) = self.store.append(&job.id, final_event) {
+        let mut recorded = self.store.append(&job.id, final_event.clone());
+        // The shared mode: the database may be back within the lease.
+        while matches!(recorded, Err(JobError::Unrecorded(_)))
+            && self.store.shared()
+            && !self.suspend.load(Ordering::SeqCst)
+        {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            recorded = self.store.append(&job.id, final_event.clone());
+        }
+        if let Err(JobError::Unrecorded(_)) = recorded {
             self.store.stall(&job.id);
         }
     }
@@ -104,15 +123,37 @@ impl Context {
     /// where it stands and goes back to the queue once writes succeed
     /// (`JobStore::resume_stalled`). Its checkpoint is kept only up to the
     /// epochs its recorded events reach, so that the curve has no gap.
-    fn stall(&self, id: &str, ended: &Ended) {
+    ///
+    /// The shared mode has no stalled jobs: the trainer keeps its lease and
+    /// puts the job back QUEUED (suspended, not a restart) once the database
+    /// takes writes again, for any trainer to continue; should its lease end
+    /// first, another trainer takes the job over as an interruption.
+    fn stall(&self, id: &str, checkpoint: Option<&Checkpoint>) {
         let recorded = self.store.get(id).map_or(0, |j| j.epochs_completed);
-        if let Ok(Err(TrainError::Suspended(c))) = ended {
-            if c.epochs_completed() <= recorded {
-                self.checkpoints.save(id, c);
+        let mut resume_after = 0;
+        if let Some(c) = checkpoint {
+            if c.epochs_completed() <= recorded && self.checkpoints.save(id, c) {
+                resume_after = c.epochs_completed();
             }
         }
         tracing::warn!(job = %id, recorded_epochs = recorded, "job stopped: its events cannot be recorded");
-        self.store.stall(id);
+        if !self.store.shared() {
+            self.store.stall(id);
+            return;
+        }
+        let queued = Kind::StateChanged(pb::StateChanged {
+            state: pb::JobState::Queued as i32,
+            resume_after_epoch: resume_after,
+            suspended: true,
+            reason: "its events could not be recorded (the database did not take writes)".into(),
+            ..Default::default()
+        });
+        while let Err(JobError::Unrecorded(_)) = self.store.append(id, queued.clone()) {
+            if self.suspend.load(Ordering::SeqCst) || self.is_lost(id) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
     }
 
     /// Marks the job RUNNING, unless it was cancelled while queued (or is
@@ -180,10 +221,12 @@ impl Context {
         catch_unwind(AssertUnwindSafe(|| {
             // An epoch's gradient health arrives just before it and travels in its event.
             let mut health = None;
-            let record = |kind| {
-                if let Err(JobError::Unrecorded(_)) = self.store.append(id, kind) {
-                    unrecorded.store(true, Ordering::SeqCst);
+            let record = |kind| match self.store.append(id, kind) {
+                Err(JobError::Unrecorded(_)) => unrecorded.store(true, Ordering::SeqCst),
+                Err(JobError::Fenced(_)) => {
+                    self.lost.lock().unwrap().insert(id.clone());
                 }
+                _ => {}
             };
             let mut on_event = |event| match event {
                 TrainEvent::Health(h) if h.epoch <= reported => {}
@@ -206,8 +249,11 @@ impl Context {
             };
             let (spec, data, device) = (&job.spec, &job.data, &job.device);
             let cancelled = || cancel.is_set();
-            let suspended =
-                || self.suspend.load(Ordering::SeqCst) || unrecorded.load(Ordering::SeqCst);
+            let suspended = || {
+                self.suspend.load(Ordering::SeqCst)
+                    || unrecorded.load(Ordering::SeqCst)
+                    || self.is_lost(id)
+            };
             match spec.kind {
                 JobKind::Train => {
                     let control = Control {
@@ -216,7 +262,9 @@ impl Context {
                         on_step: &|epoch, rows| progress.set(epoch, rows as u64),
                         checkpoint_every: self.checkpoints.every_epochs,
                         on_checkpoint: &mut |c| {
-                            self.checkpoints.save(id, c);
+                            if !self.is_lost(id) {
+                                self.checkpoints.save(id, c);
+                            }
                         },
                         resume,
                     };

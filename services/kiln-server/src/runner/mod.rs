@@ -10,7 +10,7 @@
 mod events;
 mod job;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
@@ -49,6 +49,9 @@ struct Context {
     suspend: AtomicBool,
     /// Jobs in [`Context::run`] now; a shutdown waits for none.
     active: (Mutex<usize>, Condvar),
+    /// The shared mode: jobs whose lease this process lost while it ran
+    /// them; they stop at their next poll and write nothing more.
+    lost: Mutex<HashSet<String>>,
 }
 
 /// Where training checkpoints live (`<data_dir>/checkpoints/<job id>.ckpt`)
@@ -119,6 +122,7 @@ impl Runner {
                 checkpoints,
                 suspend: AtomicBool::new(false),
                 active: Default::default(),
+                lost: Mutex::default(),
             }),
         }
     }
@@ -147,6 +151,27 @@ impl Runner {
 
     pub fn checkpoints(&self) -> Checkpoints {
         self.context.checkpoints.clone()
+    }
+
+    /// Whether a shutdown began ([`suspend_all`](Self::suspend_all)).
+    pub fn suspending(&self) -> bool {
+        self.context.suspend.load(Ordering::SeqCst)
+    }
+
+    /// Jobs queued here or running here now.
+    pub fn jobs_in_hand(&self) -> usize {
+        self.context.load.total()
+    }
+
+    /// Jobs that train here at once: `max_concurrent_jobs` on each device.
+    pub fn capacity(&self) -> usize {
+        self.threads_per_device * kiln_train::device::cuda_device_count().max(1)
+    }
+
+    /// The shared mode: this process's lease on a job it runs ended; the job
+    /// stops at its next poll, writing nothing more (another trainer has it).
+    pub fn lose(&self, job_id: &str) {
+        self.context.lost.lock().unwrap().insert(job_id.to_string());
     }
 
     /// The device a job with `choice` trains on and its name: for
@@ -179,8 +204,12 @@ impl Runner {
                         let next = rx.lock().unwrap().recv();
                         match next {
                             Ok(job) => {
-                                let device = job.device_name.clone();
+                                let (id, device) = (job.id.clone(), job.device_name.clone());
                                 context.run(job);
+                                // The shared mode: the job ended here or
+                                // went back to the queue for any trainer.
+                                context.store.release_lease(&id);
+                                context.lost.lock().unwrap().remove(&id);
                                 context.load.done(&device);
                             }
                             Err(_) => return,
@@ -215,8 +244,14 @@ impl Context {
         self.run_job(job);
     }
 
-    /// Writes the best model to `<data_dir>/models/<job id>` and serves it;
-    /// on failure nothing of it is left. `Err(true)`: for lack of space.
+    /// Whether this process lost its lease on the job (the shared mode).
+    fn is_lost(&self, job_id: &str) -> bool {
+        self.lost.lock().unwrap().contains(job_id)
+    }
+
+    /// Writes the best model to `<data_dir>/models/<job id>` (one folder per
+    /// lease attempt in the shared mode) and serves it; on failure nothing
+    /// of it is left. `Err(true)`: for lack of space.
     fn publish(
         &self,
         job: &QueuedJob,
@@ -224,9 +259,10 @@ impl Context {
     ) -> Result<(), (bool, String)> {
         let artifact =
             ModelArtifact::from_trained(trained, &job.data).map_err(|e| (false, e.to_string()))?;
-        let dir = self.models_dir.join(&job.id);
-        // Registered under its files' folder, models/<job id>; the registry
-        // saves the version so that a restart serves it again.
+        let files = job.model_files();
+        let dir = self.models_dir.join(&files);
+        // Registered under its files' folder; the registry saves the
+        // version so that a restart serves it again.
         let published = match artifact.save(&dir) {
             Err(e) => Err((e.is_out_of_space(), e.to_string())),
             Ok(()) => self
@@ -234,7 +270,7 @@ impl Context {
                 .register(
                     &job.model_name,
                     &job.id,
-                    &job.id,
+                    &files,
                     artifact,
                     self.serve_device.device.clone(),
                     &self.serve_device.name,

@@ -25,6 +25,7 @@ mod shutdown;
 mod sweeps;
 mod telemetry;
 mod tensorboard;
+mod trainers;
 mod training;
 mod training_stack;
 

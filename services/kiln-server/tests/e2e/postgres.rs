@@ -1,7 +1,7 @@
 //! kiln's state in a real PostgreSQL server (`database_url`), started for
 //! the test ([`PgServer`]; skipped, saying so, where PostgreSQL is not
 //! installed): what a server wrote there, the next one on the same
-//! database serves, and a second server on it is refused.
+//! database serves, and a second server on it shares it.
 
 use kiln::v1 as pb;
 use kiln_testkit::*;
@@ -30,11 +30,13 @@ async fn a_server_keeps_its_state_in_postgres_across_a_kill() {
         "no SQLite file with database_url"
     );
 
-    // A second server on the same database is refused, naming why.
-    let other = temp_dir("second-server");
-    let stderr = Server::fails_to_start(&other, &env);
-    assert!(stderr.contains("in use by another kiln-server"), "{stderr}");
-    let _ = std::fs::remove_dir_all(other);
+    // A second server on the same database (the shared mode) sees the job.
+    let second = Server::start_in(server.data_dir.clone(), &env).sharing_data_dir();
+    assert_eq!(
+        get_job(&second, &job.id).await.state(),
+        pb::JobState::Succeeded
+    );
+    drop(second);
 
     // kill -9, then a new server on the same database and files.
     let data_dir = server.kill_keeping_data();

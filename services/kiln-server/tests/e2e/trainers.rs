@@ -1,0 +1,413 @@
+//! The shared mode across processes, as pods would run it: two `api,serve`
+//! replicas and two `trainer`s on one PostgreSQL database (started by the
+//! test; skipped, saying so, where PostgreSQL is not installed) and one
+//! shared directory. Trainers take jobs by lease; the tests kill, pause and
+//! stop the trainer that holds a job and check what the watchers on the
+//! other replica see: every event once, in order, and the curve of a run
+//! that was never interrupted.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use kiln::v1 as pb;
+use kiln_testkit::*;
+use pb::job_event::Kind;
+
+/// Lease of the tests' trainers: short, so that a takeover is quick.
+const LEASE_SECONDS: &str = "2";
+
+struct Cluster {
+    url: String,
+    dir: PathBuf,
+    api: Vec<Server>,
+    trainers: Vec<Server>,
+    // Last: dropped after every server.
+    _pg: PgServer,
+}
+
+impl Cluster {
+    /// `apis` api,serve replicas and `trainers` trainers; `None` without
+    /// PostgreSQL.
+    fn start(name: &str, apis: usize, trainers: usize) -> Option<Cluster> {
+        let pg = PgServer::start()?;
+        let url = pg.database(name);
+        let dir = temp_dir(name);
+        let mut cluster = Cluster {
+            url,
+            dir,
+            api: Vec::new(),
+            trainers: Vec::new(),
+            _pg: pg,
+        };
+        for _ in 0..apis {
+            let api = cluster.process("api,serve");
+            cluster.api.push(api);
+        }
+        for _ in 0..trainers {
+            let trainer = cluster.process("trainer");
+            cluster.trainers.push(trainer);
+        }
+        Some(cluster)
+    }
+
+    fn process(&self, roles: &str) -> Server {
+        Server::start_in(
+            self.dir.clone(),
+            &[
+                ("KILN_DATABASE_URL", self.url.as_str()),
+                ("KILN_ROLES", roles),
+                ("KILN_LEASE_SECONDS", LEASE_SECONDS),
+                ("KILN_CHECKPOINT_EVERY_EPOCHS", "1"),
+            ],
+        )
+        .sharing_data_dir()
+    }
+
+    /// The trainer holding the job's live lease, and the lease's attempt.
+    async fn holder(&self, job_id: &str) -> (usize, i64) {
+        let (url, id) = (self.url.clone(), job_id.to_string());
+        let (owner, attempt): (String, i64) = tokio::task::spawn_blocking(move || {
+            let mut db = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+            let row = db
+                .query_one(
+                    "SELECT owner, attempt FROM job_leases WHERE job_id = $1",
+                    &[&id],
+                )
+                .unwrap();
+            (row.get(0), row.get(1))
+        })
+        .await
+        .unwrap();
+        let pid: u32 = owner.split(':').nth(1).unwrap().parse().unwrap();
+        let index = self
+            .trainers
+            .iter()
+            .position(|t| t.pid() == pid)
+            .unwrap_or_else(|| panic!("{owner} is none of the trainers"));
+        (index, attempt)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.api.clear();
+        self.trainers.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A deterministic regression job long enough to interrupt.
+fn spec(model: &str, epochs: u32) -> pb::JobSpec {
+    let mut spec = inline_regression(1500, 16, epochs, 8);
+    spec.model_name = model.into();
+    spec.training.as_mut().unwrap().seed = 11;
+    spec
+}
+
+/// A watch on `server` that keeps what it read, for a test that acts
+/// between events.
+struct Watch {
+    stream: tonic::Streaming<pb::JobEvent>,
+    events: Vec<pb::JobEvent>,
+}
+
+impl Watch {
+    async fn open(server: &Server, job_id: &str) -> Watch {
+        let stream = server
+            .jobs()
+            .await
+            .watch_job(pb::WatchJobRequest {
+                job_id: job_id.into(),
+                from_sequence: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        Watch {
+            stream,
+            events: Vec::new(),
+        }
+    }
+
+    /// Reads until `until` holds for an event (returned), or the end.
+    async fn until(&mut self, until: impl Fn(&pb::JobEvent) -> bool) -> Option<pb::JobEvent> {
+        loop {
+            let next = tokio::time::timeout(JOB_WAIT, self.stream.message())
+                .await
+                .expect("an event in time")
+                .expect("stream ok")?;
+            self.events.push(next.clone());
+            if until(&next) {
+                return Some(next);
+            }
+        }
+    }
+
+    async fn epoch(&mut self, at_least: u32) {
+        self.until(|e| matches!(&e.kind, Some(Kind::Epoch(m)) if m.epoch >= at_least))
+            .await
+            .expect("the epoch before the end");
+    }
+
+    async fn rest(mut self) -> Vec<pb::JobEvent> {
+        self.until(|_| false).await;
+        self.events
+    }
+}
+
+fn is_running(e: &pb::JobEvent) -> bool {
+    matches!(&e.kind, Some(Kind::StateChanged(s)) if s.state() == pb::JobState::Running)
+}
+
+fn states(events: &[pb::JobEvent]) -> Vec<pb::StateChanged> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::StateChanged(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every event once and in order; every epoch once; one final event.
+fn assert_whole(events: &[pb::JobEvent], epochs_run: u32) {
+    let sequences: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (0..events.len() as u64).collect::<Vec<_>>());
+    let numbers: Vec<u32> = epochs(events).iter().map(|m| m.epoch).collect();
+    assert_eq!(numbers, (1..=epochs_run).collect::<Vec<_>>());
+    let finals = events
+        .iter()
+        .filter(|e| matches!(e.kind, Some(Kind::Finished(_) | Kind::Failed(_))))
+        .count();
+    assert_eq!(finals, 1, "one final event");
+}
+
+fn curve(events: &[pb::JobEvent]) -> Vec<(f64, f64)> {
+    epochs(events)
+        .iter()
+        .map(|m| (m.train_loss, m.val_loss))
+        .collect()
+}
+
+async fn versions(server: &Server, model: &str) -> Vec<u32> {
+    let mut versions: Vec<u32> = list_models(server)
+        .await
+        .into_iter()
+        .filter(|m| m.name == model)
+        .map(|m| m.version)
+        .collect();
+    versions.sort();
+    versions
+}
+
+/// Polls until Predict of `model` version `version` answers on `server`;
+/// how long that took.
+async fn served_within(server: &Server, model: &str, version: u32) -> Duration {
+    let started = Instant::now();
+    loop {
+        let answer = server
+            .inference()
+            .await
+            .predict(pb::PredictRequest {
+                model: model.into(),
+                version: version.to_string(),
+                rows: vec![pb::Row { values: vec![1.0] }],
+                ..Default::default()
+            })
+            .await;
+        if answer.is_ok_and(|r| r.into_inner().model_version == version) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < JOB_WAIT,
+            "{model} v{version} never served"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The job on `server` once it shows it ended (a replica catches up on
+/// what another wrote within its sync period).
+async fn ended(server: &Server, id: &str) -> pb::Job {
+    let started = Instant::now();
+    loop {
+        let job = get_job(server, id).await;
+        if matches!(
+            job.state(),
+            pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled
+        ) {
+            return job;
+        }
+        assert!(started.elapsed() < JOB_WAIT, "{id} never ended: {job:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_killed_trainers_job_is_continued_by_another_with_the_same_curve() {
+    let Some(cluster) = Cluster::start("trainers-kill", 2, 2) else {
+        return;
+    };
+    let (a, b) = (&cluster.api[0], &cluster.api[1]);
+    let job = submit(a, spec("leased", 30)).await.unwrap();
+    // Submitted on one replica, watched on the other.
+    let mut watch = Watch::open(b, &job.id).await;
+    watch.epoch(3).await;
+    let (holder, attempt) = cluster.holder(&job.id).await;
+    assert_eq!(attempt, 1);
+    cluster.trainers[holder].signal("KILL");
+    let killed = Instant::now();
+    // The other trainer takes it once the lease has expired.
+    watch.until(is_running).await.expect("running again");
+    let resumed = killed.elapsed();
+    let (taker, attempt) = cluster.holder(&job.id).await;
+    assert_eq!((taker, attempt), (1 - holder, 2));
+    let events = watch.rest().await;
+    eprintln!(
+        "kill -9 of the trainer to the job RUNNING on the other, seen on an api replica: \
+         {resumed:?} (lease {LEASE_SECONDS} s)"
+    );
+    assert!(
+        resumed >= Duration::from_secs(1),
+        "not before the lease ends"
+    );
+
+    assert_whole(&events, 30);
+    let states = states(&events);
+    let kinds: Vec<_> = states.iter().map(|s| s.state()).collect();
+    use pb::JobState::{Queued, Running};
+    assert_eq!(kinds, [Queued, Running, Queued, Running]);
+    assert!(!states[2].suspended, "a kill is an interruption");
+    assert!(states[2].resume_after_epoch >= 2, "{:?}", states[2]);
+    let fin = finished(&events);
+    // Both replicas tell the same story.
+    assert_eq!(watch_all(a, &job.id).await, events);
+
+    // The same spec, never interrupted: the same numbers, bit for bit.
+    let fresh = submit(b, spec("leased", 30)).await.unwrap();
+    let reference = watch_all(a, &fresh.id).await;
+    assert_eq!(curve(&events), curve(&reference));
+    assert_eq!(fin.best_epoch, finished(&reference).best_epoch);
+
+    // Both models, served by both replicas.
+    for api in [a, b] {
+        served_within(api, "leased", 1).await;
+        let within = served_within(api, "leased", 2).await;
+        eprintln!("version 2 served by a replica {within:?} after its job was seen to end");
+        assert_eq!(versions(api, "leased").await, [1, 2]);
+    }
+}
+
+#[tokio::test]
+async fn a_paused_trainer_is_fenced_a_stopped_one_hands_over_and_any_replica_cancels() {
+    let Some(mut cluster) = Cluster::start("trainers-pause", 2, 2) else {
+        return;
+    };
+    // SIGSTOP past the lease, SIGCONT after the other trainer took over:
+    // whatever the paused one then tries to write is refused.
+    let (a, b) = (&cluster.api[0], &cluster.api[1]);
+    let job = submit(a, spec("paused", 30)).await.unwrap();
+    let mut watch = Watch::open(b, &job.id).await;
+    watch.epoch(2).await;
+    let (paused, _) = cluster.holder(&job.id).await;
+    cluster.trainers[paused].signal("STOP");
+    watch.until(is_running).await.expect("taken over");
+    cluster.trainers[paused].signal("CONT");
+    let events = watch.rest().await;
+    assert_whole(&events, 30);
+    assert_eq!(finished(&events).epochs_completed, 30);
+    served_within(a, "paused", 1).await;
+    assert_eq!(versions(a, "paused").await, [1], "one model registered");
+    assert_eq!(ended(a, &job.id).await.state(), pb::JobState::Succeeded);
+
+    // SIGTERM of the trainer holding a job: it checkpoints and puts the job
+    // back (suspended, no restart counted); the other continues it.
+    let job = submit(b, spec("handed-over", 30)).await.unwrap();
+    let mut watch = Watch::open(a, &job.id).await;
+    watch.epoch(2).await;
+    let (holder, _) = cluster.holder(&job.id).await;
+    cluster.trainers[holder].terminate();
+    let events = watch.rest().await;
+    assert_whole(&events, 30);
+    let states = states(&events);
+    assert_eq!(states.len(), 4, "{states:?}");
+    assert!(
+        states[2].suspended,
+        "a handover, not a restart: {:?}",
+        states[2]
+    );
+    assert!(states[2].resume_after_epoch >= 2, "{:?}", states[2]);
+    let stopped = cluster.trainers.remove(holder);
+    stopped.wait_exit_keeping_data(Duration::from_secs(60));
+
+    // A cancel on an api replica reaches the trainer that runs the job.
+    let (a, b) = (&cluster.api[0], &cluster.api[1]);
+    let job = submit(a, spec("cancelled", 1000)).await.unwrap();
+    let mut watch = Watch::open(b, &job.id).await;
+    watch.epoch(1).await;
+    let asked = Instant::now();
+    b.jobs()
+        .await
+        .cancel_job(pb::CancelJobRequest {
+            job_id: job.id.clone(),
+        })
+        .await
+        .unwrap();
+    let events = watch.rest().await;
+    eprintln!(
+        "cancel on an api replica to the job's end seen there: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(get_job(b, &job.id).await.state(), pb::JobState::Cancelled);
+    let last = events.last().unwrap();
+    assert!(
+        matches!(&last.kind, Some(Kind::Failed(f)) if f.state() == pb::JobState::Cancelled),
+        "{last:?}"
+    );
+}
+
+/// Jobs per minute through the queue with 1, 2 and 4 trainer processes (one
+/// libtorch thread each) on a small job, as ratios to one trainer. A
+/// benchmark, not a test: on demand, with
+/// `cargo test -p kiln-server --test e2e trainers::throughput -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a benchmark, run on demand"]
+async fn throughput_with_1_2_4_trainers() {
+    const JOBS: usize = 24;
+    let mut rates = Vec::new();
+    for trainers in [1, 2, 4] {
+        let Some(mut cluster) = Cluster::start(&format!("throughput-{trainers}"), 1, 0) else {
+            return;
+        };
+        for _ in 0..trainers {
+            let trainer = Server::start_in(
+                cluster.dir.clone(),
+                &[
+                    ("KILN_DATABASE_URL", cluster.url.as_str()),
+                    ("KILN_ROLES", "trainer"),
+                    ("KILN_TORCH_THREADS", "1"),
+                ],
+            )
+            .sharing_data_dir();
+            cluster.trainers.push(trainer);
+        }
+        let api = &cluster.api[0];
+        let started = Instant::now();
+        let mut ids = Vec::new();
+        for n in 0..JOBS {
+            let job = submit(api, spec(&format!("small-{n}"), 3)).await.unwrap();
+            ids.push(job.id);
+        }
+        for id in &ids {
+            finished(&watch_all(api, id).await);
+        }
+        let per_minute = JOBS as f64 / started.elapsed().as_secs_f64() * 60.0;
+        rates.push(per_minute);
+        eprintln!(
+            "{trainers} trainer(s): {JOBS} jobs in {:.1?}, {per_minute:.1} jobs/min, \
+             {:.2}x one trainer",
+            started.elapsed(),
+            per_minute / rates[0]
+        );
+    }
+}
