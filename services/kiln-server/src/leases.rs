@@ -69,7 +69,7 @@ fn claimer(kiln: &Kiln, lease: Duration) {
     let gpu = kiln_train::device::cuda_device_count() > 0;
     while !kiln.runner.suspending() {
         if kiln.runner.jobs_in_hand() >= kiln.runner.capacity() {
-            std::thread::sleep(CLAIM_EVERY);
+            kiln.runner.wait_for_room(CLAIM_EVERY);
             continue;
         }
         match kiln.storage.claim_job(lease, gpu) {

@@ -52,6 +52,8 @@ struct Context {
     /// The shared mode: jobs whose lease this process lost while it ran
     /// them; they stop at their next poll and write nothing more.
     lost: Mutex<HashSet<String>>,
+    /// Notified when a job leaves this runner (room for the next).
+    room: (Mutex<()>, Condvar),
 }
 
 /// Where training checkpoints live (`<data_dir>/checkpoints/<job id>.ckpt`)
@@ -123,6 +125,7 @@ impl Runner {
                 suspend: AtomicBool::new(false),
                 active: Default::default(),
                 lost: Mutex::default(),
+                room: Default::default(),
             }),
         }
     }
@@ -168,6 +171,13 @@ impl Runner {
         self.threads_per_device * kiln_train::device::cuda_device_count().max(1)
     }
 
+    /// Waits until a job leaves this runner, at most `timeout`.
+    pub fn wait_for_room(&self, timeout: Duration) {
+        let (lock, room) = &self.context.room;
+        let guard = lock.lock().unwrap();
+        let _ = room.wait_timeout(guard, timeout).unwrap();
+    }
+
     /// The shared mode: this process's lease on a job it runs ended; the job
     /// stops at its next poll, writing nothing more (another trainer has it).
     pub fn lose(&self, job_id: &str) {
@@ -211,6 +221,7 @@ impl Runner {
                                 context.store.release_lease(&id);
                                 context.lost.lock().unwrap().remove(&id);
                                 context.load.done(&device);
+                                context.room.1.notify_all();
                             }
                             Err(_) => return,
                         }
