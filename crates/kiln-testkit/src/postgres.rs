@@ -19,6 +19,7 @@ pub struct PgServer {
     child: Child,
     dir: PathBuf,
     port: u16,
+    bin: PathBuf,
 }
 
 impl PgServer {
@@ -66,19 +67,31 @@ impl PgServer {
             String::from_utf8_lossy(&initdb.stderr)
         );
         let port = free_port();
-        let child = command(as_root, &bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(&dir)
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start postgres");
-        let server = PgServer { child, dir, port };
-        server.wait_ready(&bin);
+        let child = spawn(&bin, &dir, port);
+        let server = PgServer {
+            child,
+            dir,
+            port,
+            bin,
+        };
+        server.wait_ready(&server.bin);
         Some(server)
+    }
+
+    /// Stops it (fast shutdown: every connection cut) and starts it again
+    /// on the same data and port; returns once it accepts connections.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn(&self.bin, &self.dir, self.port);
+        self.wait_ready(&self.bin);
+    }
+
+    fn stop(&mut self) {
+        // SIGINT: PostgreSQL's fast shutdown.
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
     }
 
     /// Its URL, for `database_url` and `PgStorage::open`.
@@ -130,13 +143,23 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        // SIGINT: PostgreSQL's fast shutdown.
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `postgres` on `dir`/data, on loopback `port`, its socket in `dir`.
+fn spawn(bin: &Path, dir: &Path, port: u16) -> Child {
+    command(is_root(), &bin.join("postgres"))
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args(["-p", &port.to_string(), "-k"])
+        .arg(dir)
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start postgres")
 }
 
 /// The directory holding `initdb`, `postgres`, `pg_isready`, `createdb`.

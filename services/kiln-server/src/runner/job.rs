@@ -130,7 +130,10 @@ impl Context {
     /// first, another trainer takes the job over as an interruption.
     fn stall(&self, id: &str, checkpoint: Option<&Checkpoint>) {
         let recorded = self.store.get(id).map_or(0, |j| j.epochs_completed);
-        let mut resume_after = 0;
+        // The last periodic checkpoint, unless the one of the stop is newer.
+        let mut resume_after = Checkpoint::epochs_in(&self.checkpoints.path(id))
+            .filter(|&epochs| epochs <= recorded)
+            .unwrap_or(0);
         if let Some(c) = checkpoint {
             if c.epochs_completed() <= recorded && self.checkpoints.save(id, c) {
                 resume_after = c.epochs_completed();
@@ -261,8 +264,9 @@ impl Context {
                         suspended: &suspended,
                         on_step: &|epoch, rows| progress.set(epoch, rows as u64),
                         checkpoint_every: self.checkpoints.every_epochs,
+                        // Not past the recorded events, nor for a lost job.
                         on_checkpoint: &mut |c| {
-                            if !self.is_lost(id) {
+                            if !self.is_lost(id) && !unrecorded.load(Ordering::SeqCst) {
                                 self.checkpoints.save(id, c);
                             }
                         },

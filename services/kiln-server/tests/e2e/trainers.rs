@@ -22,7 +22,7 @@ struct Cluster {
     api: Vec<Server>,
     trainers: Vec<Server>,
     // Last: dropped after every server.
-    _pg: PgServer,
+    pg: PgServer,
 }
 
 impl Cluster {
@@ -37,7 +37,7 @@ impl Cluster {
             dir,
             api: Vec::new(),
             trainers: Vec::new(),
-            _pg: pg,
+            pg,
         };
         for _ in 0..apis {
             let api = cluster.process("api,serve");
@@ -364,6 +364,39 @@ async fn a_paused_trainer_is_fenced_a_stopped_one_hands_over_and_any_replica_can
         matches!(&last.kind, Some(Kind::Failed(f)) if f.state() == pb::JobState::Cancelled),
         "{last:?}"
     );
+}
+
+#[tokio::test]
+async fn training_and_a_watch_go_on_across_a_postgres_restart() {
+    let Some(mut cluster) = Cluster::start("trainers-pg-restart", 1, 1) else {
+        return;
+    };
+    let job = submit(&cluster.api[0], spec("through-restart", 40))
+        .await
+        .unwrap();
+    let mut watch = Watch::open(&cluster.api[0], &job.id).await;
+    watch.epoch(3).await;
+    let down = Instant::now();
+    cluster.pg.restart();
+    eprintln!("PostgreSQL down and back in {:?}", down.elapsed());
+    let events = watch.rest().await;
+    assert_whole(&events, 40);
+    let job = ended(&cluster.api[0], &job.id).await;
+    assert_eq!(job.state(), pb::JobState::Succeeded, "{job:?}");
+    eprintln!(
+        "states across the restart: {:?}",
+        states(&events)
+            .iter()
+            .map(|s| (s.state(), s.suspended, s.resume_after_epoch))
+            .collect::<Vec<_>>()
+    );
+    // Whatever the trainer had to do (hand the job back, continue it from
+    // its checkpoint), the curve is an uninterrupted run's.
+    let fresh = submit(&cluster.api[0], spec("through-restart", 40))
+        .await
+        .unwrap();
+    let reference = watch_all(&cluster.api[0], &fresh.id).await;
+    assert_eq!(curve(&events), curve(&reference));
 }
 
 /// Jobs per minute through the queue with 1, 2 and 4 trainer processes (one
