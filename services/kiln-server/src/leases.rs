@@ -136,7 +136,7 @@ fn settle(kiln: &Kiln, claim: &Claim) -> Option<pb::Job> {
     if job.state() == pb::JobState::Running {
         // Its trainer stopped renewing: an interruption.
         let checkpoints = kiln.runner.checkpoints();
-        let resume_after = Checkpoint::epochs_in(&checkpoints.path(id)).unwrap_or(0);
+        let resume_after = Checkpoint::epochs_in(&checkpoints.fetch(id)).unwrap_or(0);
         tracing::warn!(job = %id, attempt = claim.attempt, resume_after, "job taken over from a trainer whose lease ended");
         job = kiln
             .store

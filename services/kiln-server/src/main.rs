@@ -54,6 +54,9 @@ pub struct Kiln {
     /// On a database other processes share (`database_url`): jobs are
     /// taken by trainers' leases, and the stores read back what others wrote.
     pub shared: bool,
+    /// Object storage for the files (`object_store_url`), with the data
+    /// directory as this process's cache.
+    pub blobs: Option<Arc<kiln_store::Blobs>>,
     /// Where models are served (`serve_device`).
     pub serve_device: placement::ServeDevice,
     pub sweeps: sweeps::Sweeps,
@@ -115,6 +118,7 @@ fn toml_like(config: &Config) -> String {
         value["auth_token"] = "<redacted>".into();
     }
     value["database_url"] = redact_password(&config.database_url).into();
+    value["object_store_url"] = redact_password(&config.object_store_url).into();
     let mut out = String::new();
     for (k, v) in value.as_object().expect("config is a struct") {
         out.push_str(&format!("{k} = {v}\n"));

@@ -116,6 +116,12 @@ fn restore_models(kiln: &crate::Kiln) -> Option<HashSet<String>> {
 /// version it does not.
 pub fn restore_version(kiln: &crate::Kiln, row: &ModelRow) -> bool {
     let path = kiln.config.data_dir.join("models").join(&row.artifact);
+    if let Some(blobs) = kiln.blobs.as_ref().filter(|_| !path.is_dir()) {
+        // Written by another process: its files come from the object store.
+        if let Err(e) = blobs.pull_dir(&Path::new("models").join(&row.artifact)) {
+            tracing::warn!(model = %row.name, version = row.version, error = %e, "model files not pulled");
+        }
+    }
     let artifact = match ModelArtifact::load(&path) {
         Ok(artifact) => Ok(artifact),
         Err(e) => {

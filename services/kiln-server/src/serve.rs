@@ -41,6 +41,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         models,
         catalog,
         sweep_records,
+        blobs,
     } = open_state(&config)?;
     let serve_device =
         placement::ServeDevice::from_config(&config.serve_device).map_err(anyhow::Error::msg)?;
@@ -53,6 +54,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         runner::Checkpoints {
             dir: config.data_dir.join("checkpoints"),
             every_epochs: config.checkpoint_every_epochs,
+            blobs: blobs.clone(),
         },
     )
     .with_max_concurrent_jobs(config.max_concurrent_jobs);
@@ -82,6 +84,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         serve_device,
         roles,
         shared,
+        blobs,
         sweeps: sweeps::Sweeps::default(),
         stopping: stop_rx.clone(),
     });
@@ -203,6 +206,7 @@ struct State {
     models: Arc<ModelRegistry>,
     catalog: Arc<ModelCatalog>,
     sweep_records: Arc<SweepRecords>,
+    blobs: Option<Arc<kiln_store::Blobs>>,
 }
 
 /// The durable state under the data directory (see "Persistence and
@@ -224,10 +228,20 @@ fn open_state(config: &Config) -> anyhow::Result<State> {
                 .context("opening the PostgreSQL database (database_url)")?,
         )
     };
-    let datasets = Arc::new(DatasetStore::open_with_db(
-        config.data_dir.join("datasets"),
-        db.clone(),
-    )?);
+    let blobs = match config.object_store_url.as_str() {
+        "" => None,
+        _ if config.database_url.is_empty() => anyhow::bail!(
+            "object_store_url keeps the files of processes that share a database: set database_url"
+        ),
+        url => Some(Arc::new(
+            kiln_store::Blobs::open(url, &config.data_dir).map_err(anyhow::Error::msg)?,
+        )),
+    };
+    let mut datasets = DatasetStore::open_with_db(config.data_dir.join("datasets"), db.clone())?;
+    if let Some(blobs) = &blobs {
+        datasets = datasets.with_blobs(blobs.clone());
+    }
+    let datasets = Arc::new(datasets);
     let catalog = Arc::new(ModelCatalog::new(db.clone()));
     let sweep_records = Arc::new(SweepRecords::new(db.clone()));
     let store = Arc::new(JobStore::with_db(db.clone()).context("loading the jobs")?);
@@ -247,6 +261,7 @@ fn open_state(config: &Config) -> anyhow::Result<State> {
         models,
         catalog,
         sweep_records,
+        blobs,
     })
 }
 

@@ -56,13 +56,16 @@ struct Context {
     room: (Mutex<()>, Condvar),
 }
 
-/// Where training checkpoints live (`<data_dir>/checkpoints/<job id>.ckpt`)
-/// and how often they are written.
+/// Where training checkpoints live (`<data_dir>/checkpoints/<job id>.ckpt`,
+/// and in the object store when there is one) and how often they are written.
 #[derive(Clone)]
 pub struct Checkpoints {
     pub dir: PathBuf,
     /// Epochs between checkpoints; 0: only on suspension.
     pub every_epochs: u32,
+    /// Object storage: a checkpoint written here is pushed, one another
+    /// trainer wrote is pulled.
+    pub blobs: Option<Arc<kiln_store::Blobs>>,
 }
 
 impl Checkpoints {
@@ -71,10 +74,24 @@ impl Checkpoints {
         self.dir.join(format!("{job_id}.ckpt"))
     }
 
+    /// Its path relative to the data directory (its key in the object store).
+    fn relative(job_id: &str) -> PathBuf {
+        PathBuf::from("checkpoints").join(format!("{job_id}.ckpt"))
+    }
+
+    /// The job's checkpoint file here, pulled from the object store if
+    /// another trainer wrote it.
+    pub fn fetch(&self, job_id: &str) -> PathBuf {
+        if let Some(blobs) = &self.blobs {
+            blobs.ensure(&Self::relative(job_id));
+        }
+        self.path(job_id)
+    }
+
     /// The job's checkpoint; `None` when it has none. A file that is
     /// corrupted or of another format is reported and ignored.
     fn load(&self, job_id: &str) -> Option<Checkpoint> {
-        let path = self.path(job_id);
+        let path = self.fetch(job_id);
         match Checkpoint::load(&path) {
             Ok(c) => Some(c),
             Err(kiln_train::CheckpointError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -88,7 +105,16 @@ impl Checkpoints {
     }
 
     fn save(&self, job_id: &str, checkpoint: &Checkpoint) -> bool {
-        match checkpoint.save(&self.path(job_id)) {
+        let saved = checkpoint
+            .save(&self.path(job_id))
+            .map_err(|e| e.to_string());
+        let stored = saved.and_then(|()| match &self.blobs {
+            Some(blobs) => blobs
+                .push(&Self::relative(job_id))
+                .map_err(|e| e.to_string()),
+            None => Ok(()),
+        });
+        match stored {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(job = %job_id, error = %e, "checkpoint not written");
@@ -99,6 +125,9 @@ impl Checkpoints {
 
     fn remove(&self, job_id: &str) {
         let _ = std::fs::remove_file(self.path(job_id));
+        if let Some(blobs) = &self.blobs {
+            let _ = blobs.remove(&Self::relative(job_id));
+        }
     }
 }
 
@@ -272,10 +301,16 @@ impl Context {
             ModelArtifact::from_trained(trained, &job.data).map_err(|e| (false, e.to_string()))?;
         let files = job.model_files();
         let dir = self.models_dir.join(&files);
-        // Registered under its files' folder; the registry saves the
-        // version so that a restart serves it again.
+        let pushed = || match &self.checkpoints.blobs {
+            Some(blobs) => blobs.push_dir(&PathBuf::from("models").join(&files)),
+            None => Ok(()),
+        };
+        // Registered under its files' folder (in the object store first,
+        // when there is one); the registry saves the version so that a
+        // restart serves it again.
         let published = match artifact.save(&dir) {
             Err(e) => Err((e.is_out_of_space(), e.to_string())),
+            Ok(()) if let Err(e) = pushed() => Err((false, format!("model files not stored: {e}"))),
             Ok(()) => self
                 .models
                 .register(

@@ -11,6 +11,7 @@ mod grpcurl;
 mod hostile;
 mod jobs;
 mod malformed;
+mod object_store;
 mod oip;
 mod persistence;
 mod postgres;
