@@ -12,7 +12,9 @@
 #      overlay does not; without a database one server has every role; on a
 #      shared database (KILN_DATABASE_URL) the roles are sets kiln-server
 #      runs, with api and trainer somewhere, every server has the URL from a
-#      Secret, the shared volume is ReadWriteMany, and several replicas roll.
+#      Secret, the shared volume is ReadWriteMany (or, with
+#      KILN_OBJECT_STORE_URL from a Secret on every server, data_dir is an
+#      emptyDir cache), and several replicas roll.
 # The tools are in the venv that scripts/setup.sh fills ($KILN_CACHE/venv).
 # KILN_K8S_VERSION picks the Kubernetes version to validate against.
 set -euo pipefail
@@ -167,10 +169,21 @@ for name in overlays:
 
         # The data directory is on a PersistentVolumeClaim that this overlay
         # renders; on a shared database it is ReadWriteMany.
+        # With object storage (KILN_OBJECT_STORE_URL from a Secret, on every
+        # server) it may be each pod's cache, an emptyDir.
         data_dir = env.get("KILN_DATA_DIR") or config.get("data_dir")
-        claim = volumes.get(mounts.get(data_dir), {}).get("persistentVolumeClaim", {}).get("claimName")
-        dcheck(claim in pvcs, f"data_dir {data_dir} is not mounted from a rendered PersistentVolumeClaim")
-        if shared and claim in pvcs:
+        data_volume = volumes.get(mounts.get(data_dir), {})
+        claim = data_volume.get("persistentVolumeClaim", {}).get("claimName")
+        objects = "KILN_OBJECT_STORE_URL" in secret_env
+        check(objects == any("KILN_OBJECT_STORE_URL" in {e["name"] for e in d["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+                             for d in deployments),
+              f"{dname}: KILN_OBJECT_STORE_URL on some servers only (it must be on all, from a Secret)")
+        if objects:
+            dcheck(claim in pvcs or "emptyDir" in data_volume,
+                   f"data_dir {data_dir} is neither a rendered PersistentVolumeClaim nor an emptyDir cache")
+        else:
+            dcheck(claim in pvcs, f"data_dir {data_dir} is not mounted from a rendered PersistentVolumeClaim")
+        if shared and not objects and claim in pvcs:
             dcheck("ReadWriteMany" in pvcs[claim]["spec"].get("accessModes", []),
                    f"{claim} is shared by every server: it must be ReadWriteMany")
 
