@@ -260,9 +260,17 @@ impl JobStore {
     }
 
     /// Sets the job's cancel flag here, for its trainer to stop at the
-    /// next batch: a cancel asked for on another replica.
-    pub fn cancel_here(&self, id: &str) {
-        let _ = self.read(id, |e| e.cancel.set());
+    /// next batch: a cancel asked for on another replica, with a policy's
+    /// reason and message (`stop`, see [`stop`](Self::stop)) if it had one.
+    pub fn cancel_here(&self, id: &str, stop: Option<(i32, String)>) {
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(entry) = inner.jobs.get_mut(id) {
+            if let Some((reason, message)) = stop {
+                let reason = pb::StopReason::try_from(reason).unwrap_or(pb::StopReason::Cancelled);
+                entry.stop.get_or_insert((reason, message));
+            }
+            entry.cancel.set();
+        }
     }
 
     /// What becomes of the jobs a previous process left unfinished (call once,
@@ -655,14 +663,14 @@ impl JobStore {
     /// when its trainer next checks (within one batch); a finished one is left
     /// as it is. Returns the job as it stands.
     pub fn cancel(&self, id: &str) -> Result<pb::Job, JobError> {
-        let (job, flag) = {
+        let (job, flag, stop) = {
             let inner = self.inner.lock().unwrap();
             let entry = inner
                 .jobs
                 .get(id)
                 .ok_or_else(|| JobError::NotFound(id.to_string()))?;
             entry.cancel.set();
-            (entry.job.clone(), entry.cancel.clone())
+            (entry.job.clone(), entry.cancel.clone(), entry.stop.clone())
         };
         if let Some(db) = self.db.as_ref().filter(|db| db.shared()) {
             if is_terminal(job.state()) {
@@ -670,7 +678,8 @@ impl JobStore {
             }
             // Whichever trainer holds the job (or takes it next) stops it;
             // a queued one ends here, unless a trainer took it meanwhile.
-            if let Err(e) = db.request_cancel(id) {
+            let stop = stop.as_ref().map(|(r, m)| (*r as i32, m.as_str()));
+            if let Err(e) = db.request_cancel(id, stop) {
                 flag.clear();
                 return Err(JobError::Unrecorded(WriteFault::from(&e)));
             }

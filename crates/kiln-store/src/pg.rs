@@ -13,6 +13,11 @@
 //! checked in the write's own transaction. A trainer that was paused or cut
 //! off past its lease can therefore write nothing that counts.
 //!
+//! Other processes learn of a change from a `NOTIFY kiln_changes` that the
+//! write sends on commit ([`Storage::wait_for_changes`], listening on a
+//! connection of its own); it is a hint, and the readers' poll stays the
+//! backstop, so a notification lost to a reconnect costs at most a poll.
+//!
 //! The synchronous `postgres` client runs on a thread of its own, which
 //! callers hand each operation to and wait on, so it can be called from
 //! async code as the SQLite store is. A lost connection is opened again by
@@ -21,7 +26,8 @@
 //! create it once.
 
 use std::collections::HashMap;
-use std::sync::{mpsc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 
 use kiln::v1 as pb;
 use postgres::error::SqlState;
@@ -36,6 +42,9 @@ const SCHEMA_VERSION: i32 = 2;
 
 /// The advisory lock key schema changes hold ("kiln" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6b69_6c6e;
+
+/// The channel writes notify, for other processes to read what changed.
+const CHANGES: &str = "kiln_changes";
 
 /// How long a connection attempt waits, unless the URL says
 /// (`connect_timeout`).
@@ -92,7 +101,10 @@ CREATE TABLE IF NOT EXISTS job_leases (
     owner      TEXT NOT NULL,
     attempt    BIGINT NOT NULL,
     expires_at TIMESTAMPTZ NOT NULL,
-    cancel     BOOLEAN NOT NULL DEFAULT false
+    cancel     BOOLEAN NOT NULL DEFAULT false,
+    -- A policy's cancel (a sweep's pruning): the StopReason and message.
+    stop_reason  INTEGER,
+    stop_message TEXT
 );
 ";
 
@@ -114,6 +126,58 @@ pub struct PgStorage {
     /// The leases this process holds: job id → attempt. Every write for one
     /// of these jobs is fenced by it.
     leases: Mutex<HashMap<String, i64>>,
+    url: String,
+    /// Notifications received on [`CHANGES`], once a caller waits for them.
+    changes: Arc<Changes>,
+}
+
+/// What the listener thread counts, and how waiters learn of it.
+#[derive(Default)]
+struct Changes {
+    count: Mutex<u64>,
+    changed: Condvar,
+    /// The listener thread has been started.
+    listening: AtomicBool,
+    /// The storage was dropped: the listener ends.
+    stopped: AtomicBool,
+}
+
+impl Changes {
+    fn bump(&self) {
+        *self.count.lock().unwrap() += 1;
+        self.changed.notify_all();
+    }
+}
+
+/// Listens on [`CHANGES`] on a connection of its own, counting what comes;
+/// a lost connection is opened again (counted as a change: some may have
+/// been missed).
+fn listen(url: String, changes: Arc<Changes>) {
+    use postgres::fallible_iterator::FallibleIterator;
+    while !changes.stopped.load(Ordering::SeqCst) {
+        let connected = url.parse::<postgres::Config>().and_then(|mut config| {
+            if config.get_connect_timeout().is_none() {
+                config.connect_timeout(CONNECT_TIMEOUT);
+            }
+            let mut client = config.connect(NoTls)?;
+            client.batch_execute(&format!("LISTEN {CHANGES}"))?;
+            Ok(client)
+        });
+        let Ok(mut client) = connected else {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            continue;
+        };
+        changes.bump();
+        while !changes.stopped.load(Ordering::SeqCst) && !client.is_closed() {
+            let mut notifications = client.notifications();
+            let mut waiting = notifications.timeout_iter(std::time::Duration::from_secs(1));
+            match waiting.next() {
+                Ok(Some(_)) => changes.bump(),
+                Ok(None) => {}
+                Err(_) => break,
+            }
+        }
+    }
 }
 
 /// The connection the storage thread holds, opened again when lost.
@@ -165,6 +229,8 @@ impl PgStorage {
             fault: Mutex::new(None),
             owner: owner_name(),
             leases: Mutex::default(),
+            url: url.to_string(),
+            changes: Arc::default(),
         };
         storage.run(migrate)?;
         Ok(storage)
@@ -266,6 +332,7 @@ impl Drop for PgStorage {
     /// Lets the database go at once: its locks released before this
     /// returns, so that a next server can take it without waiting.
     fn drop(&mut self) {
+        self.changes.stopped.store(true, Ordering::SeqCst);
         let _ = self.run(|client| {
             client.execute("SELECT pg_advisory_unlock_all()", &[])?;
             Ok(())
@@ -372,6 +439,7 @@ impl Storage for PgStorage {
                 "INSERT INTO job_events (job_id, sequence, event) VALUES ($1, $2, $3)",
                 &[&id, &sequence, &event],
             )?;
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES, &id])?;
             tx.commit()?;
             Ok(())
         })
@@ -453,6 +521,7 @@ impl Storage for PgStorage {
                      created_unix = excluded.created_unix, meta = excluded.meta",
                 &[&id, &name, &created_unix, &meta],
             )?;
+            client.execute("SELECT pg_notify($1, $2)", &[&CHANGES, &id])?;
             Ok(())
         })
     }
@@ -671,7 +740,7 @@ impl Storage for PgStorage {
         }
         let (owner, lease) = (self.owner.clone(), seconds(lease));
         let (ids, attempts): (Vec<String>, Vec<i64>) = held.iter().cloned().unzip();
-        let renewed: HashMap<String, bool> = self.run(move |client| {
+        let renewed: HashMap<String, (bool, Option<(i32, String)>)> = self.run(move |client| {
             // An expired lease is not renewed: another trainer may be
             // taking the job, so this one has lost it.
             let rows = client.query(
@@ -679,20 +748,29 @@ impl Storage for PgStorage {
                  FROM unnest($1::text[], $2::bigint[]) AS h(job_id, attempt) \
                  WHERE l.job_id = h.job_id AND l.attempt = h.attempt AND l.owner = $4 \
                    AND l.expires_at > now() \
-                 RETURNING l.job_id, l.cancel",
+                 RETURNING l.job_id, l.cancel, l.stop_reason, l.stop_message",
                 &[&ids, &attempts, &lease, &owner],
             )?;
-            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let stop = r
+                        .get::<_, Option<i32>>(2)
+                        .map(|reason| (reason, r.get::<_, Option<String>>(3).unwrap_or_default()));
+                    (r.get(0), (r.get(1), stop))
+                })
+                .collect())
         })?;
         // A lost lease stays known until released: the job's writes from
         // here go on being refused.
         Ok(held
             .into_iter()
             .map(|(job_id, _)| {
-                let cancel = renewed.get(&job_id).copied();
+                let renewal = renewed.get(&job_id).cloned();
                 LeaseState {
-                    held: cancel.is_some(),
-                    cancel_requested: cancel.unwrap_or(false),
+                    held: renewal.is_some(),
+                    cancel_requested: renewal.as_ref().is_some_and(|r| r.0),
+                    stop: renewal.and_then(|r| r.1),
                     job_id,
                 }
             })
@@ -717,17 +795,39 @@ impl Storage for PgStorage {
         })
     }
 
-    fn request_cancel(&self, job_id: &str) -> Result<(), DbError> {
+    fn request_cancel(&self, job_id: &str, stop: Option<(i32, &str)>) -> Result<(), DbError> {
         let job_id = job_id.to_string();
+        let (reason, message) = (stop.map(|s| s.0), stop.map(|s| s.1.to_string()));
         self.write(move |client| {
             client.execute(
-                "INSERT INTO job_leases (job_id, owner, attempt, expires_at, cancel) \
-                 VALUES ($1, '', 0, now(), true) \
-                 ON CONFLICT (job_id) DO UPDATE SET cancel = true",
-                &[&job_id],
+                "INSERT INTO job_leases (job_id, owner, attempt, expires_at, cancel, stop_reason, \
+                     stop_message) VALUES ($1, '', 0, now(), true, $2, $3) \
+                 ON CONFLICT (job_id) DO UPDATE SET cancel = true, \
+                     stop_reason = COALESCE(job_leases.stop_reason, excluded.stop_reason), \
+                     stop_message = COALESCE(job_leases.stop_message, excluded.stop_message)",
+                &[&job_id, &reason, &message],
             )?;
             Ok(())
         })
+    }
+
+    fn wait_for_changes(&self, seen: &mut u64, timeout: std::time::Duration) {
+        if !self.changes.listening.swap(true, Ordering::SeqCst) {
+            let (url, changes) = (self.url.clone(), self.changes.clone());
+            let started = std::thread::Builder::new()
+                .name("kiln-postgres-listen".into())
+                .spawn(move || listen(url, changes));
+            if started.is_err() {
+                self.changes.listening.store(false, Ordering::SeqCst);
+            }
+        }
+        let count = self.changes.count.lock().unwrap();
+        let (count, _) = self
+            .changes
+            .changed
+            .wait_timeout_while(count, timeout, |count| *count == *seen)
+            .unwrap();
+        *seen = *count;
     }
 
     fn next_model_version(&self, name: &str) -> Result<Option<u32>, DbError> {

@@ -128,6 +128,9 @@ pub struct LeaseState {
     pub held: bool,
     /// A cancel was asked for (CancelJob on any replica).
     pub cancel_requested: bool,
+    /// The reason and message the cancel ends the job with, when a policy
+    /// asked for it (a sweep's pruning); `None`: a plain cancel.
+    pub stop: Option<(i32, String)>,
 }
 
 /// Durable, transactional storage of kiln's state. Every method returns
@@ -238,10 +241,21 @@ pub trait Storage: Send + Sync {
         Ok(())
     }
 
-    /// Asks whichever trainer holds (or next takes) the job to cancel it.
-    fn request_cancel(&self, job_id: &str) -> Result<(), DbError> {
-        let _ = job_id;
+    /// Asks whichever trainer holds (or next takes) the job to cancel it,
+    /// with `stop`'s reason and message when a policy asks (see
+    /// [`LeaseState::stop`]).
+    fn request_cancel(&self, job_id: &str, stop: Option<(i32, &str)>) -> Result<(), DbError> {
+        let _ = (job_id, stop);
         Ok(())
+    }
+
+    /// Waits until another process may have recorded something (a job
+    /// event, a dataset), at most `timeout`; `seen` is the caller's count of
+    /// changes, updated. The embedded store has no other process: it waits
+    /// out the timeout.
+    fn wait_for_changes(&self, seen: &mut u64, timeout: std::time::Duration) {
+        let _ = seen;
+        std::thread::sleep(timeout);
     }
 
     /// The number the next version of model `name` gets, as the database

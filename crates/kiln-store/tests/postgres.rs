@@ -343,12 +343,25 @@ fn leases_give_a_job_to_one_trainer_and_fence_the_one_that_lost_it() {
     assert_eq!(claim.job_id, "job-2");
     first.sync().unwrap();
     first.append("job-2", running()).unwrap();
-    let cancelled = api.cancel("job-2").unwrap();
+    // A policy's stop (a sweep pruning a trial) carries its reason along.
+    let pruned = "pruned: below the median";
+    let cancelled = api.stop("job-2", pb::StopReason::Pruned, pruned).unwrap();
     assert_eq!(cancelled.state(), pb::JobState::Running);
     assert_eq!(api.events("job-2").unwrap(), first.events("job-2").unwrap());
     let renewed = first_db.renew_leases(lease).unwrap();
     let job_2 = renewed.iter().find(|l| l.job_id == "job-2").unwrap();
     assert!(job_2.held && job_2.cancel_requested, "{renewed:?}");
+    assert_eq!(
+        job_2.stop,
+        Some((pb::StopReason::Pruned as i32, pruned.to_string()))
+    );
+    // The trainer ends it with that reason.
+    first.cancel_here("job-2", job_2.stop.clone());
+    let ended = first
+        .append("job-2", kiln_store::jobs::cancelled_event("stopped"))
+        .unwrap();
+    assert_eq!(ended.state(), pb::JobState::Cancelled);
+    assert_eq!(ended.message, pruned, "{ended:?}");
     // job-1's lease is still reported lost to the trainer that had it.
     assert!(renewed.iter().any(|l| l.job_id == "job-1" && !l.held));
 

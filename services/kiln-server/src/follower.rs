@@ -4,17 +4,13 @@
 //! where the database has them. The first sync runs before the server
 //! listens, so a replica is ready only once it serves what the registry
 //! held then. A model it has not loaded yet answers NOT_FOUND at once.
-//! GetJob and WatchJob read the job from the database (WatchJob replays,
-//! then polls for new events), so a job can be followed on any replica.
+//! Every process on a shared database also takes in the jobs, events and
+//! datasets the others record ([`follow_jobs`]), so a job can be followed
+//! (GetJob, WatchJob) on any of them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-
-use kiln::v1 as pb;
-use kiln_core::brief;
-use kiln_store::StoredJob;
-use tonic::Status;
 
 use crate::Kiln;
 
@@ -76,78 +72,30 @@ pub fn follow(kiln: Arc<Kiln>) {
     });
 }
 
-/// Every [`SYNC_EVERY`], takes in the jobs, events and datasets the other
-/// processes on the shared database recorded, so that GetJob, ListJobs and
-/// WatchJob here show them (a watcher is woken by them as by a local event).
+/// Takes in the jobs, events and datasets the other processes on the shared
+/// database record, so that GetJob, ListJobs and WatchJob here show them (a
+/// watcher is woken by them as by a local event): woken by the database's
+/// notification of a write, at most every [`SYNC_EVERY`] without one, and
+/// at most once per [`SYNC_GAP`].
 pub fn follow_jobs(kiln: Arc<Kiln>) {
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(SYNC_EVERY).await;
-            let syncing = kiln.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                if let Err(e) = syncing.store.sync() {
+    std::thread::Builder::new()
+        .name("follow-jobs".into())
+        .spawn(move || {
+            let mut seen = 0;
+            loop {
+                kiln.storage.wait_for_changes(&mut seen, SYNC_EVERY);
+                if let Err(e) = kiln.store.sync() {
                     tracing::warn!(error = %e, "cannot read the other processes' jobs");
                 }
-                if let Err(e) = syncing.datasets.sync() {
+                if let Err(e) = kiln.datasets.sync() {
                     tracing::warn!(error = %e, "cannot read the other processes' datasets");
                 }
-            })
-            .await;
-        }
-    });
-}
-
-/// How often a serving replica reads a followed job's new events.
-pub const POLL_EVENTS_EVERY: Duration = Duration::from_millis(250);
-
-/// The job as the shared database holds it, with its events from `from`.
-async fn read_job(kiln: &Arc<Kiln>, id: &str, from: u64) -> Result<StoredJob, Status> {
-    let (storage, job) = (kiln.storage.clone(), id.to_string());
-    match tokio::task::spawn_blocking(move || storage.job_from(&job, from)).await {
-        Ok(Ok(Some(stored))) => Ok(stored),
-        Ok(Ok(None)) => Err(Status::not_found(format!(
-            "job \"{}\" not found",
-            brief(id)
-        ))),
-        Ok(Err(e)) => Err(Status::unavailable(e.to_string())),
-        Err(e) => Err(Status::internal(e.to_string())),
-    }
-}
-
-/// GetJob on a serving replica: the job as the shared database holds it.
-pub async fn get_job(kiln: &Arc<Kiln>, id: String) -> Result<pb::Job, Status> {
-    read_job(kiln, &id, u64::MAX).await.map(|stored| stored.job)
-}
-
-/// WatchJob on a serving replica: the job's events from the shared
-/// database from `from` on, then every [`POLL_EVENTS_EVERY`] the new ones,
-/// until its final event.
-pub async fn watch_job(
-    kiln: &Arc<Kiln>,
-    id: String,
-    from: u64,
-    tx: tokio::sync::mpsc::Sender<Result<pb::JobEvent, Status>>,
-) {
-    let mut next = from;
-    loop {
-        let stored = match read_job(kiln, &id, next).await {
-            Ok(stored) => stored,
-            Err(status) => {
-                let _ = tx.send(Err(status)).await;
-                return;
+                std::thread::sleep(SYNC_GAP);
             }
-        };
-        for event in stored.events {
-            next = event.sequence + 1;
-            if tx.send(Ok(event)).await.is_err() {
-                return; // the watcher has gone
-            }
-        }
-        // The record is read before the events: once it has ended, every
-        // event is in the batch just sent.
-        if kiln_store::jobs::is_terminal(stored.job.state()) {
-            return;
-        }
-        tokio::time::sleep(POLL_EVENTS_EVERY).await;
-    }
+        })
+        .expect("spawn the job follower");
 }
+
+/// The least time between two syncs of [`follow_jobs`]: a burst of writes
+/// elsewhere is read in a few syncs, not one per write.
+const SYNC_GAP: Duration = Duration::from_millis(5);

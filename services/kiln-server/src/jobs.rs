@@ -42,11 +42,6 @@ impl JobService for Jobs {
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().job_id;
-        if !self.0.roles.api {
-            return crate::follower::get_job(&self.0, id)
-                .await
-                .map(Response::new);
-        }
         read_if_unknown(&self.0, &id).await;
         self.0
             .store
@@ -103,12 +98,6 @@ impl JobService for Jobs {
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let request = request.into_inner();
         let (id, from) = (request.job_id, request.from_sequence);
-        if !self.0.roles.api {
-            let (tx, rx) = tokio::sync::mpsc::channel(64);
-            let kiln = self.0.clone();
-            tokio::spawn(async move { crate::follower::watch_job(&kiln, id, from, tx).await });
-            return Ok(Response::new(ReceiverStream::new(rx)));
-        }
         read_if_unknown(&self.0, &id).await;
         self.0.store.get(&id).map_err(status::job)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);

@@ -53,7 +53,7 @@ fn heartbeat(kiln: &Kiln, lease: Duration) {
                     if !state.held {
                         kiln.runner.lose(&state.job_id);
                     } else if state.cancel_requested {
-                        kiln.store.cancel_here(&state.job_id);
+                        kiln.store.cancel_here(&state.job_id, state.stop);
                     }
                 }
             }

@@ -98,9 +98,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             follower::sync(&kiln);
             follower::follow(kiln.clone());
         }
-        if roles.api || roles.trainer {
-            follower::follow_jobs(kiln.clone());
-        }
+        follower::follow_jobs(kiln.clone());
         if roles.api {
             sweeps::resume(&kiln, false);
         }

@@ -109,6 +109,9 @@ fn spec(model: &str, epochs: u32) -> pb::JobSpec {
 struct Watch {
     stream: tonic::Streaming<pb::JobEvent>,
     events: Vec<pb::JobEvent>,
+    /// For each event, how long after its timestamp (the writer's clock,
+    /// the same machine) it arrived here.
+    lags: Vec<Duration>,
 }
 
 impl Watch {
@@ -126,6 +129,7 @@ impl Watch {
         Watch {
             stream,
             events: Vec::new(),
+            lags: Vec::new(),
         }
     }
 
@@ -136,6 +140,9 @@ impl Watch {
                 .await
                 .expect("an event in time")
                 .expect("stream ok")?;
+            let at = std::time::SystemTime::try_from(next.time.unwrap()).unwrap();
+            let lag = std::time::SystemTime::now().duration_since(at);
+            self.lags.push(lag.unwrap_or_default());
             self.events.push(next.clone());
             if until(&next) {
                 return Some(next);
@@ -152,6 +159,15 @@ impl Watch {
     async fn rest(mut self) -> Vec<pb::JobEvent> {
         self.until(|_| false).await;
         self.events
+    }
+
+    /// The rest, with the median and 99th percentile of every event's lag.
+    async fn rest_timed(mut self) -> (Vec<pb::JobEvent>, Duration, Duration) {
+        self.until(|_| false).await;
+        let mut lags = self.lags;
+        lags.sort();
+        let at = |q: f64| lags[((lags.len() - 1) as f64 * q).round() as usize];
+        (self.events, at(0.5), at(0.99))
     }
 }
 
@@ -262,7 +278,12 @@ async fn a_killed_trainers_job_is_continued_by_another_with_the_same_curve() {
     let resumed = killed.elapsed();
     let (taker, attempt) = cluster.holder(&job.id).await;
     assert_eq!((taker, attempt), (1 - holder, 2));
-    let events = watch.rest().await;
+    let (events, p50, p99) = watch.rest_timed().await;
+    eprintln!(
+        "event latency from the trainers to a watcher on an api replica: p50 {p50:?}, p99 {p99:?} \
+         ({} events)",
+        events.len()
+    );
     eprintln!(
         "kill -9 of the trainer to the job RUNNING on the other, seen on an api replica: \
          {resumed:?} (lease {LEASE_SECONDS} s)"
