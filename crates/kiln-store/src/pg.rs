@@ -106,6 +106,15 @@ CREATE TABLE IF NOT EXISTS job_leases (
     stop_reason  INTEGER,
     stop_message TEXT
 );
+ALTER TABLE sweeps ADD COLUMN IF NOT EXISTS ended BOOLEAN NOT NULL DEFAULT false;
+-- A sweep's controller: one process at a time (no reference to sweeps: a
+-- submission holds the lease before its record is stored).
+CREATE TABLE IF NOT EXISTS sweep_leases (
+    sweep_id   TEXT PRIMARY KEY,
+    owner      TEXT NOT NULL,
+    attempt    BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
 ";
 
 /// Job states as the `jobs.state` column holds them.
@@ -126,6 +135,9 @@ pub struct PgStorage {
     /// The leases this process holds: job id → attempt. Every write for one
     /// of these jobs is fenced by it.
     leases: Mutex<HashMap<String, i64>>,
+    /// The sweep leases this process holds: sweep id → attempt; the
+    /// sweep's record writes are fenced by it.
+    sweep_leases: Mutex<HashMap<String, i64>>,
     url: String,
     /// Notifications received on [`CHANGES`], once a caller waits for them.
     changes: Arc<Changes>,
@@ -229,6 +241,7 @@ impl PgStorage {
             fault: Mutex::new(None),
             owner: owner_name(),
             leases: Mutex::default(),
+            sweep_leases: Mutex::default(),
             url: url.to_string(),
             changes: Arc::default(),
         };
@@ -628,13 +641,136 @@ impl Storage for PgStorage {
         })
     }
 
+    /// Fenced by this process's sweep lease, when it holds one.
     fn put_sweep(&self, sweep: &pb::Sweep) -> Result<(), DbError> {
         let (id, record) = (sweep.id.clone(), sweep.encode_to_vec());
+        let ended = matches!(
+            sweep.state(),
+            pb::SweepState::Succeeded | pb::SweepState::Failed | pb::SweepState::Cancelled
+        );
+        let fence = self
+            .sweep_leases
+            .lock()
+            .unwrap()
+            .get(&id)
+            .map(|attempt| (self.owner.clone(), *attempt));
         self.write(move |client| {
+            let mut tx = client.transaction()?;
+            if let Some((owner, attempt)) = &fence {
+                let held = tx.query_opt(
+                    "SELECT 1 FROM sweep_leases WHERE sweep_id = $1 AND owner = $2 \
+                     AND attempt = $3 AND expires_at > now() FOR SHARE",
+                    &[&id, owner, attempt],
+                )?;
+                if held.is_none() {
+                    return Err(DbError::Fenced(id.clone()));
+                }
+            }
+            tx.execute(
+                "INSERT INTO sweeps (id, record, ended) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET record = excluded.record, ended = excluded.ended",
+                &[&id, &record, &ended],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn hold_sweep(&self, id: &str, lease: std::time::Duration) -> Result<(), DbError> {
+        let (sweep, owner, lease) = (id.to_string(), self.owner.clone(), seconds(lease));
+        let attempt: i64 = self.write(move |client| {
+            let row = client.query_one(
+                "INSERT INTO sweep_leases (sweep_id, owner, attempt, expires_at) \
+                 VALUES ($1, $2, 1, now() + make_interval(secs => $3)) \
+                 ON CONFLICT (sweep_id) DO UPDATE SET owner = excluded.owner, \
+                     attempt = sweep_leases.attempt + 1, expires_at = excluded.expires_at \
+                 RETURNING attempt",
+                &[&sweep, &owner, &lease],
+            )?;
+            Ok(row.get(0))
+        })?;
+        self.sweep_leases
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), attempt);
+        Ok(())
+    }
+
+    fn claim_sweep(&self, lease: std::time::Duration) -> Result<Option<String>, DbError> {
+        let (owner, lease) = (self.owner.clone(), seconds(lease));
+        let claim = self.write(move |client| {
+            let mut tx = client.transaction()?;
+            let Some(row) = tx.query_opt(
+                "SELECT s.id FROM sweeps s LEFT JOIN sweep_leases l ON l.sweep_id = s.id \
+                 WHERE NOT s.ended AND (l.sweep_id IS NULL OR l.expires_at <= now()) \
+                 ORDER BY s.seq LIMIT 1 FOR UPDATE OF s SKIP LOCKED",
+                &[],
+            )?
+            else {
+                return Ok(None);
+            };
+            let id: String = row.get(0);
+            let row = tx.query_one(
+                "INSERT INTO sweep_leases (sweep_id, owner, attempt, expires_at) \
+                 VALUES ($1, $2, 1, now() + make_interval(secs => $3)) \
+                 ON CONFLICT (sweep_id) DO UPDATE SET owner = excluded.owner, \
+                     attempt = sweep_leases.attempt + 1, expires_at = excluded.expires_at \
+                 RETURNING attempt",
+                &[&id, &owner, &lease],
+            )?;
+            tx.commit()?;
+            Ok(Some((id, row.get::<_, i64>(0))))
+        })?;
+        Ok(claim.map(|(id, attempt)| {
+            self.sweep_leases
+                .lock()
+                .unwrap()
+                .insert(id.clone(), attempt);
+            id
+        }))
+    }
+
+    fn renew_sweep_leases(&self, lease: std::time::Duration) -> Result<Vec<String>, DbError> {
+        let held: Vec<(String, i64)> = self
+            .sweep_leases
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, attempt)| (id.clone(), *attempt))
+            .collect();
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (owner, lease) = (self.owner.clone(), seconds(lease));
+        let (ids, attempts): (Vec<String>, Vec<i64>) = held.iter().cloned().unzip();
+        let renewed: Vec<String> = self.run(move |client| {
+            let rows = client.query(
+                "UPDATE sweep_leases l SET expires_at = now() + make_interval(secs => $3) \
+                 FROM unnest($1::text[], $2::bigint[]) AS h(sweep_id, attempt) \
+                 WHERE l.sweep_id = h.sweep_id AND l.attempt = h.attempt AND l.owner = $4 \
+                   AND l.expires_at > now() \
+                 RETURNING l.sweep_id",
+                &[&ids, &attempts, &lease, &owner],
+            )?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })?;
+        Ok(held
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| !renewed.contains(id))
+            .collect())
+    }
+
+    fn release_sweep(&self, id: &str) -> Result<(), DbError> {
+        let Some(attempt) = self.sweep_leases.lock().unwrap().remove(id) else {
+            return Ok(());
+        };
+        let (id, owner) = (id.to_string(), self.owner.clone());
+        self.run(move |client| {
             client.execute(
-                "INSERT INTO sweeps (id, record) VALUES ($1, $2)
-                 ON CONFLICT (id) DO UPDATE SET record = excluded.record",
-                &[&id, &record],
+                "UPDATE sweep_leases SET expires_at = now() \
+                 WHERE sweep_id = $1 AND owner = $2 AND attempt = $3",
+                &[&id, &owner, &attempt],
             )?;
             Ok(())
         })

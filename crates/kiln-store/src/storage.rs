@@ -249,6 +249,34 @@ pub trait Storage: Send + Sync {
         Ok(())
     }
 
+    /// Takes a lease on sweep `id` for this process, to control it (a sweep
+    /// just submitted here, not recorded yet). From then on its record's
+    /// writes from this process are fenced by the lease.
+    fn hold_sweep(&self, id: &str, lease: std::time::Duration) -> Result<(), DbError> {
+        let _ = (id, lease);
+        Ok(())
+    }
+
+    /// Takes the oldest unfinished sweep no live lease holds (its
+    /// controller's process stopped renewing) for `lease`; its id.
+    fn claim_sweep(&self, lease: std::time::Duration) -> Result<Option<String>, DbError> {
+        let _ = lease;
+        Ok(None)
+    }
+
+    /// Extends the sweep leases this process holds; the ids of those it
+    /// lost (expired, or taken by another process).
+    fn renew_sweep_leases(&self, lease: std::time::Duration) -> Result<Vec<String>, DbError> {
+        let _ = lease;
+        Ok(Vec::new())
+    }
+
+    /// Gives up this process's lease on a sweep (it ended).
+    fn release_sweep(&self, id: &str) -> Result<(), DbError> {
+        let _ = id;
+        Ok(())
+    }
+
     /// Waits until another process may have recorded something (a job
     /// event, a dataset), at most `timeout`; `seen` is the caller's count of
     /// changes, updated. The embedded store has no other process: it waits

@@ -48,6 +48,11 @@ struct Entry {
     record: Mutex<Record>,
     cancelled: AtomicBool,
     records: Arc<SweepRecords>,
+    /// Its controller runs in this process.
+    controlled: AtomicBool,
+    /// The shared mode: this process lost the sweep's lease; its controller
+    /// stops at its next step (another replica's continues the sweep).
+    lost: AtomicBool,
 }
 
 struct Record {
@@ -85,6 +90,8 @@ impl Entry {
             }),
             cancelled: AtomicBool::new(false),
             records,
+            controlled: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
         })
     }
 
@@ -152,10 +159,16 @@ impl Sweeps {
             })
     }
 
+    /// Adds a sweep, or replaces this process's copy of it.
     fn insert(&self, entry: Arc<Entry>, id: String) {
         let mut inner = self.inner.lock().unwrap();
-        inner.order.push(id.clone());
-        inner.sweeps.insert(id, entry);
+        if inner.sweeps.insert(id.clone(), entry).is_none() {
+            inner.order.push(id);
+        }
+    }
+
+    fn find(&self, id: &str) -> Option<Arc<Entry>> {
+        self.inner.lock().unwrap().sweeps.get(id).cloned()
     }
 
     fn all(&self) -> Vec<Arc<Entry>> {
@@ -183,6 +196,14 @@ impl SweepService for SweepSvc {
         let plan = plan(&request, &id).map_err(status::invalid)?;
         let sweep = plan.new_sweep(&id, request, now());
         let entry = Entry::new(sweep, plan.goal, self.0.sweep_records.clone());
+        // The shared mode: controlled here, under a lease, so that no other
+        // replica runs it while this one does.
+        if self.0.shared {
+            self.0
+                .storage
+                .hold_sweep(&id, lease(&self.0))
+                .map_err(|e| crate::durability::unrecorded(&(&e).into()))?;
+        }
         // Accepted only once recorded.
         entry
             .persist()
@@ -190,7 +211,7 @@ impl SweepService for SweepSvc {
         self.0.sweeps.insert(entry.clone(), id.clone());
         tracing::info!(sweep = %id, trials = plan.points.len(), model = %plan.model_name, "sweep started");
         let snapshot = entry.snapshot();
-        tokio::spawn(controller::run(self.0.clone(), entry, plan, Resume::No));
+        start(&self.0, entry, plan, Resume::No);
         Ok(Response::new(snapshot))
     }
 
@@ -267,10 +288,126 @@ impl SweepService for SweepSvc {
     }
 }
 
+/// A sweep controller's lease (`lease_seconds`, as trainers' job leases).
+fn lease(kiln: &Kiln) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(kiln.config.lease_seconds.max(0.3))
+}
+
+/// The shared mode, on an api replica: every second, renews the leases of
+/// the sweeps controlled here (a lost one's controller stops), takes over an
+/// unfinished sweep whose controller's process stopped renewing (resumed as
+/// after a restart: the trials it had started are adopted, not run again),
+/// and brings this replica's copies of the sweeps controlled elsewhere up to
+/// their stored records, so GetSweep and ListSweeps answer anywhere.
+pub fn follow(kiln: Arc<Kiln>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let work = kiln.clone();
+            let claimed = tokio::task::spawn_blocking(move || {
+                match work.storage.renew_sweep_leases(lease(&work)) {
+                    Ok(lost) => {
+                        for id in lost {
+                            if let Some(entry) = work.sweeps.find(&id) {
+                                tracing::warn!(sweep = %id, "sweep lease lost: another replica continues it");
+                                entry.lost.store(true, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "sweep leases not renewed"),
+                }
+                let claimed = work.storage.claim_sweep(lease(&work)).ok().flatten();
+                (claimed, work.sweep_records.load())
+            })
+            .await;
+            let Ok((claimed, records)) = claimed else {
+                continue;
+            };
+            let Ok(records) = records else {
+                continue;
+            };
+            for sweep in records {
+                let id = sweep.id.clone();
+                if claimed.as_deref() == Some(id.as_str()) {
+                    take_over(&kiln, sweep);
+                } else {
+                    mirror(&kiln, sweep);
+                }
+            }
+        }
+    });
+}
+
+/// This replica's copy of a sweep controlled elsewhere, as stored; once it
+/// ended, its watchers get the final event.
+fn mirror(kiln: &Kiln, sweep: pb::Sweep) {
+    let entry = match kiln.sweeps.find(&sweep.id) {
+        Some(entry) if entry.controlled.load(Ordering::SeqCst) => return,
+        Some(entry) => entry,
+        None => {
+            let goal = Goal::of_sweep(&sweep);
+            let entry = Entry::new(sweep.clone(), goal, kiln.sweep_records.clone());
+            kiln.sweeps.insert(entry.clone(), sweep.id.clone());
+            entry
+        }
+    };
+    entry.with(|r| {
+        let ended = outcome::is_ended(sweep.state());
+        let had_ended = outcome::is_ended(r.sweep.state());
+        r.sweep = sweep;
+        if ended && !had_ended {
+            let event = pb::SweepEvent {
+                sweep_id: r.sweep.id.clone(),
+                sequence: r.events.len() as u64,
+                time: Some(now()),
+                kind: Some(pb::sweep_event::Kind::SweepFinished(r.snapshot())),
+            };
+            r.events.push(event);
+        }
+    });
+}
+
+/// Controls a sweep this replica just took the lease of.
+fn take_over(kiln: &Arc<Kiln>, sweep: pb::Sweep) {
+    let id = sweep.id.clone();
+    if outcome::is_ended(sweep.state()) {
+        // Stored before its end was marked (a record of an older schema).
+        let _ = kiln.sweep_records.save(&sweep);
+        let _ = kiln.storage.release_sweep(&id);
+        return mirror(kiln, sweep);
+    }
+    tracing::info!(sweep = %id, "sweep taken over from a replica whose lease ended");
+    let goal = Goal::of_sweep(&sweep);
+    let planned = sweep
+        .request
+        .as_ref()
+        .ok_or_else(|| "no request stored".to_string())
+        .and_then(|request| plan(request, &id).map_err(|e| e.to_string()));
+    let entry = Entry::new(sweep, goal, kiln.sweep_records.clone());
+    kiln.sweeps.insert(entry.clone(), id.clone());
+    match planned {
+        Ok(plan) => start(kiln, entry, plan, Resume::AfterRestart),
+        Err(error) => {
+            entry.with(|r| {
+                r.sweep.state = pb::SweepState::Failed as i32;
+                r.sweep.finished_at = Some(now());
+                r.sweep.message = format!("could not be taken over: {error}");
+            });
+            let _ = entry.persist();
+            let _ = kiln.storage.release_sweep(&id);
+        }
+    }
+}
+
+/// Starts a sweep's controller in this process.
+fn start(kiln: &Arc<Kiln>, entry: Arc<Entry>, plan: kiln_sweep::Plan, resume: Resume) {
+    entry.controlled.store(true, Ordering::SeqCst);
+    tokio::spawn(controller::run(kiln.clone(), entry, plan, resume));
+}
+
 /// At start: puts back every stored sweep, and (with `control`) starts again
 /// the controllers of those that had not ended. The shared mode does not:
-/// a sweep's controller is not leased, so two replicas would both run it;
-/// an unfinished sweep is listed as it stood.
+/// there an unfinished sweep is taken over by lease ([`follow`]).
 pub fn resume(kiln: &Arc<Kiln>, control: bool) {
     let stored = match kiln.sweep_records.load() {
         Ok(stored) => stored,
@@ -294,18 +431,12 @@ pub fn resume(kiln: &Arc<Kiln>, control: bool) {
             continue;
         }
         if !control {
-            tracing::warn!(sweep = %id, "unfinished sweep not resumed: in the shared mode a sweep is controlled by the replica it was submitted to, while that replica runs");
-            continue;
+            continue; // the shared mode: taken over by lease (follow)
         }
         match planned {
             Ok(plan) => {
                 tracing::info!(sweep = %id, "sweep resumed after a restart");
-                tokio::spawn(controller::run(
-                    kiln.clone(),
-                    entry,
-                    plan,
-                    Resume::AfterRestart,
-                ));
+                start(kiln, entry, plan, Resume::AfterRestart);
             }
             Err(error) => {
                 tracing::error!(sweep = %id, %error, "sweep cannot resume");

@@ -25,6 +25,9 @@ pub(super) async fn run(kiln: Arc<Kiln>, entry: Arc<Entry>, plan: Plan, resume: 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<TrialEvent>();
     let mut sweep = Run::new(kiln, entry, plan, resume, tx);
     loop {
+        if sweep.lost() {
+            return; // another replica controls it now
+        }
         sweep.start_trials().await;
         if sweep.controller.is_idle() {
             break;
@@ -34,7 +37,11 @@ pub(super) async fn run(kiln: Arc<Kiln>, entry: Arc<Entry>, plan: Plan, resume: 
         };
         sweep.on_event(index, event);
     }
+    if sweep.lost() {
+        return;
+    }
     finish(&sweep.kiln, &sweep.entry, &sweep.plan).await;
+    let _ = sweep.kiln.storage.release_sweep(&sweep.sweep_id);
 }
 
 /// A running controller: the sweep, its plan and kiln-sweep's state.
@@ -97,9 +104,17 @@ impl Run {
         self.entry.cancelled.load(Ordering::SeqCst)
     }
 
+    /// The shared mode: this process lost the sweep's lease.
+    fn lost(&self) -> bool {
+        self.entry.lost.load(Ordering::SeqCst)
+    }
+
     /// Starts trials while the controller lets more run.
     async fn start_trials(&mut self) {
         while let Some((index, start)) = self.controller.next_start(self.cancelled()) {
+            if self.lost() {
+                return;
+            }
             match start {
                 Start::Adopt(job) => self.adopt(index, *job),
                 Start::Submit => self.submit(index).await,

@@ -420,6 +420,111 @@ async fn training_and_a_watch_go_on_across_a_postgres_restart() {
     assert_eq!(curve(&events), curve(&reference));
 }
 
+async fn get_sweep(server: &Server, id: &str) -> pb::Sweep {
+    pb::sweep_service_client::SweepServiceClient::new(server.channel().await)
+        .get_sweep(pb::GetSweepRequest {
+            sweep_id: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Polls GetSweep on `server` until `until` holds.
+async fn sweep_until(server: &Server, id: &str, until: impl Fn(&pb::Sweep) -> bool) -> pb::Sweep {
+    let started = Instant::now();
+    loop {
+        if let Ok(sweep) = pb::sweep_service_client::SweepServiceClient::new(server.channel().await)
+            .get_sweep(pb::GetSweepRequest {
+                sweep_id: id.into(),
+            })
+            .await
+        {
+            let sweep = sweep.into_inner();
+            if until(&sweep) {
+                return sweep;
+            }
+        }
+        assert!(started.elapsed() < JOB_WAIT, "sweep {id} never got there");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_sweep_whose_controlling_replica_is_killed_is_finished_by_another() {
+    let Some(mut cluster) = Cluster::start("trainers-sweep", 2, 1) else {
+        return;
+    };
+    let rates = [0.01, 0.003, 0.001];
+    let request = pb::SubmitSweepRequest {
+        base: Some(spec("swept", 12)),
+        search_space: std::collections::HashMap::from([(
+            "training.optimizer.learning_rate".to_string(),
+            pb::Parameter {
+                kind: Some(pb::parameter::Kind::Values(prost_types::ListValue {
+                    values: rates
+                        .iter()
+                        .map(|&x| prost_types::Value {
+                            kind: Some(prost_types::value::Kind::NumberValue(x)),
+                        })
+                        .collect(),
+                })),
+            },
+        )]),
+        max_concurrent_trials: 1,
+        model_name: "swept".into(),
+        ..Default::default()
+    };
+    let sweep = pb::sweep_service_client::SweepServiceClient::new(cluster.api[0].channel().await)
+        .submit_sweep(request)
+        .await
+        .unwrap()
+        .into_inner();
+    // Its first trial started, as the other replica sees it.
+    let other = &cluster.api[1];
+    sweep_until(other, &sweep.id, |s| {
+        s.trials.iter().any(|t| !t.job_id.is_empty())
+    })
+    .await;
+    // The controlling replica dies; the other takes the sweep over once its
+    // lease has expired, and finishes it.
+    let killed = Instant::now();
+    cluster.api.remove(0).signal("KILL");
+    let other = &cluster.api[0];
+    let ended = sweep_until(other, &sweep.id, |s| s.state() != pb::SweepState::Running).await;
+    eprintln!(
+        "sweep ended {:?} after its controlling replica was killed",
+        killed.elapsed()
+    );
+    assert_eq!(ended.state(), pb::SweepState::Succeeded, "{ended:?}");
+    assert_eq!(ended.trials.len(), rates.len());
+    // No trial run twice: one job per trial, each of them succeeded.
+    let jobs = other
+        .jobs()
+        .await
+        .list_jobs(pb::ListJobsRequest {
+            sweep_id: sweep.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(jobs.len(), rates.len(), "{jobs:?}");
+    let mut trial_jobs: Vec<&str> = ended.trials.iter().map(|t| t.job_id.as_str()).collect();
+    trial_jobs.sort();
+    trial_jobs.dedup();
+    assert_eq!(trial_jobs.len(), rates.len(), "{:?}", ended.trials);
+    for job in &jobs {
+        assert_eq!(job.state(), pb::JobState::Succeeded, "{job:?}");
+    }
+    assert!(list_models(other).await.iter().any(|m| m.name == "swept"));
+    assert_eq!(
+        get_sweep(other, &sweep.id).await.best_job_id,
+        ended.best_job_id
+    );
+}
+
 /// Jobs per minute through the queue with 1, 2 and 4 trainer processes (one
 /// libtorch thread each) on a small job, as ratios to one trainer. A
 /// benchmark, not a test: on demand, with
