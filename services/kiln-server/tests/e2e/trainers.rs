@@ -317,6 +317,81 @@ async fn a_killed_trainers_job_is_continued_by_another_with_the_same_curve() {
         eprintln!("version 2 served by a replica {within:?} after its job was seen to end");
         assert_eq!(versions(api, "leased").await, [1, 2]);
     }
+    // An alias moved on one api replica is followed by the other.
+    let moved = Instant::now();
+    a.inference()
+        .await
+        .set_alias(pb::SetAliasRequest {
+            model: "leased".into(),
+            alias: "prod".into(),
+            version: "1".into(),
+        })
+        .await
+        .unwrap();
+    loop {
+        let answer = b
+            .inference()
+            .await
+            .predict(pb::PredictRequest {
+                model: "leased".into(),
+                version: "prod".into(),
+                rows: vec![pb::Row { values: vec![1.0] }],
+                ..Default::default()
+            })
+            .await;
+        if answer.is_ok_and(|r| r.into_inner().model_version == 1) {
+            break;
+        }
+        assert!(
+            moved.elapsed() < JOB_WAIT,
+            "the alias never reached the other replica"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "an alias moved on one api replica, served by the other {:?} later",
+        moved.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn replicas_starting_together_on_an_empty_database_migrate_it_once() {
+    let Some(mut cluster) = Cluster::start("trainers-migrate", 0, 0) else {
+        return;
+    };
+    // Four processes of every kind at once, on a database nobody created.
+    let starting: Vec<_> = ["api,serve", "api,serve", "trainer", "serve"]
+        .into_iter()
+        .map(|roles| {
+            let (dir, url) = (cluster.dir.clone(), cluster.url.clone());
+            std::thread::spawn(move || {
+                Server::start_in(
+                    dir,
+                    &[("KILN_DATABASE_URL", url.as_str()), ("KILN_ROLES", roles)],
+                )
+                .sharing_data_dir()
+            })
+        })
+        .collect();
+    for server in starting {
+        cluster
+            .api
+            .push(server.join().expect("every process starts"));
+    }
+    let url = cluster.url.clone();
+    let versions: i64 = tokio::task::spawn_blocking(move || {
+        let mut db = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+        db.query_one("SELECT count(*) FROM kiln_schema", &[])
+            .unwrap()
+            .get(0)
+    })
+    .await
+    .unwrap();
+    assert_eq!(versions, 1, "one schema version row");
+    // And they work together: a job submitted on one, trained by the
+    // trainer, is watched to its end on another.
+    let job = submit(&cluster.api[0], spec("migrated", 2)).await.unwrap();
+    finished(&watch_all(&cluster.api[1], &job.id).await);
 }
 
 #[tokio::test]
