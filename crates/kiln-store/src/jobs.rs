@@ -250,6 +250,12 @@ impl JobStore {
         Ok(changed)
     }
 
+    /// Whether this process still holds its lease on the job (always true
+    /// without leases).
+    pub fn lease_held(&self, id: &str) -> bool {
+        self.db.as_ref().is_none_or(|db| db.lease_held(id))
+    }
+
     /// Gives up this process's lease on the job (the shared mode).
     pub fn release_lease(&self, id: &str) {
         if let Some(db) = &self.db {
@@ -328,8 +334,9 @@ impl JobStore {
                     reason: pb::StopReason::Error as i32,
                     state: pb::JobState::Failed as i32,
                     message: format!(
-                        "interrupted {} times while running (the server stopped); \
-                         max_job_restarts is {max_restarts}, so it is not run again",
+                        "interrupted {} times while running (its server stopped, or its \
+                         trainer lost the lease); max_job_restarts is {max_restarts}, so it \
+                         is not run again",
                         restarts + 1
                     ),
                     ..Default::default()

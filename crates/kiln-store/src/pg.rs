@@ -96,6 +96,8 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS events BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS updated_at TIMESTAMPTZ NOT NULL DEFAULT now();
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS needs_gpu BOOLEAN NOT NULL DEFAULT false;
 CREATE INDEX IF NOT EXISTS jobs_updated_at ON jobs (updated_at);
+-- What trainers look through for a job to take: the unfinished ones.
+CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (seq) WHERE state IN (1, 2);
 CREATE TABLE IF NOT EXISTS job_leases (
     job_id     TEXT PRIMARY KEY REFERENCES jobs(id),
     owner      TEXT NOT NULL,
@@ -113,7 +115,9 @@ CREATE TABLE IF NOT EXISTS sweep_leases (
     sweep_id   TEXT PRIMARY KEY,
     owner      TEXT NOT NULL,
     attempt    BIGINT NOT NULL,
-    expires_at TIMESTAMPTZ NOT NULL
+    expires_at TIMESTAMPTZ NOT NULL,
+    -- CancelSweep on any replica, for the one that controls it.
+    cancel     BOOLEAN NOT NULL DEFAULT false
 );
 ";
 
@@ -432,6 +436,9 @@ impl Storage for PgStorage {
         let fence = self.fence(&id);
         self.write(move |client| {
             let mut tx = client.transaction()?;
+            // The job's row before its lease's, as a claim takes them: two
+            // transactions never wait on each other in a circle.
+            tx.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&id])?;
             check_fence(&mut tx, &id, &fence)?;
             tx.execute(
                 "INSERT INTO jobs (id, model_name, state, spec, record, events, needs_gpu)
@@ -710,14 +717,18 @@ impl Storage for PgStorage {
                 return Ok(None);
             };
             let id: String = row.get(0);
-            let row = tx.query_one(
+            let Some(row) = tx.query_opt(
                 "INSERT INTO sweep_leases (sweep_id, owner, attempt, expires_at) \
                  VALUES ($1, $2, 1, now() + make_interval(secs => $3)) \
                  ON CONFLICT (sweep_id) DO UPDATE SET owner = excluded.owner, \
                      attempt = sweep_leases.attempt + 1, expires_at = excluded.expires_at \
+                     WHERE sweep_leases.expires_at <= now() \
                  RETURNING attempt",
                 &[&id, &owner, &lease],
-            )?;
+            )?
+            else {
+                return Ok(None);
+            };
             tx.commit()?;
             Ok(Some((id, row.get::<_, i64>(0))))
         })?;
@@ -730,7 +741,10 @@ impl Storage for PgStorage {
         }))
     }
 
-    fn renew_sweep_leases(&self, lease: std::time::Duration) -> Result<Vec<String>, DbError> {
+    fn renew_sweep_leases(
+        &self,
+        lease: std::time::Duration,
+    ) -> Result<(Vec<String>, Vec<String>), DbError> {
         let held: Vec<(String, i64)> = self
             .sweep_leases
             .lock()
@@ -739,26 +753,66 @@ impl Storage for PgStorage {
             .map(|(id, attempt)| (id.clone(), *attempt))
             .collect();
         if held.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let (owner, lease) = (self.owner.clone(), seconds(lease));
         let (ids, attempts): (Vec<String>, Vec<i64>) = held.iter().cloned().unzip();
-        let renewed: Vec<String> = self.run(move |client| {
+        let renewed: HashMap<String, bool> = self.run(move |client| {
             let rows = client.query(
                 "UPDATE sweep_leases l SET expires_at = now() + make_interval(secs => $3) \
                  FROM unnest($1::text[], $2::bigint[]) AS h(sweep_id, attempt) \
                  WHERE l.sweep_id = h.sweep_id AND l.attempt = h.attempt AND l.owner = $4 \
                    AND l.expires_at > now() \
-                 RETURNING l.sweep_id",
+                 RETURNING l.sweep_id, l.cancel",
                 &[&ids, &attempts, &lease, &owner],
             )?;
-            Ok(rows.iter().map(|r| r.get(0)).collect())
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
         })?;
-        Ok(held
+        // A lost sweep lease is forgotten: its controller stops, and the
+        // record's writes from here are refused no more than any replica's.
+        let mut leases = self.sweep_leases.lock().unwrap();
+        let mut lost = Vec::new();
+        for (id, attempt) in held {
+            if !renewed.contains_key(&id) && leases.get(&id) == Some(&attempt) {
+                leases.remove(&id);
+                lost.push(id);
+            }
+        }
+        let cancelled = renewed
             .into_iter()
+            .filter(|(_, cancel)| *cancel)
             .map(|(id, _)| id)
-            .filter(|id| !renewed.contains(id))
-            .collect())
+            .collect();
+        Ok((lost, cancelled))
+    }
+
+    fn request_sweep_cancel(&self, id: &str) -> Result<(), DbError> {
+        let id = id.to_string();
+        self.write(move |client| {
+            client.execute(
+                "INSERT INTO sweep_leases (sweep_id, owner, attempt, expires_at, cancel) \
+                 VALUES ($1, '', 0, now(), true) \
+                 ON CONFLICT (sweep_id) DO UPDATE SET cancel = true",
+                &[&id],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn lease_held(&self, job_id: &str) -> bool {
+        let Some((owner, attempt)) = self.fence(job_id) else {
+            return true;
+        };
+        let id = job_id.to_string();
+        self.run(move |client| {
+            let held = client.query_opt(
+                "SELECT 1 FROM job_leases WHERE job_id = $1 AND owner = $2 AND attempt = $3 \
+                 AND expires_at > now()",
+                &[&id, &owner, &attempt],
+            )?;
+            Ok(held.is_some())
+        })
+        .unwrap_or(false)
     }
 
     fn release_sweep(&self, id: &str) -> Result<(), DbError> {
@@ -842,14 +896,21 @@ impl Storage for PgStorage {
                 return Ok(None);
             };
             let job_id: String = row.get(0);
-            let row = tx.query_one(
+            // Taken only if the lease is still free now: the join above
+            // read it from the statement's snapshot, which a claim that
+            // committed meanwhile has made stale.
+            let Some(row) = tx.query_opt(
                 "INSERT INTO job_leases (job_id, owner, attempt, expires_at) \
                  VALUES ($1, $2, 1, now() + make_interval(secs => $3)) \
                  ON CONFLICT (job_id) DO UPDATE SET owner = excluded.owner, \
                      attempt = job_leases.attempt + 1, expires_at = excluded.expires_at \
+                     WHERE job_leases.expires_at <= now() \
                  RETURNING attempt, cancel",
                 &[&job_id, &owner, &lease],
-            )?;
+            )?
+            else {
+                return Ok(None);
+            };
             tx.commit()?;
             Ok(Some((job_id, row.get::<_, i64>(0), row.get::<_, bool>(1))))
         })?;
@@ -898,9 +959,12 @@ impl Storage for PgStorage {
                 .collect())
         })?;
         // A lost lease stays known until released: the job's writes from
-        // here go on being refused.
+        // here go on being refused. One released (or taken anew) while the
+        // renewal ran is not reported.
+        let leases = self.leases.lock().unwrap();
         Ok(held
             .into_iter()
+            .filter(|(job_id, attempt)| leases.get(job_id) == Some(attempt))
             .map(|(job_id, _)| {
                 let renewal = renewed.get(&job_id).cloned();
                 LeaseState {

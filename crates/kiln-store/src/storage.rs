@@ -264,11 +264,30 @@ pub trait Storage: Send + Sync {
         Ok(None)
     }
 
-    /// Extends the sweep leases this process holds; the ids of those it
-    /// lost (expired, or taken by another process).
-    fn renew_sweep_leases(&self, lease: std::time::Duration) -> Result<Vec<String>, DbError> {
+    /// Extends the sweep leases this process holds: the ids of those it
+    /// lost (expired, or taken by another process), and of those a cancel
+    /// was asked for (CancelSweep on another replica).
+    fn renew_sweep_leases(
+        &self,
+        lease: std::time::Duration,
+    ) -> Result<(Vec<String>, Vec<String>), DbError> {
         let _ = lease;
-        Ok(Vec::new())
+        Ok((Vec::new(), Vec::new()))
+    }
+
+    /// Asks the replica that controls sweep `id` (or next takes it) to
+    /// cancel it.
+    fn request_sweep_cancel(&self, id: &str) -> Result<(), DbError> {
+        let _ = id;
+        Ok(())
+    }
+
+    /// Whether this process still holds the lease on a job it leased (true
+    /// where there are no leases): asked before a step that cannot be
+    /// fenced in the database (removing a checkpoint file).
+    fn lease_held(&self, job_id: &str) -> bool {
+        let _ = job_id;
+        true
     }
 
     /// Gives up this process's lease on a sweep (it ended).

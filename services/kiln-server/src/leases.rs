@@ -30,7 +30,9 @@ use crate::Kiln;
 /// How often an idle trainer looks for a job.
 pub const CLAIM_EVERY: Duration = Duration::from_millis(200);
 
-/// Starts the claimer and the heartbeat; they stop when a shutdown begins.
+/// Starts the claimer, which stops taking jobs when a shutdown begins, and
+/// the heartbeat, which renews leases for as long as the process lives (a
+/// shutdown's jobs are still running while they checkpoint).
 pub fn start(kiln: Arc<Kiln>) {
     let lease = Duration::from_secs_f64(kiln.config.lease_seconds.max(0.3));
     let heart = kiln.clone();
@@ -95,6 +97,13 @@ fn take(kiln: &Kiln, claim: Claim) {
         return;
     }
     let _ = kiln.datasets.sync();
+    // The checkpoint it continues from, as the last trainer left it; one
+    // that cannot be read now must not make it start over.
+    if let Err(e) = kiln.runner.checkpoints().refresh(id) {
+        tracing::warn!(job = %id, error = %e, "taken job's checkpoint not read; released");
+        kiln.store.release_lease(id);
+        return;
+    }
     let job = match settle(kiln, &claim) {
         Some(job) => job,
         None => {
@@ -136,7 +145,7 @@ fn settle(kiln: &Kiln, claim: &Claim) -> Option<pb::Job> {
     if job.state() == pb::JobState::Running {
         // Its trainer stopped renewing: an interruption.
         let checkpoints = kiln.runner.checkpoints();
-        let resume_after = Checkpoint::epochs_in(&checkpoints.fetch(id)).unwrap_or(0);
+        let resume_after = Checkpoint::epochs_in(&checkpoints.path(id)).unwrap_or(0);
         tracing::warn!(job = %id, attempt = claim.attempt, resume_after, "job taken over from a trainer whose lease ended");
         job = kiln
             .store

@@ -28,6 +28,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     kiln_train::device::set_threads(config.torch_threads);
     let shared = !config.database_url.is_empty();
     let roles = Roles::parse(&config.roles, shared).map_err(anyhow::Error::msg)?;
+    let lease = config.lease_seconds;
+    if !(0.3..=3600.0).contains(&lease) {
+        anyhow::bail!("lease_seconds: {lease} is not between 0.3 and 3600 seconds");
+    }
     // Held until the process exits (the kernel releases it then, kill -9
     // too). On a shared database the processes share the directory.
     let _lock = match shared {
@@ -57,7 +61,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             blobs: blobs.clone(),
         },
     )
-    .with_max_concurrent_jobs(config.max_concurrent_jobs);
+    .with_max_concurrent_jobs(config.max_concurrent_jobs)
+    .with_serving(roles.serve);
     let addr: std::net::SocketAddr = config
         .listen
         .parse()

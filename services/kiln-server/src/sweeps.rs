@@ -236,19 +236,17 @@ impl SweepService for SweepSvc {
         &self,
         request: Request<pb::CancelSweepRequest>,
     ) -> Result<Response<pb::Sweep>, Status> {
-        let entry = self.0.sweeps.get(&request.into_inner().sweep_id)?;
-        entry.cancelled.store(true, Ordering::SeqCst);
-        let jobs: Vec<String> = entry.with(|r| {
-            r.sweep
-                .trials
-                .iter()
-                .filter(|t| !t.job_id.is_empty())
-                .map(|t| t.job_id.clone())
-                .collect()
-        });
-        for job in jobs {
-            let _ = self.0.store.cancel(&job);
+        let id = request.into_inner().sweep_id;
+        let entry = self.0.sweeps.get(&id)?;
+        // The shared mode: for the replica that controls it, wherever it is.
+        if self.0.shared {
+            self.0
+                .storage
+                .request_sweep_cancel(&id)
+                .map_err(|e| crate::durability::unrecorded(&(&e).into()))?;
         }
+        entry.cancelled.store(true, Ordering::SeqCst);
+        cancel_trials(&self.0, &entry);
         Ok(Response::new(entry.snapshot()))
     }
 
@@ -288,6 +286,21 @@ impl SweepService for SweepSvc {
     }
 }
 
+/// Cancels the sweep's trial jobs (their trainers stop them).
+fn cancel_trials(kiln: &Kiln, entry: &Entry) {
+    let jobs: Vec<String> = entry.with(|r| {
+        r.sweep
+            .trials
+            .iter()
+            .filter(|t| !t.job_id.is_empty())
+            .map(|t| t.job_id.clone())
+            .collect()
+    });
+    for job in jobs {
+        let _ = kiln.store.cancel(&job);
+    }
+}
+
 /// A sweep controller's lease (`lease_seconds`, as trainers' job leases).
 fn lease(kiln: &Kiln) -> std::time::Duration {
     std::time::Duration::from_secs_f64(kiln.config.lease_seconds.max(0.3))
@@ -300,17 +313,27 @@ fn lease(kiln: &Kiln) -> std::time::Duration {
 /// and brings this replica's copies of the sweeps controlled elsewhere up to
 /// their stored records, so GetSweep and ListSweeps answer anywhere.
 pub fn follow(kiln: Arc<Kiln>) {
+    // Renewed three times a lease, at least every second.
+    let every = (lease(&kiln) / 3).min(std::time::Duration::from_secs(1));
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            tokio::time::sleep(every).await;
             let work = kiln.clone();
             let claimed = tokio::task::spawn_blocking(move || {
                 match work.storage.renew_sweep_leases(lease(&work)) {
-                    Ok(lost) => {
+                    Ok((lost, cancelled)) => {
                         for id in lost {
                             if let Some(entry) = work.sweeps.find(&id) {
                                 tracing::warn!(sweep = %id, "sweep lease lost: another replica continues it");
                                 entry.lost.store(true, Ordering::SeqCst);
+                                entry.controlled.store(false, Ordering::SeqCst);
+                            }
+                        }
+                        for id in cancelled {
+                            if let Some(entry) = work.sweeps.find(&id) {
+                                if !entry.cancelled.swap(true, Ordering::SeqCst) {
+                                    cancel_trials(&work, &entry);
+                                }
                             }
                         }
                     }
@@ -377,14 +400,25 @@ fn take_over(kiln: &Arc<Kiln>, sweep: pb::Sweep) {
         return mirror(kiln, sweep);
     }
     tracing::info!(sweep = %id, "sweep taken over from a replica whose lease ended");
-    let goal = Goal::of_sweep(&sweep);
     let planned = sweep
         .request
         .as_ref()
         .ok_or_else(|| "no request stored".to_string())
         .and_then(|request| plan(request, &id).map_err(|e| e.to_string()));
-    let entry = Entry::new(sweep, goal, kiln.sweep_records.clone());
-    kiln.sweeps.insert(entry.clone(), id.clone());
+    // This replica's copy, if it had one, so that its watchers go on.
+    let entry = match kiln.sweeps.find(&id) {
+        Some(entry) => {
+            entry.with(|r| r.sweep = sweep);
+            entry.lost.store(false, Ordering::SeqCst);
+            entry
+        }
+        None => {
+            let goal = Goal::of_sweep(&sweep);
+            let entry = Entry::new(sweep, goal, kiln.sweep_records.clone());
+            kiln.sweeps.insert(entry.clone(), id.clone());
+            entry
+        }
+    };
     match planned {
         Ok(plan) => start(kiln, entry, plan, Resume::AfterRestart),
         Err(error) => {

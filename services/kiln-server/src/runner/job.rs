@@ -84,6 +84,13 @@ impl Context {
             self.back_to_queue(&job.id, checkpoint);
             return;
         }
+        // What follows cannot all be fenced in the database (the model's
+        // files, removing the checkpoint): asked once more here.
+        if !self.store.lease_held(&job.id) {
+            span.record("outcome", "lease lost");
+            tracing::warn!(job = %job.id, "lease lost before the job's end was recorded; another trainer continues it");
+            return;
+        }
         let Some(final_event) = self.final_event(&job, ended) else {
             // Its model could not be written: it runs again once there is space.
             span.record("outcome", "stalled");

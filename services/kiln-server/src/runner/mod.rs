@@ -54,6 +54,9 @@ struct Context {
     lost: Mutex<HashSet<String>>,
     /// Notified when a job leaves this runner (room for the next).
     room: (Mutex<()>, Condvar),
+    /// This process serves what it trains (the serve role); a trainer-only
+    /// process unloads each model once it is registered.
+    serves: AtomicBool,
 }
 
 /// Where training checkpoints live (`<data_dir>/checkpoints/<job id>.ckpt`,
@@ -69,6 +72,21 @@ pub struct Checkpoints {
 }
 
 impl Checkpoints {
+    /// The shared mode, as a trainer takes a job: the job's checkpoint here
+    /// made the store's (pulled, or a stale copy of an earlier attempt
+    /// removed). An error leaves it unknown: the job is not to run now.
+    pub fn refresh(&self, job_id: &str) -> std::io::Result<()> {
+        let Some(blobs) = &self.blobs else {
+            return Ok(());
+        };
+        if !blobs.pull(&Self::relative(job_id))? {
+            let _ = std::fs::remove_file(self.path(job_id));
+        }
+        Ok(())
+    }
+}
+
+impl Checkpoints {
     /// The job's checkpoint file.
     pub fn path(&self, job_id: &str) -> PathBuf {
         self.dir.join(format!("{job_id}.ckpt"))
@@ -79,19 +97,10 @@ impl Checkpoints {
         PathBuf::from("checkpoints").join(format!("{job_id}.ckpt"))
     }
 
-    /// The job's checkpoint file here, pulled from the object store if
-    /// another trainer wrote it.
-    pub fn fetch(&self, job_id: &str) -> PathBuf {
-        if let Some(blobs) = &self.blobs {
-            blobs.ensure(&Self::relative(job_id));
-        }
-        self.path(job_id)
-    }
-
     /// The job's checkpoint; `None` when it has none. A file that is
     /// corrupted or of another format is reported and ignored.
     fn load(&self, job_id: &str) -> Option<Checkpoint> {
-        let path = self.fetch(job_id);
+        let path = self.path(job_id);
         match Checkpoint::load(&path) {
             Ok(c) => Some(c),
             Err(kiln_train::CheckpointError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -155,6 +164,7 @@ impl Runner {
                 active: Default::default(),
                 lost: Mutex::default(),
                 room: Default::default(),
+                serves: AtomicBool::new(true),
             }),
         }
     }
@@ -183,6 +193,12 @@ impl Runner {
 
     pub fn checkpoints(&self) -> Checkpoints {
         self.context.checkpoints.clone()
+    }
+
+    /// Whether models trained here stay loaded for Predict (the serve role).
+    pub fn with_serving(self, serves: bool) -> Self {
+        self.context.serves.store(serves, Ordering::SeqCst);
+        self
     }
 
     /// Whether a shutdown began ([`suspend_all`](Self::suspend_all)).
@@ -321,7 +337,11 @@ impl Context {
                     self.serve_device.device.clone(),
                     &self.serve_device.name,
                 )
-                .map(|_| ())
+                .map(|model| {
+                    if !self.serves.load(Ordering::SeqCst) {
+                        let _ = self.models.unload(&model.name, &model.version.to_string());
+                    }
+                })
                 .map_err(|e| {
                     let full = matches!(e, kiln_serve::ServeError::NotSaved(_))
                         && self.store.write_fault().is_some_and(|f| f.out_of_space);

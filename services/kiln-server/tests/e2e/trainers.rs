@@ -495,6 +495,12 @@ async fn training_and_a_watch_go_on_across_a_postgres_restart() {
     assert_eq!(curve(&events), curve(&reference));
 }
 
+async fn sweeps(
+    server: &Server,
+) -> pb::sweep_service_client::SweepServiceClient<tonic::transport::Channel> {
+    pb::sweep_service_client::SweepServiceClient::new(server.channel().await)
+}
+
 async fn get_sweep(server: &Server, id: &str) -> pb::Sweep {
     pb::sweep_service_client::SweepServiceClient::new(server.channel().await)
         .get_sweep(pb::GetSweepRequest {
@@ -550,7 +556,37 @@ async fn a_sweep_whose_controlling_replica_is_killed_is_finished_by_another() {
         model_name: "swept".into(),
         ..Default::default()
     };
-    let sweep = pb::sweep_service_client::SweepServiceClient::new(cluster.api[0].channel().await)
+    // CancelSweep on the replica that does not control the sweep.
+    let long = pb::SubmitSweepRequest {
+        base: Some(spec("cancelled-sweep", 1000)),
+        model_name: "cancelled-sweep".into(),
+        ..request.clone()
+    };
+    let doomed = sweeps(&cluster.api[0])
+        .await
+        .submit_sweep(long)
+        .await
+        .unwrap()
+        .into_inner();
+    sweep_until(&cluster.api[1], &doomed.id, |s| {
+        s.trials.iter().any(|t| !t.job_id.is_empty())
+    })
+    .await;
+    sweeps(&cluster.api[1])
+        .await
+        .cancel_sweep(pb::CancelSweepRequest {
+            sweep_id: doomed.id.clone(),
+        })
+        .await
+        .unwrap();
+    let ended = sweep_until(&cluster.api[1], &doomed.id, |s| {
+        s.state() != pb::SweepState::Running
+    })
+    .await;
+    assert_eq!(ended.state(), pb::SweepState::Cancelled, "{ended:?}");
+
+    let sweep = sweeps(&cluster.api[0])
+        .await
         .submit_sweep(request)
         .await
         .unwrap()
