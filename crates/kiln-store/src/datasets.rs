@@ -292,16 +292,16 @@ impl DatasetStore {
     /// A dataset's metadata.
     pub fn get(&self, id: &str) -> Result<DatasetMeta, DatasetError> {
         check_dataset_id(id).map_err(|m| FieldError::new("dataset_id", m))?;
-        self.metas
-            .read()
-            .unwrap()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| DatasetError::NotFound(id.to_string()))
+        let known = || self.metas.read().unwrap().get(id).cloned();
+        // The shared mode: one uploaded on another replica a moment ago.
+        let meta = known().or_else(|| self.sync().ok().and_then(|_| known()));
+        meta.ok_or_else(|| DatasetError::NotFound(id.to_string()))
     }
 
     /// The newest dataset uploaded under `name`.
     pub fn newest_named(&self, name: &str) -> Option<DatasetMeta> {
+        // The shared mode: what the other replicas uploaded counts too.
+        let _ = self.sync();
         self.metas
             .read()
             .unwrap()

@@ -175,6 +175,13 @@ fn listen(url: String, changes: Arc<Changes>) {
             if config.get_connect_timeout().is_none() {
                 config.connect_timeout(CONNECT_TIMEOUT);
             }
+            // A connection whose peer vanished (a failover, a cut network)
+            // fails within seconds instead of hanging a call and every
+            // caller queued behind it.
+            config
+                .keepalives(true)
+                .keepalives_idle(std::time::Duration::from_secs(10))
+                .tcp_user_timeout(std::time::Duration::from_secs(20));
             let mut client = config.connect(NoTls)?;
             client.batch_execute(&format!("LISTEN {CHANGES}"))?;
             Ok(client)
@@ -211,11 +218,20 @@ impl Connection {
             if config.get_connect_timeout().is_none() {
                 config.connect_timeout(CONNECT_TIMEOUT);
             }
+            // A connection whose peer vanished (a failover, a cut network)
+            // fails within seconds instead of hanging a call and every
+            // caller queued behind it.
+            config
+                .keepalives(true)
+                .keepalives_idle(std::time::Duration::from_secs(10))
+                .tcp_user_timeout(std::time::Duration::from_secs(20));
             let mut client = config.connect(NoTls)?;
             // Every transaction here lasts milliseconds: one left open by a
             // paused or cut-off process must not hold its row locks (and so
             // its jobs) for long.
-            client.batch_execute("SET idle_in_transaction_session_timeout = 5000")?;
+            client.batch_execute(
+                "SET idle_in_transaction_session_timeout = 5000; SET statement_timeout = 30000",
+            )?;
             self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("connected above"))

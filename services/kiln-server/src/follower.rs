@@ -82,13 +82,19 @@ pub fn follow_jobs(kiln: Arc<Kiln>) {
         .name("follow-jobs".into())
         .spawn(move || {
             let mut seen = 0;
+            let mut datasets_read = std::time::Instant::now();
             loop {
                 kiln.storage.wait_for_changes(&mut seen, SYNC_EVERY);
                 if let Err(e) = kiln.store.sync() {
                     tracing::warn!(error = %e, "cannot read the other processes' jobs");
                 }
-                if let Err(e) = kiln.datasets.sync() {
-                    tracing::warn!(error = %e, "cannot read the other processes' datasets");
+                // Datasets are also read whenever one is asked for by an id
+                // or name this process does not know.
+                if datasets_read.elapsed() >= DATASETS_EVERY {
+                    datasets_read = std::time::Instant::now();
+                    if let Err(e) = kiln.datasets.sync() {
+                        tracing::warn!(error = %e, "cannot read the other processes' datasets");
+                    }
                 }
                 std::thread::sleep(SYNC_GAP);
             }
@@ -98,4 +104,7 @@ pub fn follow_jobs(kiln: Arc<Kiln>) {
 
 /// The least time between two syncs of [`follow_jobs`]: a burst of writes
 /// elsewhere is read in a few syncs, not one per write.
-const SYNC_GAP: Duration = Duration::from_millis(5);
+const SYNC_GAP: Duration = Duration::from_millis(10);
+
+/// How often [`follow_jobs`] reads the datasets' metadata.
+const DATASETS_EVERY: Duration = Duration::from_secs(1);
