@@ -87,7 +87,8 @@ for name in overlays:
     deployments = by_kind.get("Deployment", [])
 
     ALL = frozenset({"api", "serve", "trainer"})
-    SETS = [ALL, {"serve"}, {"api", "serve"}, {"trainer"}, {"serve", "trainer"}]
+    SETS = [ALL, {"api"}, {"serve"}, {"trainer"}, {"api", "serve"}, {"api", "trainer"},
+            {"serve", "trainer"}]
 
     def roles(dep):
         for c in dep["spec"]["template"]["spec"]["containers"]:

@@ -15,10 +15,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// What this process does: "api,serve,trainer" (everything, the
     /// default, and the only set without `database_url`), or on a shared
-    /// database any of `api` (the job, dataset and sweep services; with
-    /// `serve`), `serve` (Predict and OIP, following the registry), and
-    /// `trainer` (takes queued jobs by lease and trains them). See
-    /// roles.rs and deploy/README.md.
+    /// database any set of `api` (the job, dataset and sweep services),
+    /// `serve` (Predict, OIP and the registry, following it), and `trainer`
+    /// (takes queued jobs by lease and trains them). See roles.rs and
+    /// deploy/README.md.
     pub roles: String,
     /// PostgreSQL URL for kiln's state (jobs, events, sweeps, datasets'
     /// metadata, the model registry) instead of `<data_dir>/kiln.db`, e.g.

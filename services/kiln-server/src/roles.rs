@@ -1,19 +1,19 @@
 //! What a process does. `api,serve,trainer` (the default) is the whole of
 //! kiln in one process, and the only set the embedded store (SQLite, one
 //! process) runs. On a shared database (`database_url`) each process takes
-//! any of:
+//! any non-empty set of:
 //!
-//! - `api`: the job, dataset and sweep services and the registry's writes
-//!   (SetAlias, ImportModel, ScoreDataset), which need the registry the
-//!   `serve` role keeps, so `api` comes with `serve`;
-//! - `serve`: Predict, OIP and the registry's reads, following the registry
-//!   in the database ([`crate::follower`]);
+//! - `api`: the job, dataset and sweep services;
+//! - `serve`: Predict, OIP and the registry, following it in the database
+//!   ([`crate::follower`]);
 //! - `trainer`: takes queued jobs by lease and trains them
 //!   ([`crate::leases`]).
 //!
-//! A call for a role the process lacks is refused with FAILED_PRECONDITION
-//! naming the role; GetJob and WatchJob are answered everywhere (a process
-//! without `api` reads the job from the database).
+//! A call needs the roles that do its work: the registry's writes
+//! (SetAlias, ImportModel, ScoreDataset) and SubmitSweep (whose controller
+//! registers the best trial's model) need `api` and `serve`. A call for a
+//! role the process lacks is refused with FAILED_PRECONDITION naming the
+//! role; GetJob and WatchJob are answered everywhere.
 
 /// The roles a process has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,12 +47,6 @@ impl Roles {
         if !(roles.api || roles.serve || roles.trainer) {
             return Err("roles: empty; any of api, serve, trainer (all three by default)".into());
         }
-        if roles.api && !roles.serve {
-            return Err(format!(
-                "roles: \"{text}\": api needs serve in the same process (the registry's \
-                 writes are made where it is served)"
-            ));
-        }
         if !roles.all() && !shared {
             return Err(format!(
                 "roles: \"{text}\" splits kiln across processes, which share their state in a \
@@ -76,21 +70,25 @@ impl Roles {
             "/kiln.v1.DatasetService/",
             "/kiln.v1.SweepService/",
         ];
-        const REGISTRY_WRITES: [&str; 3] = ["SetAlias", "ImportModel", "ScoreDataset"];
         const SERVE: [&str; 2] = [
             "/kiln.v1.InferenceService/",
             "/inference.GRPCInferenceService/",
         ];
+        const BOTH: [&str; 4] = [
+            "/kiln.v1.InferenceService/SetAlias",
+            "/kiln.v1.InferenceService/ImportModel",
+            "/kiln.v1.InferenceService/ScoreDataset",
+            "/kiln.v1.SweepService/SubmitSweep",
+        ];
         if FOLLOWED.contains(&path) {
             return None;
         }
-        let registry_write = path
-            .strip_prefix("/kiln.v1.InferenceService/")
-            .is_some_and(|method| REGISTRY_WRITES.contains(&method));
-        if !self.api && (registry_write || API.iter().any(|p| path.starts_with(p))) {
+        let needs_api = BOTH.contains(&path) || API.iter().any(|p| path.starts_with(p));
+        let needs_serve = BOTH.contains(&path) || SERVE.iter().any(|p| path.starts_with(p));
+        if needs_api && !self.api {
             return Some("api");
         }
-        if !self.serve && SERVE.iter().any(|p| path.starts_with(p)) {
+        if needs_serve && !self.serve {
             return Some("serve");
         }
         None
@@ -121,12 +119,19 @@ mod tests {
     fn any_set_on_a_shared_database_and_only_all_without() {
         assert!(Roles::parse("api,serve,trainer", false).unwrap().all());
         assert!(Roles::parse("trainer, api ,serve", false).unwrap().all());
-        for split in ["serve", "trainer", "api,serve", "serve,trainer"] {
+        for split in [
+            "api",
+            "serve",
+            "trainer",
+            "api,serve",
+            "api,trainer",
+            "serve,trainer",
+        ] {
             assert_eq!(roles(split).to_string(), split);
             let alone = Roles::parse(split, false).unwrap_err();
             assert!(alone.contains("set database_url"), "{alone}");
         }
-        for wrong in ["", "api", "api,trainer", "serve,gpu"] {
+        for wrong in ["", " , ", "serve,gpu"] {
             assert!(
                 Roles::parse(wrong, true).unwrap_err().starts_with("roles:"),
                 "{wrong}"
@@ -156,6 +161,7 @@ mod tests {
             "/grpc.health.v1.Health/Check",
         ];
         let (serve, trainer, all) = (roles("serve"), roles("trainer"), roles("api,serve,trainer"));
+        let api = roles("api");
         for path in api_paths {
             assert_eq!(serve.missing_for(path), Some("api"), "{path}");
             assert_eq!(trainer.missing_for(path), Some("api"), "{path}");
@@ -166,9 +172,23 @@ mod tests {
             assert_eq!(trainer.missing_for(path), Some("serve"), "{path}");
         }
         for path in everywhere {
-            for r in [serve, trainer, all] {
+            for r in [serve, trainer, all, api] {
                 assert_eq!(r.missing_for(path), None, "{path}");
             }
         }
+        // The registry's writes and a sweep need both.
+        for path in [
+            "/kiln.v1.InferenceService/SetAlias",
+            "/kiln.v1.SweepService/SubmitSweep",
+        ] {
+            assert_eq!(api.missing_for(path), Some("serve"), "{path}");
+            assert_eq!(serve.missing_for(path), Some("api"), "{path}");
+        }
+        assert_eq!(api.missing_for("/kiln.v1.JobService/SubmitJob"), None);
+        assert_eq!(api.missing_for("/kiln.v1.SweepService/GetSweep"), None);
+        assert_eq!(
+            api.missing_for("/kiln.v1.InferenceService/Predict"),
+            Some("serve")
+        );
     }
 }

@@ -106,7 +106,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         follower::follow_jobs(kiln.clone());
         if roles.api {
             sweeps::resume(&kiln, false);
-            sweeps::follow(kiln.clone());
+            sweeps::follow(kiln.clone(), roles.serve);
         }
         if roles.trainer {
             leases::start(kiln.clone());

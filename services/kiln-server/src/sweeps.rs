@@ -307,12 +307,13 @@ fn lease(kiln: &Kiln) -> std::time::Duration {
 }
 
 /// The shared mode, on an api replica: every second, renews the leases of
-/// the sweeps controlled here (a lost one's controller stops), takes over an
-/// unfinished sweep whose controller's process stopped renewing (resumed as
+/// the sweeps controlled here (a lost one's controller stops), takes over
+/// (with `take_over_sweeps`: the replica serves too) an unfinished sweep
+/// whose controller's process stopped renewing (resumed as
 /// after a restart: the trials it had started are adopted, not run again),
 /// and brings this replica's copies of the sweeps controlled elsewhere up to
 /// their stored records, so GetSweep and ListSweeps answer anywhere.
-pub fn follow(kiln: Arc<Kiln>) {
+pub fn follow(kiln: Arc<Kiln>, take_over_sweeps: bool) {
     // Renewed three times a lease, at least every second.
     let every = (lease(&kiln) / 3).min(std::time::Duration::from_secs(1));
     tokio::spawn(async move {
@@ -339,7 +340,12 @@ pub fn follow(kiln: Arc<Kiln>) {
                     }
                     Err(e) => tracing::warn!(error = %e, "sweep leases not renewed"),
                 }
-                let claimed = work.storage.claim_sweep(lease(&work)).ok().flatten();
+                // Only a replica that serves can finish a sweep (it registers
+                // the best trial's model).
+                let claimed = match take_over_sweeps {
+                    true => work.storage.claim_sweep(lease(&work)).ok().flatten(),
+                    false => None,
+                };
                 (claimed, work.sweep_records.load())
             })
             .await;

@@ -360,7 +360,7 @@ async fn replicas_starting_together_on_an_empty_database_migrate_it_once() {
         return;
     };
     // Four processes of every kind at once, on a database nobody created.
-    let starting: Vec<_> = ["api,serve", "api,serve", "trainer", "serve"]
+    let starting: Vec<_> = ["api,serve", "api", "trainer", "serve"]
         .into_iter()
         .map(|roles| {
             let (dir, url) = (cluster.dir.clone(), cluster.url.clone());
@@ -388,10 +388,29 @@ async fn replicas_starting_together_on_an_empty_database_migrate_it_once() {
     .await
     .unwrap();
     assert_eq!(versions, 1, "one schema version row");
-    // And they work together: a job submitted on one, trained by the
-    // trainer, is watched to its end on another.
-    let job = submit(&cluster.api[0], spec("migrated", 2)).await.unwrap();
-    finished(&watch_all(&cluster.api[1], &job.id).await);
+    // And they work together: a job submitted on the api-only one, trained
+    // by the trainer, is watched to its end on another, and served.
+    let job = submit(&cluster.api[1], spec("migrated", 2)).await.unwrap();
+    finished(&watch_all(&cluster.api[0], &job.id).await);
+    finished(&watch_all(&cluster.api[3], &job.id).await);
+    served_within(&cluster.api[3], "migrated", 1).await;
+    // What a process without the role refuses, naming it.
+    let refused = cluster.api[1]
+        .inference()
+        .await
+        .predict(pb::PredictRequest {
+            model: "migrated".into(),
+            rows: vec![pb::Row { values: vec![1.0] }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(refused.message().contains("the serve role"), "{refused:?}");
+    let refused = submit(&cluster.api[2], spec("nowhere", 1))
+        .await
+        .unwrap_err();
+    assert!(refused.message().contains("the api role"), "{refused:?}");
 }
 
 #[tokio::test]
