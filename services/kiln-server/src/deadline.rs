@@ -61,6 +61,8 @@ mod tests {
             already_due(&headers)
         };
         assert!(due("1m") && due("2000u"));
+        // Leading zeros past gRPC's eight digits are read too (the e2e test uses them).
+        assert!(due("000000001m"));
         assert!(!due("3m") && !due("1S"));
         assert!(!already_due(&http::HeaderMap::new()));
         assert_eq!(parse_timeout(""), None);
