@@ -6,7 +6,8 @@
 //! The data directory stays each process's working copy, now a cache of its
 //! own: a dataset, checkpoint or model is written there as before, then
 //! pushed under the same relative path (`datasets/…`, `checkpoints/…`,
-//! `models/<folder>/…`) before it is recorded in the database; a process
+//! `models/<folder>/…`; a job's TensorBoard run under `tensorboard/…` when
+//! it ends) before it is recorded in the database; a process
 //! that needs a file it does not have pulls it first. What is read is
 //! checked as before (datasets' SHA-256, models' `SHA256SUMS`), so a file is
 //! the same bytes wherever it is read.
@@ -142,6 +143,24 @@ impl Blobs {
         self.run(async move { store.put(&key, bytes.into()).await })
             .map(|_| ())
             .map_err(io)
+    }
+
+    /// Uploads every file under `dir` (anywhere on this machine) as
+    /// `<rel_dir>/…` in the store.
+    pub fn push_tree(&self, dir: &Path, rel_dir: &Path) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let (local, rel) = (entry.path(), rel_dir.join(entry.file_name()));
+            if entry.file_type()?.is_dir() {
+                self.push_tree(&local, &rel)?;
+            } else {
+                let bytes = std::fs::read(&local)?;
+                let (store, key) = (self.store.clone(), self.key(&rel));
+                self.run(async move { store.put(&key, bytes.into()).await })
+                    .map_err(io)?;
+            }
+        }
+        Ok(())
     }
 
     /// Uploads every file under `<root>/<rel_dir>`.

@@ -28,7 +28,8 @@ pub struct Config {
     /// processes may use one database: the shared mode.
     pub database_url: String,
     /// The shared mode: where every process keeps kiln's files (datasets,
-    /// checkpoints, model files) so that none needs a shared volume:
+    /// checkpoints, model files, and each job's TensorBoard run once it
+    /// ends) so that none needs a shared volume:
     /// `s3://bucket/prefix` (AWS or any S3-compatible store; endpoint and
     /// credentials from `AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, … as the AWS
     /// tools read them), `gs://bucket/prefix`, `az://container/prefix`, or

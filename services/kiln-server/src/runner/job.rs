@@ -107,6 +107,7 @@ impl Context {
         );
         tracing::info!(job = %job.id, event = ?final_event, "job ended");
         tensorboard.end(&final_event);
+        self.push_tensorboard(&job);
         // Gone before the final event is published: a watcher that sees the
         // job end finds no checkpoint left. Should that event not be
         // recorded (a full disk), the job runs again from the start once
@@ -123,6 +124,23 @@ impl Context {
         }
         if let Err(JobError::Unrecorded(_)) = recorded {
             self.store.stall(&job.id);
+        }
+    }
+
+    /// With object storage: the job's TensorBoard run, as it ended, under
+    /// `tensorboard/<group>/<job id>/` in the store (for a TensorBoard that
+    /// reads the bucket). A failure is logged; the job's end is not held up.
+    fn push_tensorboard(&self, job: &QueuedJob) {
+        let (Some(blobs), Some(root)) = (&self.checkpoints.blobs, &self.tensorboard_dir) else {
+            return;
+        };
+        let dir = crate::tensorboard::run_dir(root, &job.id, &job.model_name, &job.labels);
+        let Ok(rel) = dir.strip_prefix(root) else {
+            return;
+        };
+        let key = std::path::Path::new("tensorboard").join(rel);
+        if let Err(e) = blobs.push_tree(&dir, &key) {
+            tracing::warn!(job = %job.id, error = %e, "tensorboard log not pushed to the object store");
         }
     }
 

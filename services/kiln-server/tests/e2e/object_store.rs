@@ -190,6 +190,11 @@ async fn without_a_shared_volume_files_go_through_the_object_store() {
         "ready with the model"
     );
     assert!(!s3.keys("objects/checkpoints/").contains(&checkpoint));
+    let logs = s3.keys(&format!("objects/tensorboard/from-objects/{}/", job.id));
+    assert!(
+        logs.iter().any(|k| k.contains("tfevents")),
+        "the TensorBoard run in the store: {logs:?}"
+    );
 
     // The same job, never interrupted, on the same data: the same curve.
     let fresh = submit(&b, spec(&dataset.id)).await.unwrap();
