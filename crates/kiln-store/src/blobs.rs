@@ -107,11 +107,13 @@ impl Blobs {
             url: url.to_string(),
         };
         // Reachable, with these credentials: refused here rather than at the
-        // first upload.
-        blobs
-            .list("")
-            .map_err(|e| format!("object_store_url {url}: cannot list it: {e}"))?;
-        Ok(blobs)
+        // first upload. One request (a key nobody writes), whatever the
+        // bucket holds.
+        let (store, probe) = (blobs.store.clone(), blobs.key(Path::new(".kiln-probe")));
+        match blobs.run(async move { store.head(&probe).await }) {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(blobs),
+            Err(e) => Err(format!("object_store_url {url}: cannot reach it: {e}")),
+        }
     }
 
     /// Runs `fut` on the store's runtime and waits for it (from any thread).
@@ -138,7 +140,12 @@ impl Blobs {
 
     /// Uploads `<root>/<rel>` to the store.
     pub fn push(&self, rel: &Path) -> std::io::Result<()> {
-        let bytes = std::fs::read(self.root.join(rel))?;
+        self.put(&self.root.join(rel), rel)
+    }
+
+    /// Uploads the file `local` as `rel`.
+    fn put(&self, local: &Path, rel: &Path) -> std::io::Result<()> {
+        let bytes = std::fs::read(local)?;
         let (store, key) = (self.store.clone(), self.key(rel));
         self.run(async move { store.put(&key, bytes.into()).await })
             .map(|_| ())
@@ -154,10 +161,7 @@ impl Blobs {
             if entry.file_type()?.is_dir() {
                 self.push_tree(&local, &rel)?;
             } else {
-                let bytes = std::fs::read(&local)?;
-                let (store, key) = (self.store.clone(), self.key(&rel));
-                self.run(async move { store.put(&key, bytes.into()).await })
-                    .map_err(io)?;
+                self.put(&local, &rel)?;
             }
         }
         Ok(())
@@ -165,16 +169,7 @@ impl Blobs {
 
     /// Uploads every file under `<root>/<rel_dir>`.
     pub fn push_dir(&self, rel_dir: &Path) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(self.root.join(rel_dir))? {
-            let entry = entry?;
-            let rel = rel_dir.join(entry.file_name());
-            if entry.file_type()?.is_dir() {
-                self.push_dir(&rel)?;
-            } else {
-                self.push(&rel)?;
-            }
-        }
-        Ok(())
+        self.push_tree(&self.root.join(rel_dir), rel_dir)
     }
 
     /// Downloads `rel` to `<root>/<rel>` (written atomically) if the store
@@ -204,7 +199,7 @@ impl Blobs {
     /// Downloads every file under `rel_dir` the local copy lacks; how many
     /// files the store has there.
     pub fn pull_dir(&self, rel_dir: &Path) -> std::io::Result<usize> {
-        let listed = self.list(&rel_dir.to_string_lossy()).map_err(io)?;
+        let listed = self.list(rel_dir).map_err(io)?;
         for rel in &listed {
             if !self.root.join(rel).is_file() {
                 self.pull(rel)?;
@@ -238,26 +233,19 @@ impl Blobs {
     }
 
     /// The files under `rel_dir` in the store, relative to the root.
-    fn list(&self, rel_dir: &str) -> Result<Vec<PathBuf>, object_store::Error> {
-        let prefix = match (self.prefix.is_empty(), rel_dir.is_empty()) {
-            (_, true) if self.prefix.is_empty() => None,
-            (_, true) => Some(Key::from(self.prefix.as_str())),
-            (true, false) => Some(Key::from(rel_dir)),
-            (false, false) => Some(Key::from(format!("{}/{rel_dir}", self.prefix))),
+    fn list(&self, rel_dir: &Path) -> Result<Vec<PathBuf>, object_store::Error> {
+        let (store, prefix) = (self.store.clone(), self.key(rel_dir));
+        let strip = match self.prefix.is_empty() {
+            true => String::new(),
+            false => format!("{}/", self.prefix),
         };
-        let store = self.store.clone();
-        let strip = self.prefix.clone();
         self.run(async move {
-            let metas: Vec<_> = store.list(prefix.as_ref()).try_collect().await?;
+            let metas: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
             Ok(metas
                 .into_iter()
                 .map(|m| {
                     let key = m.location.to_string();
-                    let rel = match strip.is_empty() {
-                        true => key.as_str(),
-                        false => key.strip_prefix(&format!("{strip}/")).unwrap_or(&key),
-                    };
-                    PathBuf::from(rel)
+                    PathBuf::from(key.strip_prefix(&strip).unwrap_or(&key))
                 })
                 .collect())
         })

@@ -253,10 +253,7 @@ impl Storage for Db {
         event: &pb::JobEvent,
     ) -> Result<(), DbError> {
         let job = record;
-        let spec = match event.sequence {
-            0 => spec.map(Message::encode_to_vec),
-            _ => None,
-        };
+        let spec = crate::storage::spec_to_store(spec, event);
         let record = record.encode_to_vec();
         self.write(|conn| {
             let tx = conn.transaction()?;

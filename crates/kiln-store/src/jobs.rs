@@ -238,12 +238,8 @@ impl JobStore {
         let mut changed = 0;
         for (id, events) in db.job_heads(within)? {
             let have = self.read(&id, |e| e.events.len() as u64).unwrap_or(0);
-            if have < events {
-                if let Some(stored) = db.job_from(&id, have)? {
-                    let mut inner = self.inner.lock().unwrap();
-                    catch_up(&mut inner, stored);
-                    changed += 1;
-                }
+            if have < events && self.read_back(db.as_ref(), &id)? {
+                changed += 1;
             }
         }
         *self.synced.lock().unwrap() = Some(began);
@@ -355,14 +351,21 @@ impl JobStore {
 
     /// Reads one job again from a shared database (nothing otherwise).
     pub fn refresh(&self, id: &str) -> Result<(), DbError> {
-        let Some(db) = self.db.as_ref().filter(|db| db.shared()) else {
-            return Ok(());
-        };
-        let have = self.read(id, |e| e.events.len() as u64).unwrap_or(0);
-        if let Some(stored) = db.job_from(id, have)? {
-            catch_up(&mut self.inner.lock().unwrap(), stored);
+        match self.db.as_ref().filter(|db| db.shared()) {
+            Some(db) => self.read_back(db.as_ref(), id).map(|_| ()),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Takes in the job's events `db` has past those here; whether `db`
+    /// has the job.
+    fn read_back(&self, db: &dyn Storage, id: &str) -> Result<bool, DbError> {
+        let have = self.read(id, |e| e.events.len() as u64).unwrap_or(0);
+        let Some(stored) = db.job_from(id, have)? else {
+            return Ok(false);
+        };
+        catch_up(&mut self.inner.lock().unwrap(), stored);
+        Ok(true)
     }
 
     /// Marks a job recorded as RUNNING that no trainer runs any more, because
@@ -469,10 +472,11 @@ impl JobStore {
         kind: Kind,
         when: impl Fn(&pb::Job) -> bool,
     ) -> Result<pb::Job, JobError> {
-        let mut inner = self.inner.lock().unwrap();
+        let (mut inner, mut kind) = (self.inner.lock().unwrap(), kind);
         loop {
-            match self.try_append(&mut inner, id, kind.clone(), &when) {
-                Err(AppendError::Conflict) => {
+            match self.try_append(&mut inner, id, kind, &when) {
+                Err(AppendError::Conflict(unrecorded)) => {
+                    kind = *unrecorded;
                     let db = self.db.as_ref().expect("a conflict comes from a database");
                     let from = inner.jobs.get(id).map_or(0, |e| e.events.len() as u64);
                     match db.job_from(id, from) {
@@ -530,7 +534,10 @@ impl JobStore {
             let spec = job.spec.take();
             match db.append_event(&job, spec.as_ref(), &event) {
                 Ok(()) => {}
-                Err(DbError::Conflict(_)) => return Err(AppendError::Conflict),
+                Err(DbError::Conflict(_)) => {
+                    let kind = event.kind.expect("built with a kind above");
+                    return Err(AppendError::Conflict(Box::new(kind)));
+                }
                 Err(DbError::Fenced(_)) => return Err(JobError::Fenced(id.to_string()).into()),
                 Err(e) => {
                     tracing::error!(job = %id, sequence = event.sequence, error = %e, "event not recorded");
@@ -746,8 +753,9 @@ impl JobStore {
 
 /// Why [`JobStore::try_append`] did not append.
 enum AppendError {
-    /// Another process stored that sequence number first.
-    Conflict,
+    /// Another process stored that sequence number first: the event's kind,
+    /// to try again with.
+    Conflict(Box<Kind>),
     Job(JobError),
 }
 

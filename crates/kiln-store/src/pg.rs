@@ -138,10 +138,10 @@ pub struct PgStorage {
     owner: String,
     /// The leases this process holds: job id → attempt. Every write for one
     /// of these jobs is fenced by it.
-    leases: Mutex<HashMap<String, i64>>,
+    leases: Held,
     /// The sweep leases this process holds: sweep id → attempt; the
     /// sweep's record writes are fenced by it.
-    sweep_leases: Mutex<HashMap<String, i64>>,
+    sweep_leases: Held,
     url: String,
     /// Notifications received on [`CHANGES`], once a caller waits for them.
     changes: Arc<Changes>,
@@ -171,18 +171,7 @@ impl Changes {
 fn listen(url: String, changes: Arc<Changes>) {
     use postgres::fallible_iterator::FallibleIterator;
     while !changes.stopped.load(Ordering::SeqCst) {
-        let connected = url.parse::<postgres::Config>().and_then(|mut config| {
-            if config.get_connect_timeout().is_none() {
-                config.connect_timeout(CONNECT_TIMEOUT);
-            }
-            // A connection whose peer vanished (a failover, a cut network)
-            // fails within seconds instead of hanging a call and every
-            // caller queued behind it.
-            config
-                .keepalives(true)
-                .keepalives_idle(std::time::Duration::from_secs(10))
-                .tcp_user_timeout(std::time::Duration::from_secs(20));
-            let mut client = config.connect(NoTls)?;
+        let connected = connect(&url).and_then(|mut client| {
             client.batch_execute(&format!("LISTEN {CHANGES}"))?;
             Ok(client)
         });
@@ -209,23 +198,28 @@ struct Connection {
     client: Option<Client>,
 }
 
+/// A new connection to `url`, with the timeouts every connection here has.
+fn connect(url: &str) -> Result<Client, postgres::Error> {
+    let mut config: postgres::Config = url.parse()?;
+    // A database that does not answer must not hang a call (or a
+    // shutdown) for the operating system's TCP timeout.
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    // A connection whose peer vanished (a failover, a cut network) fails
+    // within seconds instead of hanging a call and every caller queued
+    // behind it.
+    config
+        .keepalives(true)
+        .keepalives_idle(std::time::Duration::from_secs(10))
+        .tcp_user_timeout(std::time::Duration::from_secs(20));
+    config.connect(NoTls)
+}
+
 impl Connection {
     fn client(&mut self) -> Result<&mut Client, DbError> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            let mut config: postgres::Config = self.url.parse()?;
-            // A database that does not answer must not hang a call (or a
-            // shutdown) for the operating system's TCP timeout.
-            if config.get_connect_timeout().is_none() {
-                config.connect_timeout(CONNECT_TIMEOUT);
-            }
-            // A connection whose peer vanished (a failover, a cut network)
-            // fails within seconds instead of hanging a call and every
-            // caller queued behind it.
-            config
-                .keepalives(true)
-                .keepalives_idle(std::time::Duration::from_secs(10))
-                .tcp_user_timeout(std::time::Duration::from_secs(20));
-            let mut client = config.connect(NoTls)?;
+            let mut client = connect(&self.url)?;
             // Every transaction here lasts milliseconds: one left open by a
             // paused or cut-off process must not hold its row locks (and so
             // its jobs) for long.
@@ -311,15 +305,11 @@ impl PgStorage {
         result
     }
 
-    /// The lease this process holds on `job_id`, if any: (owner, attempt).
-    fn fence(&self, job_id: &str) -> Option<(String, i64)> {
-        let attempt = *self.leases.lock().unwrap().get(job_id)?;
+    /// The lease this process holds on `id` in `leases`, if any: (owner,
+    /// attempt).
+    fn fence(&self, leases: &Held, id: &str) -> Option<(String, i64)> {
+        let attempt = *leases.lock().unwrap().get(id)?;
         Some((self.owner.clone(), attempt))
-    }
-
-    /// This process's name in `job_leases.owner`.
-    pub fn owner(&self) -> &str {
-        &self.owner
     }
 }
 
@@ -334,25 +324,130 @@ fn owner_name() -> String {
     format!("{host}:{}:{nanos:08x}", std::process::id())
 }
 
-/// Checks, inside `tx`, that `fence` (owner, attempt) still holds the
-/// job's lease and it has not expired; locks the lease row until commit so
-/// that no trainer takes the job meanwhile.
-fn check_fence(
-    tx: &mut postgres::Transaction<'_>,
-    job_id: &str,
-    fence: &Option<(String, i64)>,
-) -> Result<(), DbError> {
-    let Some((owner, attempt)) = fence else {
-        return Ok(());
-    };
-    let held = tx.query_opt(
-        "SELECT 1 FROM job_leases WHERE job_id = $1 AND owner = $2 AND attempt = $3 \
-         AND expires_at > now() FOR SHARE",
-        &[&job_id, owner, attempt],
-    )?;
-    match held {
-        Some(_) => Ok(()),
-        None => Err(DbError::Fenced(job_id.to_string())),
+/// A table of leases, one row per leased thing (`key`): its `owner`,
+/// `attempt` (one more each time another process takes it), `expires_at`,
+/// and `cancel`. Jobs' and sweeps' leases work alike.
+struct LeaseTable {
+    table: &'static str,
+    key: &'static str,
+}
+
+const JOB_LEASES: LeaseTable = LeaseTable {
+    table: "job_leases",
+    key: "job_id",
+};
+
+const SWEEP_LEASES: LeaseTable = LeaseTable {
+    table: "sweep_leases",
+    key: "sweep_id",
+};
+
+/// This process's leases of one table: id → attempt.
+type Held = Mutex<HashMap<String, i64>>;
+
+/// What a process holds now, to renew.
+fn held(leases: &Held) -> Vec<(String, i64)> {
+    let leases = leases.lock().unwrap();
+    leases.iter().map(|(id, a)| (id.clone(), *a)).collect()
+}
+
+impl LeaseTable {
+    /// Takes the lease on `id` for `owner`, if it is free now (none, or
+    /// expired): its attempt and whether a cancel was asked for; `None`
+    /// when another process holds it. Free is checked at insert time, not
+    /// from a snapshot a claim that committed meanwhile has made stale.
+    fn take(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        id: &str,
+        owner: &str,
+        lease: f64,
+    ) -> Result<Option<(i64, bool)>, DbError> {
+        let LeaseTable { table, key } = self;
+        let row = tx.query_opt(
+            &format!(
+                "INSERT INTO {table} ({key}, owner, attempt, expires_at) \
+                 VALUES ($1, $2, 1, now() + make_interval(secs => $3)) \
+                 ON CONFLICT ({key}) DO UPDATE SET owner = excluded.owner, \
+                     attempt = {table}.attempt + 1, expires_at = excluded.expires_at \
+                     WHERE {table}.expires_at <= now() \
+                 RETURNING attempt, cancel"
+            ),
+            &[&id, &owner, &lease],
+        )?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Checks, inside `tx`, that `fence` (owner, attempt) still holds the
+    /// lease on `id` and it has not expired; locks the lease row until
+    /// commit so that no process takes it meanwhile.
+    fn check(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        id: &str,
+        fence: &Option<(String, i64)>,
+    ) -> Result<(), DbError> {
+        let Some((owner, attempt)) = fence else {
+            return Ok(());
+        };
+        let LeaseTable { table, key } = self;
+        let held = tx.query_opt(
+            &format!(
+                "SELECT 1 FROM {table} WHERE {key} = $1 AND owner = $2 AND attempt = $3 \
+                 AND expires_at > now() FOR SHARE"
+            ),
+            &[&id, owner, attempt],
+        )?;
+        match held {
+            Some(_) => Ok(()),
+            None => Err(DbError::Fenced(id.to_string())),
+        }
+    }
+
+    /// Extends the `held` leases still this owner's and unexpired by
+    /// `lease`; the rows renewed, with `{key}` first, then `columns`.
+    fn renew(
+        &self,
+        client: &mut Client,
+        held: &[(String, i64)],
+        owner: &str,
+        lease: f64,
+        columns: &str,
+    ) -> Result<Vec<postgres::Row>, DbError> {
+        let LeaseTable { table, key } = self;
+        let (ids, attempts): (Vec<String>, Vec<i64>) = held.iter().cloned().unzip();
+        // An expired lease is not renewed: another process may be taking
+        // it, so this one has lost it.
+        Ok(client.query(
+            &format!(
+                "UPDATE {table} l SET expires_at = now() + make_interval(secs => $3) \
+                 FROM unnest($1::text[], $2::bigint[]) AS h(id, attempt) \
+                 WHERE l.{key} = h.id AND l.attempt = h.attempt AND l.owner = $4 \
+                   AND l.expires_at > now() \
+                 RETURNING l.{key}, {columns}"
+            ),
+            &[&ids, &attempts, &lease, &owner],
+        )?)
+    }
+
+    /// Gives the lease up: expired now rather than deleted, so that the
+    /// attempt count (and a cancel asked for) stay.
+    fn release(
+        &self,
+        client: &mut Client,
+        id: &str,
+        owner: &str,
+        attempt: i64,
+    ) -> Result<(), DbError> {
+        let LeaseTable { table, key } = self;
+        client.execute(
+            &format!(
+                "UPDATE {table} SET expires_at = now() \
+                 WHERE {key} = $1 AND owner = $2 AND attempt = $3"
+            ),
+            &[&id, &owner, &attempt],
+        )?;
+        Ok(())
     }
 }
 
@@ -440,22 +535,18 @@ impl Storage for PgStorage {
         spec: Option<&pb::JobSpec>,
         event: &pb::JobEvent,
     ) -> Result<(), DbError> {
-        let spec = match event.sequence {
-            0 => spec.map(Message::encode_to_vec),
-            _ => None,
-        }
-        .unwrap_or_default();
-        let needs_gpu = spec_needs_gpu(&spec);
+        let needs_gpu = spec.is_some_and(|s| s.device() == pb::Device::Cuda);
+        let spec = crate::storage::spec_to_store(spec, event).unwrap_or_default();
         let (id, model_name, state) = (record.id.clone(), record.model_name.clone(), record.state);
         let record = record.encode_to_vec();
         let (sequence, event) = (event.sequence as i64, event.encode_to_vec());
-        let fence = self.fence(&id);
+        let fence = self.fence(&self.leases, &id);
         self.write(move |client| {
             let mut tx = client.transaction()?;
             // The job's row before its lease's, as a claim takes them: two
             // transactions never wait on each other in a circle.
             tx.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&id])?;
-            check_fence(&mut tx, &id, &fence)?;
+            JOB_LEASES.check(&mut tx, &id, &fence)?;
             tx.execute(
                 "INSERT INTO jobs (id, model_name, state, spec, record, events, needs_gpu)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -574,10 +665,10 @@ impl Storage for PgStorage {
     /// version is fenced by the job's lease.
     fn put_model(&self, model: &ModelRow) -> Result<(), DbError> {
         let m = model.clone();
-        let fence = self.fence(&m.job_id);
+        let fence = self.fence(&self.leases, &m.job_id);
         self.write(move |client| {
             let mut tx = client.transaction()?;
-            check_fence(&mut tx, &m.job_id, &fence)?;
+            JOB_LEASES.check(&mut tx, &m.job_id, &fence)?;
             let stored = tx.execute(
                 "INSERT INTO models (name, version, job_id, artifact, meta, created_unix)
                  VALUES ($1, $2, $3, $4, $5, $6)
@@ -671,24 +762,10 @@ impl Storage for PgStorage {
             sweep.state(),
             pb::SweepState::Succeeded | pb::SweepState::Failed | pb::SweepState::Cancelled
         );
-        let fence = self
-            .sweep_leases
-            .lock()
-            .unwrap()
-            .get(&id)
-            .map(|attempt| (self.owner.clone(), *attempt));
+        let fence = self.fence(&self.sweep_leases, &id);
         self.write(move |client| {
             let mut tx = client.transaction()?;
-            if let Some((owner, attempt)) = &fence {
-                let held = tx.query_opt(
-                    "SELECT 1 FROM sweep_leases WHERE sweep_id = $1 AND owner = $2 \
-                     AND attempt = $3 AND expires_at > now() FOR SHARE",
-                    &[&id, owner, attempt],
-                )?;
-                if held.is_none() {
-                    return Err(DbError::Fenced(id.clone()));
-                }
-            }
+            SWEEP_LEASES.check(&mut tx, &id, &fence)?;
             tx.execute(
                 "INSERT INTO sweeps (id, record, ended) VALUES ($1, $2, $3)
                  ON CONFLICT (id) DO UPDATE SET record = excluded.record, ended = excluded.ended",
@@ -701,17 +778,17 @@ impl Storage for PgStorage {
 
     fn hold_sweep(&self, id: &str, lease: std::time::Duration) -> Result<(), DbError> {
         let (sweep, owner, lease) = (id.to_string(), self.owner.clone(), seconds(lease));
-        let attempt: i64 = self.write(move |client| {
-            let row = client.query_one(
-                "INSERT INTO sweep_leases (sweep_id, owner, attempt, expires_at) \
-                 VALUES ($1, $2, 1, now() + make_interval(secs => $3)) \
-                 ON CONFLICT (sweep_id) DO UPDATE SET owner = excluded.owner, \
-                     attempt = sweep_leases.attempt + 1, expires_at = excluded.expires_at \
-                 RETURNING attempt",
-                &[&sweep, &owner, &lease],
-            )?;
-            Ok(row.get(0))
+        let taken = self.write(move |client| {
+            let mut tx = client.transaction()?;
+            let taken = SWEEP_LEASES.take(&mut tx, &sweep, &owner, lease)?;
+            tx.commit()?;
+            Ok(taken)
         })?;
+        let Some((attempt, _)) = taken else {
+            return Err(DbError::Conflict(format!(
+                "sweep {id} is held by another process"
+            )));
+        };
         self.sweep_leases
             .lock()
             .unwrap()
@@ -733,20 +810,11 @@ impl Storage for PgStorage {
                 return Ok(None);
             };
             let id: String = row.get(0);
-            let Some(row) = tx.query_opt(
-                "INSERT INTO sweep_leases (sweep_id, owner, attempt, expires_at) \
-                 VALUES ($1, $2, 1, now() + make_interval(secs => $3)) \
-                 ON CONFLICT (sweep_id) DO UPDATE SET owner = excluded.owner, \
-                     attempt = sweep_leases.attempt + 1, expires_at = excluded.expires_at \
-                     WHERE sweep_leases.expires_at <= now() \
-                 RETURNING attempt",
-                &[&id, &owner, &lease],
-            )?
-            else {
+            let Some((attempt, _)) = SWEEP_LEASES.take(&mut tx, &id, &owner, lease)? else {
                 return Ok(None);
             };
             tx.commit()?;
-            Ok(Some((id, row.get::<_, i64>(0))))
+            Ok(Some((id, attempt)))
         })?;
         Ok(claim.map(|(id, attempt)| {
             self.sweep_leases
@@ -761,27 +829,13 @@ impl Storage for PgStorage {
         &self,
         lease: std::time::Duration,
     ) -> Result<(Vec<String>, Vec<String>), DbError> {
-        let held: Vec<(String, i64)> = self
-            .sweep_leases
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(id, attempt)| (id.clone(), *attempt))
-            .collect();
+        let held = held(&self.sweep_leases);
         if held.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
-        let (owner, lease) = (self.owner.clone(), seconds(lease));
-        let (ids, attempts): (Vec<String>, Vec<i64>) = held.iter().cloned().unzip();
+        let (owner, lease, renewing) = (self.owner.clone(), seconds(lease), held.clone());
         let renewed: HashMap<String, bool> = self.run(move |client| {
-            let rows = client.query(
-                "UPDATE sweep_leases l SET expires_at = now() + make_interval(secs => $3) \
-                 FROM unnest($1::text[], $2::bigint[]) AS h(sweep_id, attempt) \
-                 WHERE l.sweep_id = h.sweep_id AND l.attempt = h.attempt AND l.owner = $4 \
-                   AND l.expires_at > now() \
-                 RETURNING l.sweep_id, l.cancel",
-                &[&ids, &attempts, &lease, &owner],
-            )?;
+            let rows = SWEEP_LEASES.renew(client, &renewing, &owner, lease, "l.cancel")?;
             Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
         })?;
         // A lost sweep lease is forgotten: its controller stops, and the
@@ -816,7 +870,7 @@ impl Storage for PgStorage {
     }
 
     fn lease_held(&self, job_id: &str) -> bool {
-        let Some((owner, attempt)) = self.fence(job_id) else {
+        let Some((owner, attempt)) = self.fence(&self.leases, job_id) else {
             return true;
         };
         let id = job_id.to_string();
@@ -836,14 +890,7 @@ impl Storage for PgStorage {
             return Ok(());
         };
         let (id, owner) = (id.to_string(), self.owner.clone());
-        self.run(move |client| {
-            client.execute(
-                "UPDATE sweep_leases SET expires_at = now() \
-                 WHERE sweep_id = $1 AND owner = $2 AND attempt = $3",
-                &[&id, &owner, &attempt],
-            )?;
-            Ok(())
-        })
+        self.run(move |client| SWEEP_LEASES.release(client, &id, &owner, attempt))
     }
 
     fn sweeps(&self) -> Result<Vec<pb::Sweep>, DbError> {
@@ -912,23 +959,11 @@ impl Storage for PgStorage {
                 return Ok(None);
             };
             let job_id: String = row.get(0);
-            // Taken only if the lease is still free now: the join above
-            // read it from the statement's snapshot, which a claim that
-            // committed meanwhile has made stale.
-            let Some(row) = tx.query_opt(
-                "INSERT INTO job_leases (job_id, owner, attempt, expires_at) \
-                 VALUES ($1, $2, 1, now() + make_interval(secs => $3)) \
-                 ON CONFLICT (job_id) DO UPDATE SET owner = excluded.owner, \
-                     attempt = job_leases.attempt + 1, expires_at = excluded.expires_at \
-                     WHERE job_leases.expires_at <= now() \
-                 RETURNING attempt, cancel",
-                &[&job_id, &owner, &lease],
-            )?
-            else {
+            let Some((attempt, cancel)) = JOB_LEASES.take(&mut tx, &job_id, &owner, lease)? else {
                 return Ok(None);
             };
             tx.commit()?;
-            Ok(Some((job_id, row.get::<_, i64>(0), row.get::<_, bool>(1))))
+            Ok(Some((job_id, attempt, cancel)))
         })?;
         Ok(claim.map(|(job_id, attempt, cancel_requested)| {
             self.leases.lock().unwrap().insert(job_id.clone(), attempt);
@@ -941,29 +976,14 @@ impl Storage for PgStorage {
     }
 
     fn renew_leases(&self, lease: std::time::Duration) -> Result<Vec<LeaseState>, DbError> {
-        let held: Vec<(String, i64)> = self
-            .leases
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(id, attempt)| (id.clone(), *attempt))
-            .collect();
+        let held = held(&self.leases);
         if held.is_empty() {
             return Ok(Vec::new());
         }
-        let (owner, lease) = (self.owner.clone(), seconds(lease));
-        let (ids, attempts): (Vec<String>, Vec<i64>) = held.iter().cloned().unzip();
+        let (owner, lease, renewing) = (self.owner.clone(), seconds(lease), held.clone());
         let renewed: HashMap<String, (bool, Option<(i32, String)>)> = self.run(move |client| {
-            // An expired lease is not renewed: another trainer may be
-            // taking the job, so this one has lost it.
-            let rows = client.query(
-                "UPDATE job_leases l SET expires_at = now() + make_interval(secs => $3) \
-                 FROM unnest($1::text[], $2::bigint[]) AS h(job_id, attempt) \
-                 WHERE l.job_id = h.job_id AND l.attempt = h.attempt AND l.owner = $4 \
-                   AND l.expires_at > now() \
-                 RETURNING l.job_id, l.cancel, l.stop_reason, l.stop_message",
-                &[&ids, &attempts, &lease, &owner],
-            )?;
+            let columns = "l.cancel, l.stop_reason, l.stop_message";
+            let rows = JOB_LEASES.renew(client, &renewing, &owner, lease, columns)?;
             Ok(rows
                 .iter()
                 .map(|r| {
@@ -994,21 +1014,11 @@ impl Storage for PgStorage {
     }
 
     fn release_lease(&self, job_id: &str) -> Result<(), DbError> {
-        let Some((owner, attempt)) = self.fence(job_id) else {
+        let Some(attempt) = self.leases.lock().unwrap().remove(job_id) else {
             return Ok(());
         };
-        self.leases.lock().unwrap().remove(job_id);
-        let job_id = job_id.to_string();
-        // Expired now rather than deleted: the attempt count (and a cancel
-        // asked for) stay with the job.
-        self.run(move |client| {
-            client.execute(
-                "UPDATE job_leases SET expires_at = now() \
-                 WHERE job_id = $1 AND owner = $2 AND attempt = $3",
-                &[&job_id, &owner, &attempt],
-            )?;
-            Ok(())
-        })
+        let (job_id, owner) = (job_id.to_string(), self.owner.clone());
+        self.run(move |client| JOB_LEASES.release(client, &job_id, &owner, attempt))
     }
 
     fn request_cancel(&self, job_id: &str, stop: Option<(i32, &str)>) -> Result<(), DbError> {
@@ -1056,9 +1066,4 @@ impl Storage for PgStorage {
             Ok(Some(row.get::<_, i64>(0) as u32))
         })
     }
-}
-
-/// Whether a job's spec (as stored with its first event) asks for CUDA.
-fn spec_needs_gpu(spec: &[u8]) -> bool {
-    !spec.is_empty() && pb::JobSpec::decode(spec).is_ok_and(|s| s.device() == pb::Device::Cuda)
 }

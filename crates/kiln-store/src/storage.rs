@@ -81,6 +81,14 @@ impl From<&DbError> for WriteFault {
 /// where the stores' callers look for it).
 pub use kiln_core::files::is_out_of_space as io_out_of_space;
 
+/// The spec bytes stored with a job's event: the spec with its first event
+/// (sequence 0), nothing after.
+pub(crate) fn spec_to_store(spec: Option<&pb::JobSpec>, event: &pb::JobEvent) -> Option<Vec<u8>> {
+    use prost::Message;
+    spec.filter(|_| event.sequence == 0)
+        .map(Message::encode_to_vec)
+}
+
 /// A job as stored: its record and its whole event log, in sequence order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredJob {

@@ -89,14 +89,13 @@ fn claimer(kiln: &Kiln, lease: Duration) {
 /// interrupted too often, or its data gone) and releases it.
 fn take(kiln: &Kiln, claim: Claim) {
     let id = claim.job_id.as_str();
-    // As the database holds it now (other processes wrote it), and the
-    // datasets another api replica may have taken in a moment ago.
+    // As the database holds it now (other processes wrote it). A dataset
+    // another api replica took in a moment ago is read when asked for.
     if let Err(e) = kiln.store.refresh(id) {
         tracing::warn!(job = %id, error = %e, "taken job not read; released");
         kiln.store.release_lease(id);
         return;
     }
-    let _ = kiln.datasets.sync();
     // The checkpoint it continues from, as the last trainer left it; one
     // that cannot be read now must not make it start over.
     if let Err(e) = kiln.runner.checkpoints().refresh(id) {

@@ -370,16 +370,10 @@ pub fn follow(kiln: Arc<Kiln>, take_over_sweeps: bool) {
 /// This replica's copy of a sweep controlled elsewhere, as stored; once it
 /// ended, its watchers get the final event.
 fn mirror(kiln: &Kiln, sweep: pb::Sweep) {
-    let entry = match kiln.sweeps.find(&sweep.id) {
-        Some(entry) if entry.controlled.load(Ordering::SeqCst) => return,
-        Some(entry) => entry,
-        None => {
-            let goal = Goal::of_sweep(&sweep);
-            let entry = Entry::new(sweep.clone(), goal, kiln.sweep_records.clone());
-            kiln.sweeps.insert(entry.clone(), sweep.id.clone());
-            entry
-        }
-    };
+    let entry = copy_of(kiln, &sweep);
+    if entry.controlled.load(Ordering::SeqCst) {
+        return;
+    }
     entry.with(|r| {
         let ended = outcome::is_ended(sweep.state());
         let had_ended = outcome::is_ended(r.sweep.state());
@@ -411,32 +405,42 @@ fn take_over(kiln: &Arc<Kiln>, sweep: pb::Sweep) {
         .as_ref()
         .ok_or_else(|| "no request stored".to_string())
         .and_then(|request| plan(request, &id).map_err(|e| e.to_string()));
-    // This replica's copy, if it had one, so that its watchers go on.
-    let entry = match kiln.sweeps.find(&id) {
-        Some(entry) => {
-            entry.with(|r| r.sweep = sweep);
-            entry.lost.store(false, Ordering::SeqCst);
-            entry
-        }
-        None => {
-            let goal = Goal::of_sweep(&sweep);
-            let entry = Entry::new(sweep, goal, kiln.sweep_records.clone());
-            kiln.sweeps.insert(entry.clone(), id.clone());
-            entry
-        }
-    };
+    // This replica's copy (its watchers go on), as stored.
+    let entry = copy_of(kiln, &sweep);
+    entry.with(|r| r.sweep = sweep);
+    entry.lost.store(false, Ordering::SeqCst);
     match planned {
         Ok(plan) => start(kiln, entry, plan, Resume::AfterRestart),
         Err(error) => {
-            entry.with(|r| {
-                r.sweep.state = pb::SweepState::Failed as i32;
-                r.sweep.finished_at = Some(now());
-                r.sweep.message = format!("could not be taken over: {error}");
-            });
-            let _ = entry.persist();
+            fail(&entry, format!("could not be taken over: {error}"));
             let _ = kiln.storage.release_sweep(&id);
         }
     }
+}
+
+/// This replica's copy of `sweep`: the one it has, or a new one from the
+/// record.
+fn copy_of(kiln: &Kiln, sweep: &pb::Sweep) -> Arc<Entry> {
+    if let Some(entry) = kiln.sweeps.find(&sweep.id) {
+        return entry;
+    }
+    let entry = Entry::new(
+        sweep.clone(),
+        Goal::of_sweep(sweep),
+        kiln.sweep_records.clone(),
+    );
+    kiln.sweeps.insert(entry.clone(), sweep.id.clone());
+    entry
+}
+
+/// Ends a sweep that cannot go on FAILED, saying why, and records it.
+fn fail(entry: &Entry, message: String) {
+    entry.with(|r| {
+        r.sweep.state = pb::SweepState::Failed as i32;
+        r.sweep.finished_at = Some(now());
+        r.sweep.message = message;
+    });
+    let _ = entry.persist();
 }
 
 /// Starts a sweep's controller in this process.
@@ -480,12 +484,7 @@ pub fn resume(kiln: &Arc<Kiln>, control: bool) {
             }
             Err(error) => {
                 tracing::error!(sweep = %id, %error, "sweep cannot resume");
-                entry.with(|r| {
-                    r.sweep.state = pb::SweepState::Failed as i32;
-                    r.sweep.finished_at = Some(now());
-                    r.sweep.message = format!("could not resume after a restart: {error}");
-                });
-                let _ = entry.persist();
+                fail(&entry, format!("could not resume after a restart: {error}"));
             }
         }
     }
